@@ -1,0 +1,142 @@
+"""How stages hand weights to each other: tagged checkpoints, rebuildable module specs, sub-state-dicts, freezing.
+
+Stages chain through explicit checkpoint paths given as init arguments (never ``--ckpt_path``, which only resumes
+the same stage; Lightning issues #20310, #20801). Every stage's LightningModule writes, in ``on_save_checkpoint``,
+an ``icg`` block::
+
+    checkpoint["icg"] = {"stage": "preference", "version": 1, "specs": {"model": {"class_path": ..., "init_args": ...}},
+                         ...stage-specific plain data (user ids, reward weights, statistics)...}
+
+so that a later stage can rebuild the plain ``nn.Module`` it needs from the spec and load just its weights, and a
+checkpoint from the wrong stage is refused with a message naming both stages. Everything in the block is plain data
+(str, int, float, list, dict), so checkpoints load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ICG_KEY = "icg"
+ICG_CKPT_VERSION = 1
+STAGES = ("preference", "rewards", "alignment", "base_model")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or from the wrong stage; the message says which and why."""
+
+
+def init_spec(obj: Any, local_vars: dict[str, Any]) -> dict[str, Any]:
+    """The ``{"class_path", "init_args"}`` spec that rebuilds ``obj``; call as ``init_spec(self, locals())``.
+
+    Only the constructor's own parameters are kept. Nested modules that carry a ``spec`` are stored as their spec,
+    so a whole tree rebuilds from plain data.
+    """
+    params = inspect.signature(type(obj).__init__).parameters
+    init_args = {}
+    for name in params:
+        if name == "self" or name not in local_vars:
+            continue
+        value = local_vars[name]
+        init_args[name] = value.spec if hasattr(value, "spec") and isinstance(value, nn.Module) else _plain(value)
+    return {"class_path": f"{type(obj).__module__}.{type(obj).__qualname__}", "init_args": init_args}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def instantiate(spec: dict[str, Any]) -> Any:
+    """Build an object from a ``{"class_path", "init_args"}`` spec, nested specs first."""
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise CheckpointError(f"not a module spec (needs 'class_path'): {spec!r:.200}")
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise CheckpointError(f"cannot import {spec['class_path']!r} named in a checkpoint spec: {err}") from err
+    kwargs = {
+        k: instantiate(v) if isinstance(v, dict) and "class_path" in v else v
+        for k, v in spec.get("init_args", {}).items()
+    }
+    return cls(**kwargs)
+
+
+def load_stage_checkpoint(path: str | Path, stage: str, config_key: str) -> dict[str, Any]:
+    """Load a checkpoint written by ``stage`` and return the whole dict (``state_dict`` and the ``icg`` block).
+
+    Args:
+        path: the checkpoint file.
+        stage: the stage that must have written it (one of ``STAGES``).
+        config_key: the config key that named ``path``, quoted in every error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{config_key}: checkpoint {path} does not exist (expected a {stage!r} stage .ckpt)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user-facing problem
+        raise CheckpointError(f"{config_key}: cannot read checkpoint {path}: {err}") from err
+    block = checkpoint.get(ICG_KEY) if isinstance(checkpoint, dict) else None
+    if not isinstance(block, dict) or "stage" not in block:
+        raise CheckpointError(f"{config_key}: {path} is not an icg stage checkpoint (no '{ICG_KEY}' block)")
+    if block["stage"] != stage:
+        raise CheckpointError(
+            f"{config_key}: {path} was written by the {block['stage']!r} stage, but a {stage!r} stage checkpoint "
+            "is needed here"
+        )
+    return checkpoint
+
+
+def sub_state_dict(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under ``prefix.`` with the prefix removed (e.g. ``model.`` out of a LightningModule's dict)."""
+    prefix = prefix.rstrip(".") + "."
+    sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not sub:
+        raise CheckpointError(f"no weights under '{prefix}' in the checkpoint")
+    return sub
+
+
+def load_module(checkpoint: dict[str, Any], spec_name: str, prefix: str) -> nn.Module:
+    """Rebuild ``checkpoint['icg']['specs'][spec_name]`` and load its weights (strict) from ``prefix``."""
+    specs = checkpoint[ICG_KEY].get("specs", {})
+    if spec_name not in specs:
+        raise CheckpointError(f"checkpoint has no '{spec_name}' module spec (has {sorted(specs)})")
+    module = instantiate(specs[spec_name])
+    module.load_state_dict(sub_state_dict(checkpoint["state_dict"], prefix), strict=True)
+    return module
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Frozen and in eval mode: no parameter takes gradients, dropout and norms behave as at inference."""
+    module.requires_grad_(False)
+    return module.eval()
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write to a temporary file in the same folder and rename, so a crash mid-write keeps the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,1 @@
+"""Records, the on-disk dataset format, converters, the synthetic platform and the one DataModule."""

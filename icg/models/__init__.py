@@ -1,0 +1,1 @@
+"""Plain nn.Modules (no Lightning imports): preference model, meta-token MLLM wrapper, fusion, adapter, rewards."""
