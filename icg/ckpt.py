@@ -140,3 +140,61 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+EXPORT_WEIGHTS = "adapter.safetensors"
+EXPORT_CONFIG = "adapter_config.json"
+
+
+def export_adapter(
+    folder: str | Path,
+    conditioner: nn.Module,
+    user_embeddings: torch.Tensor,
+    user_ids: list[str],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Export only what stage 3 trained, loadable onto a stock UNet and a stock MLLM.
+
+    ``adapter.safetensors`` holds the conditioner's trained tensors (meta tokens, LoRA if any, fusion, adapter) and
+    the stage-1 user-embedding table (``user_embeddings``, one row per ``user_ids`` entry plus the cold-start
+    fallback last), which personalized generation needs. ``adapter_config.json`` holds the conditioner's spec (which
+    names the stock MLLM by path), the user ids and ``extra`` (diffusion source, sampler settings).
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in conditioner.trained_state_dict().items()}
+    tensors["user_embeddings"] = user_embeddings.detach().cpu().contiguous()
+    save_file(tensors, str(folder / EXPORT_WEIGHTS))
+    config = {"format": "icg-adapter", "version": ICG_CKPT_VERSION, "conditioner": conditioner.spec,
+              "user_ids": list(user_ids), **(extra or {})}  # fmt: skip
+    (folder / EXPORT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def load_adapter(folder: str | Path, config_key: str = "adapter_path") -> tuple[nn.Module, torch.Tensor, dict]:
+    """Rebuild an exported conditioner (stock MLLM from its path + trained weights).
+
+    Returns:
+        ``(conditioner, user_embeddings, config)``; ``user_embeddings`` rows follow ``config["user_ids"]`` with the
+        cold-start fallback as the last row.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for name in (EXPORT_WEIGHTS, EXPORT_CONFIG):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{config_key}: {folder / name} does not exist (an `icg` adapter export folder)")
+    config = json.loads((folder / EXPORT_CONFIG).read_text())
+    if config.get("format") != "icg-adapter":
+        raise CheckpointError(f"{config_key}: {folder / EXPORT_CONFIG} is not an icg adapter export")
+    tensors = load_file(str(folder / EXPORT_WEIGHTS))
+    user_embeddings = tensors.pop("user_embeddings")
+    conditioner = instantiate(config["conditioner"])
+    conditioner.load_trained_state_dict(tensors)
+    return freeze(conditioner), user_embeddings, config

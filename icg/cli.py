@@ -36,7 +36,7 @@ Data:
 class ICGLightningCLI(LightningCLI):
     """Lightning's CLI with the stage chosen as ``model`` (subclass mode) and the one shared DataModule."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str] | None) -> None:
         super().__init__(
             model_class=LightningModule,
             subclass_mode_model=True,
@@ -53,15 +53,15 @@ def main(args: list[str] | None = None) -> int:
     Args:
         args: command-line words without the program name; ``None`` reads ``sys.argv``.
     """
-    args = list(sys.argv[1:] if args is None else args)
-    if args and args[0] == DATA_COMMAND:
+    words = list(sys.argv[1:] if args is None else args)
+    if words and words[0] == DATA_COMMAND:
         from icg.data.commands import run_data_command
 
-        return run_data_command(args[1:])
-    if not args or args[0] in ("-h", "--help"):
+        return run_data_command(words[1:])
+    if not words or words[0] in ("-h", "--help"):
         sys.stdout.write(OVERVIEW)
         return 0
-    ICGLightningCLI(args)
+    ICGLightningCLI(None if args is None else words)  # None: Lightning reads sys.argv itself
     return 0
 
 

@@ -1,0 +1,322 @@
+"""Stage 3: align ICG's meta tokens, user fusion and adapter by back-propagating rewards through the sampler.
+
+ICG (Bian et al., EMNLP 2025), method points 1-5 of docs/architecture.md. Each training step builds the personalized
+conditioning of a batch of (user, item) pairs, samples covers with the frozen stock UNet keeping the graph only in
+the gradient window (DRaFT-K, Clark et al. 2024; or ReFL's single random step, Xu et al. 2023), scores them with the
+frozen stage-2 reward bundle and minimizes
+
+    loss = -mean(sum_i w_i * normalized reward_i) + reg_weight * denoising loss on the item's reference cover
+
+(the regularizer guards against reward hacking; ``warmup_steps`` train on the denoising loss alone). Frozen parts --
+the MLLM, the UNet/VAE, the reward bundle and the stage-1 user tower -- are kept out of the optimizer and out of the
+checkpoint's state dict (they are rebuilt from their own paths), so checkpoints hold only what this stage trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import grad_norm
+from torch import Tensor
+
+from icg import ckpt
+from icg.diffusion.conditioning import Conditioning
+from icg.diffusion.sampler import denoising_loss, sample
+from icg.diffusion.source import DiffusionSource
+from icg.lit.preference import load_preference_model
+from icg.models.cover_conditioner import CoverConditioner
+from icg.models.rewards.base import RewardContext
+from icg.models.rewards.bundle import RewardOutput, load_reward_bundle
+
+log = logging.getLogger(__name__)
+STAGE = "alignment"
+GRAD_WINDOWS = ("none", "last_k", "random_step")
+
+
+class NonFiniteRewardAbort(FloatingPointError):
+    """Too many steps in a row produced NaN/Inf rewards; training stops instead of drifting."""
+
+
+class AlignmentStage(LightningModule):
+    """Multi-reward alignment of the cover conditioner (stage 3).
+
+    Args:
+        conditioner: meta-token prompter + user fusion + adapter (the trained part).
+        preference_ckpt: stage-1 checkpoint: the frozen user tower whose embeddings the fusion refines.
+        rewards_ckpt: stage-2 reward-bundle checkpoint: the frozen rewards, weights and normalization.
+        diffusion: the stock UNet/VAE/scheduler (local diffusers folder, or tiny from config).
+        optimizer: optimizer for the trained parameters.
+        num_steps: T, DDIM steps per sample during training and validation.
+        grad_window: ``last_k`` (DRaFT-K), ``random_step`` (ReFL) or ``none`` (denoising loss only).
+        k: K of ``last_k``.
+        random_step_range: inclusive step-index range of ``random_step``.
+        x0_shortcut: decode the predicted x0 of the last gradient step (None: the mode's default).
+        gradient_checkpointing: recompute the UNet inside the gradient window during backward.
+        guidance_scale: classifier-free guidance at inference (predict); training samples without guidance.
+        image_size: side of generated covers in pixels (None: the UNet's configured size).
+        reg_weight: lambda of the denoising-loss regularizer on reference covers.
+        warmup_steps: first optimizer steps train on the denoising loss only.
+        max_nonfinite_steps: consecutive steps with NaN/Inf rewards tolerated (each skipped) before aborting.
+        seed: base seed of the per-step noise.
+    """
+
+    data_unit = "pairs"
+
+    def __init__(
+        self,
+        conditioner: CoverConditioner,
+        preference_ckpt: str,
+        rewards_ckpt: str,
+        diffusion: DiffusionSource | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        num_steps: int = 20,
+        grad_window: str = "last_k",
+        k: int = 1,
+        random_step_range: tuple[int, int] = (10, 18),
+        x0_shortcut: bool | None = None,
+        gradient_checkpointing: bool = False,
+        guidance_scale: float = 1.0,
+        image_size: int | None = None,
+        reg_weight: float = 1.0,
+        warmup_steps: int = 0,
+        max_nonfinite_steps: int = 5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if grad_window not in GRAD_WINDOWS:
+            raise ValueError(f"model.init_args.grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
+        self.save_hyperparameters(ignore=["conditioner", "optimizer", "diffusion"])
+        self.conditioner = conditioner
+        self.diffusion_source = diffusion or DiffusionSource()
+        self.optimizer_factory = optimizer
+        # Frozen parts live in a plain dict: not registered, so never in the state dict or the optimizer.
+        self.frozen: dict[str, Any] = {}
+        self.nonfinite_steps = 0
+        self.skipped_steps = 0
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def setup(self, stage: str) -> None:
+        if self.frozen:
+            return
+        users, user_ids = load_preference_model(self.hparams.preference_ckpt, "model.init_args.preference_ckpt")
+        bundle = load_reward_bundle(self.hparams.rewards_ckpt, "model.init_args.rewards_ckpt")
+        diffusion = self.diffusion_source.load("model.init_args.diffusion.path")
+        self.conditioner.adapter.check_unet(
+            diffusion.unet, "model.init_args.diffusion", "model.init_args.conditioner.init_args.adapter.init_args"
+        )
+        fusion = self.conditioner.fusion
+        if fusion.fusion_type != "none" and fusion.user_dim != users.embed_dim:
+            raise ValueError(
+                f"model.init_args.conditioner.init_args.fusion.init_args.user_dim={fusion.user_dim} but the stage-1 "
+                f"model in model.init_args.preference_ckpt has user embeddings of width {users.embed_dim}"
+            )
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm_users = list(getattr(datamodule, "user_ids", user_ids))
+        index = {u: i for i, u in enumerate(user_ids)}
+        # DataModule user_idx -> stage-1 user_idx (-1: cold start, the stage-1 fallback embedding).
+        user_map = torch.tensor([index.get(u, -1) for u in dm_users], dtype=torch.long)
+        unknown = int((user_map < 0).sum())
+        if unknown:
+            log.warning("%d of %d users are unknown to the stage-1 model: they get its fallback embedding",
+                        unknown, len(dm_users))  # fmt: skip
+        self.frozen.update(users=users, stage1_user_ids=user_ids, rewards=bundle, diffusion=diffusion,
+                           user_map=user_map, user_ids=dm_users)  # fmt: skip
+
+    def _place_frozen(self) -> None:
+        for name in ("users", "rewards"):
+            self.frozen[name].to(self.device)
+        diffusion = self.frozen["diffusion"]
+        diffusion.unet.to(self.device)  # device only: diffusers warns on dtype-less .to(device, dtype=None)
+        diffusion.vae.to(self.device)
+        self.frozen["user_map"] = self.frozen["user_map"].to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._place_frozen()
+        trained = {id(p) for p in self.conditioner.parameters() if p.requires_grad}
+        log.info("alignment trains %d tensors (%d values); MLLM, UNet, VAE, rewards and user tower are frozen",
+                 len(trained), sum(p.numel() for p in self.parameters() if p.requires_grad))  # fmt: skip
+
+    on_validation_start = on_test_start = on_predict_start = _place_frozen
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory([p for p in self.conditioner.parameters() if p.requires_grad])
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def stage1_users(self, user_idx: Tensor) -> Tensor:
+        """DataModule user indices -> stage-1 user indices (-1 for users stage 1 never saw)."""
+        user_map = self.frozen["user_map"]
+        safe = user_idx.clamp(0, max(len(user_map) - 1, 0))
+        return torch.where(user_idx >= 0, user_map[safe], torch.full_like(user_idx, -1))
+
+    def condition(self, batch: dict[str, Any]) -> tuple[Conditioning, Tensor]:
+        """The personalized conditioning of a batch of pairs, and the stage-1 user indices used for it."""
+        users = self.stage1_users(batch["user_idx"])
+        user_emb = self.frozen["users"].user_embedding(users)
+        return self.conditioner(batch["title"], batch["image"], user_emb), users
+
+    def generate(self, cond: Conditioning, *, generator: torch.Generator | None = None, latents: Tensor | None = None,
+                 grad_window: str = "none", guidance_scale: float = 1.0,
+                 uncond: Conditioning | None = None) -> Tensor:  # fmt: skip
+        """Covers in [0, 1] from the stock sampler under this stage's settings."""
+        size = self.hparams.image_size
+        return sample(
+            self.frozen["diffusion"],
+            cond,
+            num_steps=self.hparams.num_steps,
+            guidance_scale=guidance_scale,
+            uncond=uncond,
+            grad_window=grad_window,
+            k=self.hparams.k,
+            random_step_range=tuple(self.hparams.random_step_range),
+            x0_shortcut=self.hparams.x0_shortcut if grad_window != "none" else None,
+            gradient_checkpointing=self.hparams.gradient_checkpointing,
+            generator=generator,
+            latents=latents,
+            height=size,
+            width=size,
+        )
+
+    def score(self, images: Tensor, batch: dict[str, Any], users: Tensor) -> RewardOutput:
+        context = RewardContext(titles=list(batch["title"]), user_idx=users, reference=batch["image"])
+        return self.frozen["rewards"](images, context)
+
+    def _generator(self, salt: int) -> torch.Generator:
+        seed = (self.hparams.seed * 1_000_003 + salt * 7919 + self.global_rank) % (2**63)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        generator = self._generator(self.global_step)
+        cond, users = self.condition(batch)
+        reg = denoising_loss(self.frozen["diffusion"], batch["image"], cond, generator)
+        self.log("train/denoise_loss", reg, prog_bar=True)
+        if self.global_step < self.hparams.warmup_steps or self.hparams.grad_window == "none":
+            return self.hparams.reg_weight * reg
+        images = self.generate(cond, generator=generator, grad_window=self.hparams.grad_window)
+        rewards = self.score(images, batch, users)
+        bad = rewards.nonfinite()
+        if bad or not bool(torch.isfinite(rewards.total.detach()).all()):
+            return self._skip_nonfinite(bad)
+        self.nonfinite_steps = 0
+        loss = -rewards.total.mean() + self.hparams.reg_weight * reg
+        self._log_rewards("train", rewards)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _skip_nonfinite(self, bad: dict[str, int]) -> None:
+        self.nonfinite_steps += 1
+        self.skipped_steps += 1
+        self.log("train/skipped_nonfinite_steps", float(self.skipped_steps))
+        what = ", ".join(f"{k}: {v}" for k, v in bad.items()) or "the weighted total"
+        if self.nonfinite_steps > self.hparams.max_nonfinite_steps:
+            raise NonFiniteRewardAbort(
+                f"step {self.global_step}: {self.nonfinite_steps} consecutive steps with NaN/Inf rewards ({what}); "
+                "check the reward bundle's normalization and lower the learning rate (model.init_args.optimizer)"
+            )
+        log.warning("step %d: NaN/Inf rewards (%s); step skipped (%d in a row, %d allowed)",
+                    self.global_step, what, self.nonfinite_steps, self.hparams.max_nonfinite_steps)  # fmt: skip
+        return None
+
+    def _log_rewards(self, split: str, rewards: RewardOutput) -> None:
+        on_step = split == "train"
+        for name, raw in rewards.raw.items():
+            self.log(f"{split}/reward/{name}", raw.mean(), on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+            self.log(f"{split}/reward_normalized/{name}", rewards.normalized[name].mean(), on_step=on_step,
+                     on_epoch=not on_step, sync_dist=not on_step)  # fmt: skip
+        self.log(f"{split}/reward/total", rewards.total.mean(), on_step=on_step, on_epoch=not on_step,
+                 sync_dist=not on_step)  # fmt: skip
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        norms = grad_norm(self.conditioner, norm_type=2)
+        if "grad_2.0_norm_total" in norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        cond, users = self.condition(batch)
+        images = self.generate(cond, generator=self._generator(10_000 + batch_idx))
+        self._log_rewards("val", self.score(images, batch, users))
+
+    test_step = validation_step
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Covers for a batch of pairs with per-pair deterministic seeds (independent of batching)."""
+        cond, users = self.condition(batch)
+        seeds = [pair_seed(self.hparams.seed, u, i) for u, i in zip(batch["user_id"], batch["item_id"], strict=True)]
+        latents = torch.cat([self.initial_latents(s) for s in seeds])
+        uncond = self.unconditional(len(seeds)) if self.hparams.guidance_scale > 1 else None
+        images = self.generate(cond, latents=latents, guidance_scale=self.hparams.guidance_scale, uncond=uncond)
+        rewards = self.score(images, batch, users)
+        scores = {name: raw.float().cpu() for name, raw in rewards.raw.items()} | {"total": rewards.total.cpu()}
+        return {"images": images.cpu(), "user_id": list(batch["user_id"]), "item_id": list(batch["item_id"]),
+                "seed": seeds, "scores": scores}  # fmt: skip
+
+    def initial_latents(self, seed: int) -> Tensor:
+        """The starting noise of one cover, drawn from its own seed (so results do not depend on the batch)."""
+        diffusion = self.frozen["diffusion"]
+        size = self.hparams.image_size or diffusion.default_image_size
+        side = size // diffusion.vae_scale_factor
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn(1, diffusion.latent_channels, side, side, generator=generator)
+        return noise.to(self.device) * diffusion.scheduler.init_noise_sigma
+
+    def unconditional(self, batch_size: int) -> Conditioning:
+        """Classifier-free guidance's negative: empty title, blank reference, the cold-start user."""
+        blank = torch.zeros(1, 3, self.conditioner.prompter.image_size, self.conditioner.prompter.image_size,
+                            device=self.device)  # fmt: skip
+        user = self.frozen["users"].user_embedding(torch.full((1,), -1, device=self.device, dtype=torch.long))
+        return self.conditioner([""], blank, user).repeat(batch_size)
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def _frozen_keys(self) -> set[str]:
+        trained = {f"conditioner.{k}" for k in self.conditioner.trained_state_dict()}
+        return {k for k in self.state_dict() if k not in trained}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for key in self._frozen_keys():  # the stock MLLM is rebuilt from its path, not copied into every checkpoint
+            checkpoint["state_dict"].pop(key, None)
+        checkpoint[ckpt.ICG_KEY] = {
+            "stage": STAGE,
+            "version": ckpt.ICG_CKPT_VERSION,
+            "specs": {"conditioner": self.conditioner.spec},
+            "diffusion": asdict(self.diffusion_source),
+            "user_ids": list(self.frozen.get("user_ids", [])),
+            "preference_ckpt": str(self.hparams.preference_ckpt),
+            "rewards_ckpt": str(self.hparams.rewards_ckpt),
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stage = checkpoint.get(ckpt.ICG_KEY, {}).get("stage")
+        if stage != STAGE:
+            raise ckpt.CheckpointError(f"--ckpt_path: a {stage!r} stage checkpoint cannot resume the {STAGE!r} stage")
+        own = self.state_dict()
+        for key in self._frozen_keys():
+            checkpoint["state_dict"].setdefault(key, own[key])
+        self.skipped_steps = int(checkpoint[ckpt.ICG_KEY].get("skipped_steps", 0))
+
+    def export(self, folder: str | Path) -> Path:
+        """Write only the trained weights + the user embeddings + a JSON config (see ``icg.ckpt.export_adapter``)."""
+        users = self.frozen["users"]
+        table = users.user_embedding(torch.arange(-1, users.num_users, device=self.device)).detach()
+        return ckpt.export_adapter(
+            folder,
+            self.conditioner,
+            user_embeddings=torch.cat([table[1:], table[:1]]),  # stage-1 order, fallback last
+            user_ids=list(self.frozen["stage1_user_ids"]),
+            extra={"diffusion": asdict(self.diffusion_source),
+                   "sampler": {k: self.hparams[k] for k in ("num_steps", "guidance_scale", "image_size", "seed")}},
+        )  # fmt: skip
+
+
+def pair_seed(base: int, user_id: str, item_id: str) -> int:
+    """A stable 63-bit seed per (user, item), independent of batching, rank and Python's hash randomization."""
+    digest = hashlib.sha256(f"{base}:{user_id}:{item_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63 - 1)

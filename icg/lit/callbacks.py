@@ -1,0 +1,133 @@
+"""Callbacks of the alignment stage: TensorBoard cover grids during training, and the cover writer of ``predict``.
+
+Reward hacking shows first in pictures (washed-out or black covers, FIELD_NOTES.md), so ``CoverGrid`` renders the
+same users x items with the same noise every N steps; ``CoverWriter`` writes ``icg predict`` results as PNGs plus a
+``manifest.jsonl`` with (user, item, seed, reward scores) per cover.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+def image_grid(images: Tensor, rows: int, pad: int = 2) -> Tensor:
+    """Tile N x 3 x H x W images in [0, 1] into one 3 x H' x W' grid of ``rows`` rows (white padding)."""
+    n, c, h, w = images.shape
+    cols = -(-n // rows)
+    grid = torch.ones(c, rows * (h + pad) + pad, cols * (w + pad) + pad)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top : top + h, left : left + w] = images[i].float().cpu()
+    return grid
+
+
+def save_png(image: Tensor, path: Path) -> None:
+    """One 3 x H x W image in [0, 1] to a PNG."""
+    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(array).save(path)
+
+
+class CoverGrid(Callback):
+    """Every ``every_n_steps``: TensorBoard image grid of fixed validation users x items (rows: users).
+
+    Args:
+        every_n_steps: optimizer steps between grids (also one before training).
+        num_users: rows of the grid.
+        num_items: columns of the grid (the reference covers are shown in an extra first row).
+    """
+
+    def __init__(self, every_n_steps: int = 50, num_users: int = 3, num_items: int = 4) -> None:
+        self.every_n_steps = every_n_steps
+        self.num_users = num_users
+        self.num_items = num_items
+        self._batch: dict[str, Any] | None = None
+
+    def _fixed_batch(self, trainer: Trainer) -> dict[str, Any] | None:
+        if self._batch is None:
+            loader = trainer.datamodule.dataloader("val", "pairs", batch_size=self.num_users * self.num_items)
+            pairs = next(iter(loader), None)
+            if pairs is None:
+                return None
+            users = list(dict.fromkeys(pairs["user_idx"].tolist()))[: self.num_users]
+            items = list(dict.fromkeys(pairs["item_idx"].tolist()))[: self.num_items]
+            rows = [pairs["item_idx"].tolist().index(it) for it in items]
+            user_ids = [pairs["user_id"][pairs["user_idx"].tolist().index(u)] for u in users]
+            self._batch = {
+                "user_idx": torch.tensor([u for u in users for _ in items]),
+                "user_id": [u for u in user_ids for _ in items],
+                "item_id": [pairs["item_id"][r] for _ in users for r in rows],
+                "title": [pairs["title"][r] for _ in users for r in rows],
+                "image": pairs["image"][rows].repeat(len(users), 1, 1, 1),
+                "reference": pairs["image"][rows],
+                "rows": len(users),
+            }
+        return self._batch
+
+    @torch.no_grad()
+    def _log(self, trainer: Trainer, module: LightningModule) -> None:
+        if not trainer.is_global_zero or not isinstance(trainer.logger, TensorBoardLogger):
+            return
+        batch = self._fixed_batch(trainer)
+        if batch is None:
+            return
+        device_batch = {k: v.to(module.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        cond, _ = module.condition(device_batch)
+        latents = torch.cat([module.initial_latents(1000 + i % self.num_items) for i in range(cond.batch_size)])
+        images = module.generate(cond, latents=latents).cpu()
+        reference = torch.nn.functional.interpolate(batch["reference"], size=images.shape[-2:], mode="bilinear")
+        grid = image_grid(torch.cat([reference, images]), rows=batch["rows"] + 1)
+        trainer.logger.experiment.add_image("covers/users_x_items", grid, global_step=trainer.global_step)
+
+    def on_train_start(self, trainer: Trainer, module: LightningModule) -> None:
+        self._log(trainer, module)
+
+    def on_train_batch_end(self, trainer: Trainer, module: LightningModule, *args: Any) -> None:
+        if trainer.global_step and trainer.global_step % self.every_n_steps == 0:
+            self._log(trainer, module)
+
+
+class CoverWriter(BasePredictionWriter):
+    """Writes each predicted cover as ``<out_dir>/<user>__<item>.png`` and one JSON line per cover.
+
+    Args:
+        out_dir: output folder (created); ``manifest.jsonl`` inside lists user, item, seed, file and reward scores.
+    """
+
+    def __init__(self, out_dir: str = "runs/predict") -> None:
+        super().__init__(write_interval="batch")
+        self.out_dir = Path(out_dir)
+
+    def setup(self, trainer: Trainer, module: LightningModule, stage: str) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = self.out_dir / f"manifest{'' if trainer.world_size == 1 else f'.rank{trainer.global_rank}'}.jsonl"
+        manifest.write_text("")  # a fresh run replaces, never appends to, an earlier manifest
+        self.manifest = manifest
+
+    def write_on_batch_end(self, trainer: Trainer, module: LightningModule, prediction: dict[str, Any],
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        with self.manifest.open("a") as out:
+            for i, (user, item) in enumerate(zip(prediction["user_id"], prediction["item_id"], strict=True)):
+                name = f"{safe_name(user)}__{safe_name(item)}.png"
+                save_png(prediction["images"][i], self.out_dir / name)
+                scores = {k: float(v[i]) for k, v in prediction["scores"].items()}
+                row = {"user_id": user, "item_id": item, "seed": prediction["seed"][i], "file": name, "scores": scores}
+                out.write(json.dumps(row) + "\n")
+
+
+def safe_name(identifier: str) -> str:
+    """An id as a file-name part: anything outside [A-Za-z0-9._-] becomes '_'."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in str(identifier))

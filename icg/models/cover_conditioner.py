@@ -1,0 +1,84 @@
+"""Title + reference image + user -> UNet conditioning: ICG's meta-token prompting, user refinement and adapter.
+
+The three trained parts of ICG (Bian et al., EMNLP 2025) in one plain module: the MLLM reads the title and the
+reference image through learnable meta tokens (``MetaTokenPrompter``, MetaQuery-style), the stage-1 user embedding
+refines the meta-token features (``UserFusion``), and a connector maps them to the UNet's cross-attention inputs
+(``ConditioningAdapter``). Only what trains is exported (``trained_state_dict``): meta tokens (and LoRA), fusion and
+adapter; the MLLM stays the stock checkpoint named in the spec.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from icg import ckpt
+from icg.diffusion.conditioning import Conditioning
+from icg.models.adapter import ConditioningAdapter
+from icg.models.fusion import UserFusion
+from icg.models.meta_prompt import MetaTokenPrompter
+
+
+class CoverConditioner(nn.Module):
+    """``(titles, reference images, user embeddings) -> Conditioning``.
+
+    Args:
+        prompter: the MLLM with learnable meta tokens (B x N x D features).
+        fusion: user refinement of the features (``fusion_type`` none | user_token | film).
+        adapter: connector to the UNet's conditioning (widths checked against the loaded UNet).
+    """
+
+    def __init__(self, prompter: MetaTokenPrompter, fusion: UserFusion, adapter: ConditioningAdapter) -> None:
+        super().__init__()
+        self.spec = ckpt.init_spec(self, locals())
+        if fusion.feature_dim != prompter.hidden_size:
+            raise ValueError(
+                f"fusion.init_args.feature_dim={fusion.feature_dim} must equal the MLLM hidden size "
+                f"{prompter.hidden_size} (prompter.init_args.mllm_path / tiny_config)"
+            )
+        if adapter.in_dim != prompter.hidden_size:
+            raise ValueError(
+                f"adapter.init_args.in_dim={adapter.in_dim} must equal the MLLM hidden size {prompter.hidden_size} "
+                "(prompter.init_args.mllm_path / tiny_config)"
+            )
+        self.prompter = prompter
+        self.fusion = fusion
+        self.adapter = adapter
+
+    def item_features(self, titles: list[str], images: Tensor) -> Tensor:
+        """B x N x D meta-token features of the items (user-independent; cacheable when the prompter is frozen)."""
+        return self.prompter(list(titles), images)
+
+    def forward(self, titles: list[str], images: Tensor, user_emb: Tensor | None) -> Conditioning:
+        """The personalized conditioning of B (item, user) pairs.
+
+        Args:
+            titles: B item titles.
+            images: B x 3 x H x W reference covers in [0, 1].
+            user_emb: B x U stage-1 user embeddings (None only with ``fusion_type="none"``).
+        """
+        return self.condition(self.item_features(titles, images), user_emb)
+
+    def condition(self, features: Tensor, user_emb: Tensor | None) -> Conditioning:
+        """Fusion + adapter on precomputed item features."""
+        return self.adapter(self.fusion(features, user_emb))
+
+    def trained_state_dict(self) -> dict[str, Tensor]:
+        """Only the trained weights: meta tokens (+ LoRA), fusion and adapter (what an export holds)."""
+        state = {f"prompter.{k}": v for k, v in self.prompter.trained_state_dict().items()}
+        for name in ("fusion", "adapter"):
+            state.update({f"{name}.{k}": v.detach().clone() for k, v in getattr(self, name).state_dict().items()})
+        return state
+
+    def load_trained_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Inverse of ``trained_state_dict`` (strict: every trained tensor, nothing else)."""
+        parts: dict[str, dict[str, Tensor]] = {"prompter": {}, "fusion": {}, "adapter": {}}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            if head not in parts:
+                raise KeyError(f"unexpected key {key!r} in trained weights (expected prompter./fusion./adapter.)")
+            parts[head][rest] = value
+        self.prompter.load_trained_state_dict(parts["prompter"])
+        with torch.no_grad():
+            self.fusion.load_state_dict(parts["fusion"], strict=True)
+            self.adapter.load_state_dict(parts["adapter"], strict=True)
