@@ -169,8 +169,13 @@ def export_adapter(
     tensors = {k: v.detach().cpu().contiguous() for k, v in conditioner.trained_state_dict().items()}
     tensors["user_embeddings"] = user_embeddings.detach().cpu().contiguous()
     save_file(tensors, str(folder / EXPORT_WEIGHTS))
-    config = {"format": "icg-adapter", "version": ICG_CKPT_VERSION, "conditioner": conditioner.spec,
-              "user_ids": list(user_ids), **(extra or {})}  # fmt: skip
+    config = {
+        "format": "icg-adapter",
+        "version": ICG_CKPT_VERSION,
+        "conditioner": conditioner.spec,
+        "user_ids": list(user_ids),
+        **(extra or {}),
+    }
     (folder / EXPORT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return folder
 

@@ -5,3 +5,65 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "lightning_configs" / "tiny"
+
+
+def run_cli(*words: str) -> None:
+    """Run the exact console-script path in-process (``icg.cli.main``)."""
+    from icg.cli import main
+
+    assert main([str(w) for w in words]) == 0
+
+
+def only_ckpt(folder: Path) -> Path:
+    found = sorted(folder.rglob("*.ckpt"))
+    assert len(found) == 1, f"expected one checkpoint under {folder}, found {found}"
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_platform(tmp_path_factory) -> Path:
+    """A small synthetic platform (30 users, 60 items, 32 px) shared by the stage tests."""
+    from icg.data.synthetic import generate_platform
+
+    return generate_platform(tmp_path_factory.mktemp("platform") / "data", users=30, items=60, seed=0, image_size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_stage1_ckpt(tiny_platform, tmp_path_factory) -> Path:
+    """Stage 1 of the tiny config, trained through the CLI on ``tiny_platform``."""
+    out = tmp_path_factory.mktemp("stage1")
+    run_cli(
+        "fit",
+        "--config",
+        TINY / "stage1_preference.yaml",
+        "--data.root",
+        tiny_platform,
+        "--trainer.default_root_dir",
+        out,
+    )
+    return only_ckpt(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_stage2_ckpt(tiny_platform, tiny_stage1_ckpt, tmp_path_factory) -> Path:
+    """Stage 2 of the tiny config (reward bundle over the tiny stage-1 model), through the CLI."""
+    out = tmp_path_factory.mktemp("stage2")
+    run_cli(
+        "fit",
+        "--config",
+        TINY / "stage2_rewards.yaml",
+        "--data.root",
+        tiny_platform,
+        "--model.init_args.preference_ckpt",
+        tiny_stage1_ckpt,
+        "--trainer.default_root_dir",
+        out,
+    )
+    return only_ckpt(out)

@@ -124,10 +124,19 @@ class AlignmentStage(LightningModule):
         user_map = torch.tensor([index.get(u, -1) for u in dm_users], dtype=torch.long)
         unknown = int((user_map < 0).sum())
         if unknown:
-            log.warning("%d of %d users are unknown to the stage-1 model: they get its fallback embedding",
-                        unknown, len(dm_users))  # fmt: skip
-        self.frozen.update(users=users, stage1_user_ids=user_ids, rewards=bundle, diffusion=diffusion,
-                           user_map=user_map, user_ids=dm_users)  # fmt: skip
+            log.warning(
+                "%d of %d users are unknown to the stage-1 model: they get its fallback embedding",
+                unknown,
+                len(dm_users),
+            )
+        self.frozen.update(
+            users=users,
+            stage1_user_ids=user_ids,
+            rewards=bundle,
+            diffusion=diffusion,
+            user_map=user_map,
+            user_ids=dm_users,
+        )
 
     def _place_frozen(self) -> None:
         for name in ("users", "rewards"):
@@ -140,8 +149,11 @@ class AlignmentStage(LightningModule):
     def on_fit_start(self) -> None:
         self._place_frozen()
         trained = {id(p) for p in self.conditioner.parameters() if p.requires_grad}
-        log.info("alignment trains %d tensors (%d values); MLLM, UNet, VAE, rewards and user tower are frozen",
-                 len(trained), sum(p.numel() for p in self.parameters() if p.requires_grad))  # fmt: skip
+        log.info(
+            "alignment trains %d tensors (%d values); MLLM, UNet, VAE, rewards and user tower are frozen",
+            len(trained),
+            sum(p.numel() for p in self.parameters() if p.requires_grad),
+        )
 
     on_validation_start = on_test_start = on_predict_start = _place_frozen
 
@@ -161,9 +173,16 @@ class AlignmentStage(LightningModule):
         user_emb = self.frozen["users"].user_embedding(users)
         return self.conditioner(batch["title"], batch["image"], user_emb), users
 
-    def generate(self, cond: Conditioning, *, generator: torch.Generator | None = None, latents: Tensor | None = None,
-                 grad_window: str = "none", guidance_scale: float = 1.0,
-                 uncond: Conditioning | None = None) -> Tensor:  # fmt: skip
+    def generate(
+        self,
+        cond: Conditioning,
+        *,
+        generator: torch.Generator | None = None,
+        latents: Tensor | None = None,
+        grad_window: str = "none",
+        guidance_scale: float = 1.0,
+        uncond: Conditioning | None = None,
+    ) -> Tensor:
         """Covers in [0, 1] from the stock sampler under this stage's settings."""
         size = self.hparams.image_size
         return sample(
@@ -219,18 +238,29 @@ class AlignmentStage(LightningModule):
                 f"step {self.global_step}: {self.nonfinite_steps} consecutive steps with NaN/Inf rewards ({what}); "
                 "check the reward bundle's normalization and lower the learning rate (model.init_args.optimizer)"
             )
-        log.warning("step %d: NaN/Inf rewards (%s); step skipped (%d in a row, %d allowed)",
-                    self.global_step, what, self.nonfinite_steps, self.hparams.max_nonfinite_steps)  # fmt: skip
+        log.warning(
+            "step %d: NaN/Inf rewards (%s); step skipped (%d in a row, %d allowed)",
+            self.global_step,
+            what,
+            self.nonfinite_steps,
+            self.hparams.max_nonfinite_steps,
+        )
         return None
 
     def _log_rewards(self, split: str, rewards: RewardOutput) -> None:
         on_step = split == "train"
         for name, raw in rewards.raw.items():
             self.log(f"{split}/reward/{name}", raw.mean(), on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
-            self.log(f"{split}/reward_normalized/{name}", rewards.normalized[name].mean(), on_step=on_step,
-                     on_epoch=not on_step, sync_dist=not on_step)  # fmt: skip
-        self.log(f"{split}/reward/total", rewards.total.mean(), on_step=on_step, on_epoch=not on_step,
-                 sync_dist=not on_step)  # fmt: skip
+            self.log(
+                f"{split}/reward_normalized/{name}",
+                rewards.normalized[name].mean(),
+                on_step=on_step,
+                on_epoch=not on_step,
+                sync_dist=not on_step,
+            )
+        self.log(
+            f"{split}/reward/total", rewards.total.mean(), on_step=on_step, on_epoch=not on_step, sync_dist=not on_step
+        )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         norms = grad_norm(self.conditioner, norm_type=2)
@@ -255,8 +285,13 @@ class AlignmentStage(LightningModule):
         images = self.generate(cond, latents=latents, guidance_scale=self.hparams.guidance_scale, uncond=uncond)
         rewards = self.score(images, batch, users)
         scores = {name: raw.float().cpu() for name, raw in rewards.raw.items()} | {"total": rewards.total.cpu()}
-        return {"images": images.cpu(), "user_id": list(batch["user_id"]), "item_id": list(batch["item_id"]),
-                "seed": seeds, "scores": scores}  # fmt: skip
+        return {
+            "images": images.cpu(),
+            "user_id": list(batch["user_id"]),
+            "item_id": list(batch["item_id"]),
+            "seed": seeds,
+            "scores": scores,
+        }
 
     def initial_latents(self, seed: int) -> Tensor:
         """The starting noise of one cover, drawn from its own seed (so results do not depend on the batch)."""
@@ -269,8 +304,9 @@ class AlignmentStage(LightningModule):
 
     def unconditional(self, batch_size: int) -> Conditioning:
         """Classifier-free guidance's negative: empty title, blank reference, the cold-start user."""
-        blank = torch.zeros(1, 3, self.conditioner.prompter.image_size, self.conditioner.prompter.image_size,
-                            device=self.device)  # fmt: skip
+        blank = torch.zeros(
+            1, 3, self.conditioner.prompter.image_size, self.conditioner.prompter.image_size, device=self.device
+        )
         user = self.frozen["users"].user_embedding(torch.full((1,), -1, device=self.device, dtype=torch.long))
         return self.conditioner([""], blank, user).repeat(batch_size)
 
@@ -311,9 +347,11 @@ class AlignmentStage(LightningModule):
             self.conditioner,
             user_embeddings=torch.cat([table[1:], table[:1]]),  # stage-1 order, fallback last
             user_ids=list(self.frozen["stage1_user_ids"]),
-            extra={"diffusion": asdict(self.diffusion_source),
-                   "sampler": {k: self.hparams[k] for k in ("num_steps", "guidance_scale", "image_size", "seed")}},
-        )  # fmt: skip
+            extra={
+                "diffusion": asdict(self.diffusion_source),
+                "sampler": {k: self.hparams[k] for k in ("num_steps", "guidance_scale", "image_size", "seed")},
+            },
+        )
 
 
 def pair_seed(base: int, user_id: str, item_id: str) -> int:

@@ -117,8 +117,16 @@ class CoverWriter(BasePredictionWriter):
         manifest.write_text("")  # a fresh run replaces, never appends to, an earlier manifest
         self.manifest = manifest
 
-    def write_on_batch_end(self, trainer: Trainer, module: LightningModule, prediction: dict[str, Any],
-                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        module: LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         with self.manifest.open("a") as out:
             for i, (user, item) in enumerate(zip(prediction["user_id"], prediction["item_id"], strict=True)):
                 name = f"{safe_name(user)}__{safe_name(item)}.png"
