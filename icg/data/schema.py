@@ -16,10 +16,17 @@ non-clicks as well (MovieLens ratings below a threshold). docs/data.md documents
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 FORMAT_NAME = "icg-dataset"
 FORMAT_VERSION = 1
@@ -87,8 +94,126 @@ def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise DatasetFormatError(f"{path}: missing column(s) {missing}; expected at least {list(columns)}")
     for column in ("user_id", "item_id", "title", "image"):
         if column in frame.columns:
-            frame[column] = frame[column].astype(str)
+            frame[column] = frame[column].fillna("").astype(str)  # a null id or title reads as "", never "None"
     return frame
+
+
+def row_label(path: Path, row: int) -> str:
+    """How bad-input reports name a row: 1-based data row; CSV files also give the line (the header is line 1)."""
+    if path.suffix == ".csv":
+        return f"{path.name} row {row + 1} (line {row + 2})"
+    return f"{path.name} row {row + 1}"
+
+
+@dataclass
+class InteractionArrays:
+    """The interactions table as compact arrays: ids dictionary-encoded, one entry per file row (file order).
+
+    Built with pyarrow so that ~20M rows never become Python objects. ``timestamp_ok`` / ``click_ok`` are False
+    where the file holds something non-numeric (or a click other than 0/1); validation reports those rows.
+
+    Args:
+        path: the file read.
+        user_code: int32 index into ``user_values`` per row.
+        user_values: the distinct user id strings, sorted (object array); codes follow this order.
+        item_code: int32 index into ``item_values`` per row.
+        item_values: the distinct item id strings, sorted (object array).
+        timestamp: int64 seconds (0 where ``timestamp_ok`` is False).
+        timestamp_ok: bool per row.
+        click: int8 per row (0 where ``click_ok`` is False).
+        click_ok: bool per row.
+    """
+
+    path: Path
+    user_code: np.ndarray
+    user_values: np.ndarray
+    item_code: np.ndarray
+    item_values: np.ndarray
+    timestamp: np.ndarray
+    timestamp_ok: np.ndarray
+    click: np.ndarray
+    click_ok: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_code)
+
+
+def _encode_ids(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Dictionary-encode a string column: (int32 codes per row, sorted distinct values). Nulls read as ""."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        column = column.cast(pa.string())  # integer ids in a parquet file are still ids, compared as strings
+    encoded = column.fill_null("").dictionary_encode()  # chunks of a ChunkedArray share one dictionary
+    if encoded.num_chunks == 0:
+        return np.zeros(0, np.int32), np.zeros(0, object)
+    dictionary = encoded.chunk(0).dictionary
+    # renumber so codes follow the sorted ids: then sorting codes sorts ids (arrow's byte order = Python's str order)
+    order = pc.sort_indices(dictionary).to_numpy()
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    codes = np.concatenate([rank[chunk.indices.to_numpy(zero_copy_only=False)] for chunk in encoded.chunks])
+    values = dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False).astype(object)
+    return codes, values
+
+
+def _to_int(column: pa.ChunkedArray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Integers per row and a mask of rows that really held an integer (non-numeric text, nulls, NaN fail)."""
+    if pa.types.is_integer(column.type):
+        values = column.fill_null(0).to_numpy()
+        return values.astype(dtype), ~column.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_boolean(column.type):
+        return column.fill_null(False).to_numpy(zero_copy_only=False).astype(dtype), ~column.is_null().to_numpy(
+            zero_copy_only=False
+        )
+    # text or floats: coerce; only the (rare) files that need it pay for pandas' parser
+    numbers = pd.to_numeric(pd.Series(column.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(float)
+    ok = np.isfinite(numbers) & (np.floor(numbers) == numbers)
+    return np.where(ok, numbers, 0).astype(dtype), ok
+
+
+def read_interaction_arrays(root: str | Path) -> InteractionArrays:
+    """Read the interactions table of ``root`` into :class:`InteractionArrays` (no validation beyond columns)."""
+    path = table_path(root, INTERACTIONS_TABLE)
+    try:
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+        else:
+            table = pacsv.read_csv(
+                path,
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in INTERACTION_COLUMNS}, strings_can_be_null=False
+                ),
+            )
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DatasetFormatError(f"{path}: cannot be read as a table ({err})") from err
+    missing = [c for c in INTERACTION_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DatasetFormatError(f"{path}: missing column(s) {missing}; expected at least {list(INTERACTION_COLUMNS)}")
+    user_code, user_values = _encode_ids(table.column("user_id"))
+    item_code, item_values = _encode_ids(table.column("item_id"))
+    timestamp, timestamp_ok = _to_int(table.column("timestamp"), np.int64)
+    click, click_numeric = _to_int(table.column("click"), np.int64)
+    click_ok = click_numeric & ((click == 0) | (click == 1))
+    del table
+    return InteractionArrays(
+        path=path,
+        user_code=user_code,
+        user_values=user_values,
+        item_code=item_code,
+        item_values=item_values,
+        timestamp=timestamp,
+        timestamp_ok=timestamp_ok,
+        click=np.where(click_ok, click, 0).astype(np.int8),
+        click_ok=click_ok,
+    )
+
+
+def write_meta(root: str | Path, meta: DatasetMeta) -> Path:
+    """Write ``meta.json`` (for writers that stream their tables, like the converters)."""
+    path = Path(root) / META_FILE
+    path.write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    return path
 
 
 def read_meta(root: str | Path) -> DatasetMeta:
@@ -156,5 +281,120 @@ def write_dataset(
             frame.to_parquet(path, index=False)
         else:
             frame.to_csv(path, index=False)
-    (root / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    write_meta(root, meta)
     return root
+
+
+# ---------------------------------------------------------------------------------------------- writers for converters
+def link_or_copy(source: Path, target: Path) -> None:
+    """Put ``source`` at ``target``: a hard link when the file system allows (no extra disk), else a copy."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another device, or a file system without hard links
+        shutil.copy2(source, target)
+
+
+def attach_covers(items: pd.DataFrame, covers: Path, root: Path, suffix: str = ".jpg") -> tuple[pd.DataFrame, list]:
+    """Link ``<covers>/<item_id><suffix>`` into ``<root>/images/`` and set ``image``; items without one are dropped.
+
+    Returns:
+        (the items that have a cover, with ``image`` set; the item ids that had none, in table order).
+    """
+    covers = Path(covers)
+    if not covers.is_dir():
+        raise FileNotFoundError(f"covers folder {covers} does not exist")
+    available = {name for name in os.listdir(covers) if name.endswith(suffix)}  # one listing, not 100k stats
+    has_cover = (items["item_id"] + suffix).isin(available).to_numpy()
+    images = Path(root) / IMAGES_DIR
+    images.mkdir(parents=True, exist_ok=True)
+    kept = items[has_cover].copy()
+    for item_id in kept["item_id"]:
+        link_or_copy(covers / f"{item_id}{suffix}", images / f"{item_id}{suffix}")
+    kept["image"] = IMAGES_DIR + "/" + kept["item_id"] + suffix
+    return kept, items.loc[~has_cover, "item_id"].tolist()
+
+
+class InteractionsWriter:
+    """Streams interaction chunks into ``<root>/interactions.parquet`` with the format's column types.
+
+    Args:
+        root: the dataset folder.
+    """
+
+    SCHEMA = pa.schema(
+        [("user_id", pa.string()), ("item_id", pa.string()), ("click", pa.int8()), ("timestamp", pa.int64())]
+    )
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> InteractionsWriter:
+        for suffix in TABLE_SUFFIXES:
+            (self.root / f"{INTERACTIONS_TABLE}{suffix}").unlink(missing_ok=True)
+        self._writer = pq.ParquetWriter(self.root / f"{INTERACTIONS_TABLE}.parquet", self.SCHEMA)
+        return self
+
+    def write(self, chunk: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(
+            chunk[list(INTERACTION_COLUMNS)].astype(
+                {"user_id": str, "item_id": str, "click": "int8", "timestamp": "int64"}
+            ),
+            schema=self.SCHEMA,
+            preserve_index=False,
+        )
+        self._writer.write_table(table)
+        self.rows += len(chunk)
+
+    def __exit__(self, *exc) -> None:
+        self._writer.close()
+
+
+def convert_interactions_csv(
+    source: Path,
+    columns: dict[str, str],
+    to_click,
+    kept_items: set[str],
+    left_out_items: set[str],
+    root: Path,
+    chunk_rows: int = 1_000_000,
+) -> dict[str, int]:
+    """Stream a source's interactions CSV into ``<root>/interactions.parquet``, counting every row left out.
+
+    Args:
+        source: the CSV file.
+        columns: source column -> format column (``user_id``, ``item_id``, ``timestamp`` and the click source).
+        to_click: function of a chunk (format column names) returning int 0/1 clicks.
+        kept_items: item ids that made it into the items table.
+        left_out_items: known item ids the converter left out (e.g. no cover); their rows are counted apart.
+        root: the dataset folder.
+        chunk_rows: rows read at a time (bounded memory at any scale).
+
+    Returns:
+        counts: ``written``, ``rows_of_left_out_items``, ``rows_with_unknown_item``, ``rows_with_bad_timestamp``.
+    """
+    counts = dict.fromkeys(("read", "written", "rows_of_left_out_items", "rows_with_unknown_item"), 0)
+    counts["rows_with_bad_timestamp"] = 0
+    reader = pd.read_csv(source, dtype=str, keep_default_na=False, chunksize=chunk_rows)
+    with InteractionsWriter(root) as writer:
+        for chunk in reader:
+            missing = [c for c in columns if c not in chunk.columns]
+            if missing:
+                raise DatasetFormatError(f"{source}: missing column(s) {missing}; expected {list(columns)}")
+            chunk = chunk[list(columns)].rename(columns=columns)
+            counts["read"] += len(chunk)
+            timestamp = pd.to_numeric(chunk["timestamp"], errors="coerce")
+            bad_ts = timestamp.isna().to_numpy()
+            kept = chunk["item_id"].isin(kept_items).to_numpy()
+            left_out = chunk["item_id"].isin(left_out_items).to_numpy()
+            counts["rows_of_left_out_items"] += int(left_out.sum())
+            counts["rows_with_unknown_item"] += int((~kept & ~left_out).sum())
+            counts["rows_with_bad_timestamp"] += int((kept & bad_ts).sum())
+            keep = kept & ~bad_ts
+            chunk = chunk[keep].assign(timestamp=timestamp[keep].astype("int64"))
+            chunk["click"] = to_click(chunk)
+            writer.write(chunk)
+        counts["written"] = writer.rows
+    return counts

@@ -1,0 +1,148 @@
+"""``icg data synth|validate|stats|convert``: the dataset commands of the ``icg`` CLI (ICG, Bian et al., EMNLP 2025).
+
+``icg/cli.py`` hands every ``icg data ...`` invocation to :func:`run_data_command`. Output goes to stdout with
+``sys.stdout.write``; a failed check exits non-zero with its one report on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from icg.data.schema import DatasetFormatError
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icg data", description="Dataset commands (format: docs/data.md).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{synth,validate,stats,convert}")
+
+    synth = commands.add_parser("synth", help="write the synthetic platform (the embedded default's data)")
+    synth.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    synth.add_argument("--users", type=int, default=200, help="number of users")
+    synth.add_argument("--items", type=int, default=300, help="number of items")
+    synth.add_argument("--seed", type=int, default=0, help="random seed")
+    synth.add_argument("--image-size", type=int, default=64, help="cover size in pixels")
+
+    validate = commands.add_parser("validate", help="check a dataset; non-zero exit and one report of every problem")
+    validate.add_argument("root", type=Path, help="dataset folder")
+
+    stats = commands.add_parser("stats", help="users, items, interactions, clicks, per-split counts")
+    stats.add_argument("root", type=Path, help="dataset folder")
+    stats.add_argument("--holdout", type=int, default=1, help="interactions per user held out for test (and val)")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    convert = commands.add_parser("convert", help="import PixelRec or MovieLens from their published layouts")
+    sources = convert.add_subparsers(dest="source", required=True, metavar="{pixelrec,movielens}")
+    pixelrec = sources.add_parser("pixelrec", help="PixelRec: interactions CSV + item_info.csv + covers/")
+    pixelrec.add_argument(
+        "--interactions", required=True, type=Path, help="e.g. Pixel1M.csv (item_id,user_id,timestamp)"
+    )
+    pixelrec.add_argument("--items", required=True, type=Path, help="item_info.csv")
+    pixelrec.add_argument("--covers", required=True, type=Path, help="folder of <item_id>.jpg")
+    pixelrec.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    movielens = sources.add_parser("movielens", help="MovieLens: ratings.csv + movies.csv + posters/")
+    movielens.add_argument("--ratings", required=True, type=Path, help="ratings.csv (userId,movieId,rating,timestamp)")
+    movielens.add_argument("--movies", required=True, type=Path, help="movies.csv (movieId,title,genres)")
+    movielens.add_argument("--posters", required=True, type=Path, help="folder of <movieId>.jpg")
+    movielens.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    movielens.add_argument("--positive-threshold", type=float, default=4.0, help="ratings >= this are clicks")
+    return parser
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from icg.data.synthetic import generate_platform  # the generator pulls in rendering code: load it only here
+
+    out = generate_platform(args.out, users=args.users, items=args.items, seed=args.seed, image_size=args.image_size)
+    sys.stdout.write(f"wrote synthetic platform to {out}\n")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from icg.data.validation import validate_dataset
+
+    report = validate_dataset(args.root)
+    if report.ok:
+        sys.stdout.write(f"{args.root}: ok\n")
+        return 0
+    sys.stderr.write(report.message() + "\n")
+    return 1
+
+
+def dataset_stats(root: Path, holdout: int) -> dict:
+    """Counts of a dataset as on disk (bad rows included; ``icg data validate`` reports those)."""
+    import numpy as np
+
+    from icg.data.schema import read_interaction_arrays, read_meta
+    from icg.data.splits import InteractionLog
+    from icg.data.validation import read_items
+
+    meta = read_meta(root)
+    items, _ = read_items(root)
+    inter = read_interaction_arrays(root)
+    order = np.lexsort((inter.item_code, inter.timestamp, inter.user_code))
+    log_ = InteractionLog(
+        inter.user_code[order],
+        inter.item_code[order],
+        inter.click[order],
+        inter.timestamp[order],
+        len(inter.user_values),
+        holdout,
+    )
+    return {
+        "source": meta.source,
+        "implicit": meta.implicit,
+        "users": len(inter.user_values),
+        "items": len(items),
+        "interactions": len(inter),
+        "clicks": int(inter.click.sum()),
+        "holdout": holdout,
+        **log_.counts(),
+    }
+
+
+def _stats(args: argparse.Namespace) -> int:
+    if args.holdout < 0:
+        raise ValueError(f"--holdout must be >= 0, got {args.holdout}")
+    stats = dataset_stats(args.root, args.holdout)
+    if args.json:
+        sys.stdout.write(json.dumps(stats) + "\n")
+    else:
+        sys.stdout.write("".join(f"{key:<22} {value}\n" for key, value in stats.items()))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    if args.source == "pixelrec":
+        from icg.data.convert_pixelrec import convert_pixelrec
+
+        report = convert_pixelrec(args.interactions, args.items, args.covers, args.out)
+    else:
+        from icg.data.convert_movielens import convert_movielens
+
+        report = convert_movielens(args.ratings, args.movies, args.posters, args.out, args.positive_threshold)
+    sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def run_data_command(args: list[str]) -> int:
+    """Run ``icg data <command> ...``; returns the exit status.
+
+    Args:
+        args: the words after ``icg data``.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        parsed = _parser().parse_args(args)
+    except SystemExit as exit_:  # --help and usage errors: argparse already printed
+        return int(exit_.code or 0)
+    handler = {"synth": _synth, "validate": _validate, "stats": _stats, "convert": _convert}[parsed.command]
+    try:
+        return handler(parsed)
+    except (DatasetFormatError, FileNotFoundError, ValueError) as err:
+        sys.stderr.write(f"icg data {parsed.command}: {err}\n")
+        return 2

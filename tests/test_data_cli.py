@@ -1,0 +1,86 @@
+"""``icg data ...`` through ``icg.cli.main``, exactly the path a user runs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from PIL import Image
+from test_schema import make_dataset
+
+from icg.cli import main
+
+
+def test_help_lists_subcommands(capsys):
+    assert main(["data", "--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("synth", "validate", "stats", "convert"):
+        assert command in out
+
+
+def test_validate_clean_and_bad(tmp_path, capsys):
+    make_dataset(tmp_path)
+    assert main(["data", "validate", str(tmp_path)]) == 0
+    assert "ok" in capsys.readouterr().out
+    (tmp_path / "images" / "i03.png").unlink()
+    items = pd.read_parquet(tmp_path / "items.parquet")
+    items.loc[0, "title"] = ""
+    items.to_parquet(tmp_path / "items.parquet", index=False)
+    assert main(["data", "validate", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "missing image file: 1 row(s) in items.parquet; first: items.parquet row 4" in err
+    assert "empty title: 1 row(s) in items.parquet; first: items.parquet row 1" in err
+
+
+def test_validate_not_a_dataset(tmp_path, capsys):
+    assert main(["data", "validate", str(tmp_path)]) == 2
+    assert "meta.json" in capsys.readouterr().err
+
+
+def test_stats(tmp_path, capsys):
+    make_dataset(tmp_path, users=6, items=12, per_user=5)
+    assert main(["data", "stats", str(tmp_path), "--holdout", "2", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["users"], stats["items"], stats["interactions"], stats["clicks"]) == (6, 12, 30, 30)
+    assert (stats["train_interactions"], stats["val_interactions"], stats["test_interactions"]) == (6, 12, 12)
+    assert main(["data", "stats", str(tmp_path)]) == 0
+    assert "test_interactions" in capsys.readouterr().out
+
+
+def test_convert_pixelrec(tmp_path, capsys):
+    (tmp_path / "covers").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "covers" / "x.jpg")
+    header = "item_id,view_number,comment_number,thumbup_number,share_number,coin_number,favorite_number,"
+    header += "barrage_number,title_en,title,description,tag"
+    (tmp_path / "item_info.csv").write_text(f"{header}\nx,1,1,1,1,1,1,1,A title,t,d,g\ny,1,1,1,1,1,1,1,B,t,d,g\n")
+    (tmp_path / "p.csv").write_text("item_id,user_id,timestamp\nx,u,1\ny,u,2\n")
+    args = ["data", "convert", "pixelrec", "--interactions", str(tmp_path / "p.csv")]
+    args += [
+        "--items",
+        str(tmp_path / "item_info.csv"),
+        "--covers",
+        str(tmp_path / "covers"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["items_without_cover"] == 1 and report["interactions_written"] == 1
+    assert main(["data", "validate", str(tmp_path / "o")]) == 0
+
+
+def test_convert_movielens_threshold(tmp_path, capsys):
+    (tmp_path / "posters").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "posters" / "1.jpg")
+    (tmp_path / "movies.csv").write_text('movieId,title,genres\n1,"A, B (1999)",Drama\n')
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n7,1,3.0,10\n8,1,2.5,11\n")
+    args = ["data", "convert", "movielens", "--ratings", str(tmp_path / "ratings.csv"), "--movies"]
+    args += [str(tmp_path / "movies.csv"), "--posters", str(tmp_path / "posters"), "--out", str(tmp_path / "o")]
+    assert main([*args, "--positive-threshold", "3.0"]) == 0
+    assert pd.read_parquet(tmp_path / "o" / "interactions.parquet")["click"].tolist() == [1, 0]
+
+
+def test_synth_then_validate(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(out), "--users", "20", "--items", "30", "--image-size", "16"]) == 0
+    assert main(["data", "validate", str(out)]) == 0

@@ -1,0 +1,107 @@
+"""The on-disk dataset format (icg/data/schema.py): round trips in parquet and CSV, compact interaction arrays.
+
+Also home of ``make_dataset``, the tiny dataset writer the other data tests import (``from test_schema import``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from icg.data.schema import (
+    DatasetFormatError,
+    DatasetMeta,
+    read_dataset,
+    read_interaction_arrays,
+    write_dataset,
+)
+
+
+def make_dataset(
+    root: Path,
+    users: int = 6,
+    items: int = 12,
+    per_user: int = 5,
+    implicit: bool = True,
+    table_format: str = "parquet",
+    seed: int = 0,
+) -> Path:
+    """A tiny valid dataset: ``items`` colored PNG covers, each user ``per_user`` interactions at distinct times."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    item_rows = []
+    for i in range(items):
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        Image.new("RGB", (20 + i, 16), color).save(root / "images" / f"i{i:02d}.png")
+        item_rows.append({"item_id": f"i{i:02d}", "title": f"title {i}", "image": f"images/i{i:02d}.png"})
+    inter_rows = []
+    for u in range(users):
+        chosen = rng.choice(items, per_user, replace=False)
+        for t, i in enumerate(chosen):
+            click = 1 if implicit else int(rng.integers(0, 2))
+            inter_rows.append({"user_id": f"u{u}", "item_id": f"i{i:02d}", "click": click, "timestamp": 100 * t + u})
+    inter = pd.DataFrame(inter_rows).sample(frac=1.0, random_state=seed)  # file order is not time order
+    write_dataset(root, pd.DataFrame(item_rows), inter, DatasetMeta("test", implicit), table_format)
+    return root
+
+
+@pytest.mark.parametrize("table_format", ["parquet", "csv"])
+def test_round_trip(tmp_path, table_format):
+    items = pd.DataFrame({"item_id": ["b", "a"], "title": ["T, with comma", ""], "image": ["images/b.png", "x.png"]})
+    inter = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "click": [1, 0], "timestamp": [5, 7]})
+    write_dataset(tmp_path, items, inter, DatasetMeta("unit", implicit=False, extra={"k": 1}), table_format)
+    assert (tmp_path / f"items.{table_format}").is_file()
+    got_items, got_inter, meta = read_dataset(tmp_path)
+    assert got_items["item_id"].tolist() == ["b", "a"]
+    assert got_items["title"].tolist() == ["T, with comma", ""]  # the empty title survives as "", not NaN
+    assert got_inter["user_id"].tolist() == ["u1", "u2"]
+    assert [int(c) for c in got_inter["click"]] == [1, 0]
+    assert [int(t) for t in got_inter["timestamp"]] == [5, 7]
+    assert (meta.source, meta.implicit, meta.extra) == ("unit", False, {"k": 1})
+    arrays = read_interaction_arrays(tmp_path)
+    assert arrays.user_values.tolist() == ["u1", "u2"]
+    assert arrays.item_values[arrays.item_code].tolist() == ["a", "b"]
+    assert arrays.click.tolist() == [1, 0] and arrays.timestamp.tolist() == [5, 7]
+    assert arrays.timestamp_ok.all() and arrays.click_ok.all()
+
+
+def test_switching_format_leaves_no_stale_twin(tmp_path):
+    make_dataset(tmp_path, table_format="csv")
+    make_dataset(tmp_path, table_format="parquet")
+    assert not (tmp_path / "items.csv").exists() and not (tmp_path / "interactions.csv").exists()
+
+
+def test_interaction_arrays_codes_follow_sorted_ids(tmp_path):
+    make_dataset(tmp_path, users=4, items=5, per_user=3)
+    arrays = read_interaction_arrays(tmp_path)
+    assert arrays.user_values.tolist() == sorted(arrays.user_values.tolist())
+    raw = pd.read_parquet(tmp_path / "interactions.parquet")
+    assert arrays.user_values[arrays.user_code].tolist() == raw["user_id"].tolist()
+    assert arrays.item_values[arrays.item_code].tolist() == raw["item_id"].tolist()
+
+
+def test_non_numeric_values_are_flagged_not_fatal(tmp_path):
+    make_dataset(tmp_path, table_format="csv")
+    path = tmp_path / "interactions.csv"
+    lines = path.read_text().splitlines()
+    fields = lines[1].split(",")
+    lines[1] = ",".join([fields[0], fields[1], "2", "yesterday"])
+    path.write_text("\n".join(lines) + "\n")
+    arrays = read_interaction_arrays(tmp_path)
+    assert not arrays.timestamp_ok[0] and not arrays.click_ok[0]
+    assert arrays.timestamp_ok[1:].all() and arrays.click_ok[1:].all()
+
+
+def test_missing_meta_and_columns_are_named(tmp_path):
+    make_dataset(tmp_path)
+    (tmp_path / "meta.json").unlink()
+    with pytest.raises(DatasetFormatError, match="meta.json"):
+        read_dataset(tmp_path)
+    make_dataset(tmp_path)
+    pd.DataFrame({"user_id": ["u"], "item_id": ["i00"]}).to_parquet(tmp_path / "interactions.parquet")
+    with pytest.raises(DatasetFormatError, match=r"interactions.parquet: missing column\(s\) \['click', 'timestamp'\]"):
+        read_interaction_arrays(tmp_path)

@@ -1,0 +1,98 @@
+"""Per-user time-ordered splits are deterministic and leak-free; histories never see the future; negatives are
+never a user's positive (icg/data/splits.py and its use by the DataModule)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from test_schema import make_dataset
+
+from icg.data.datamodule import ICGDataModule
+from icg.data.splits import TEST, TRAIN, VAL, InteractionLog, NegativeSampler, row_rng, split_parts
+
+
+def test_split_parts_last_k_held_out():
+    user = np.array([0] * 7 + [1] * 4 + [2] * 5)
+    part, train_end = split_parts(user, 3, holdout=2)
+    assert part[:7].tolist() == [TRAIN, TRAIN, TRAIN, VAL, VAL, TEST, TEST]
+    assert part[7:11].tolist() == [TRAIN] * 4  # 4 < 2*2+1: stays in train
+    assert part[11:].tolist() == [TRAIN, VAL, VAL, TEST, TEST]
+    assert train_end.tolist() == [3, 11, 12]
+
+
+def _toy_log(holdout=1):
+    # user 0 clicks items 5, 3, 5, 7, 2 in time order; user 1: 1, 4, 6
+    user = np.array([0, 0, 0, 0, 0, 1, 1, 1], np.int32)
+    item = np.array([5, 3, 5, 7, 2, 1, 4, 6], np.int32)
+    click = np.ones(8, np.int8)
+    return InteractionLog(user, item, click, np.arange(8, dtype=np.int64), 2, holdout)
+
+
+def test_history_is_causal_and_excludes_target():
+    log = _toy_log()
+    assert log.part.tolist() == [TRAIN, TRAIN, TRAIN, VAL, TEST, TRAIN, VAL, TEST]
+    assert log.history(0, 5, 3).tolist() == [-1, -1, -1]  # nothing before the first click
+    assert log.history(1, 3, 3).tolist() == [5, -1, -1]
+    assert log.history(2, 5, 3).tolist() == [3, -1, -1]  # the earlier click on 5 is the target: dropped
+    # held-out rows see all train clicks (newest first) and nothing held out
+    assert log.history(3, 7, 4).tolist() == [5, 3, 5, -1]
+    assert log.history(4, 2, 4).tolist() == [5, 3, 5, -1]  # not the val click on 7
+    assert log.history(7, 6, 2).tolist() == [1, -1]
+
+
+def test_negative_sampler_never_returns_positives():
+    rng = np.random.default_rng(0)
+    user = rng.integers(0, 50, 2000)
+    item = rng.integers(0, 60, 2000)
+    for distribution in ("uniform", "popularity"):
+        sampler = NegativeSampler(user, item, 60, distribution, popularity_items=item)
+        for u in range(50):
+            negatives = sampler.sample(u, 8, row_rng(0, 0, 0, u), distinct=True)
+            assert len(set(negatives.tolist())) == 8
+            assert not sampler.is_positive(np.full(8, u), negatives).any()
+            own = set(item[user == u].tolist())
+            assert not own & set(negatives.tolist())
+    again = NegativeSampler(user, item, 60).sample(3, 5, row_rng(0, 0, 0, 3))
+    assert again.tolist() == NegativeSampler(user, item, 60).sample(3, 5, row_rng(0, 0, 0, 3)).tolist()
+
+
+def test_datamodule_split_deterministic_and_leak_free(tmp_path):
+    make_dataset(tmp_path, users=8, items=30, per_user=9)
+    a, b = ICGDataModule(tmp_path, holdout=2, eval_candidates=5), ICGDataModule(tmp_path, holdout=2, eval_candidates=5)
+    a.setup("fit")
+    b.setup("fit")
+    for name in ("user", "item", "timestamp", "part"):
+        assert np.array_equal(getattr(a.log, name), getattr(b.log, name))
+    log = a.log
+    assert (np.bincount(log.user[log.part == TEST]) == 2).all() and (np.bincount(log.user[log.part == VAL]) == 2).all()
+    for u in range(a.num_users):
+        mine = log.user == u
+        train_ts = log.timestamp[mine & (log.part == TRAIN)]
+        val_ts = log.timestamp[mine & (log.part == VAL)]
+        test_ts = log.timestamp[mine & (log.part == TEST)]
+        assert train_ts.max() <= val_ts.min() and val_ts.max() <= test_ts.min()
+    # no held-out (user, item, timestamp) row appears in train
+    frame = pd.DataFrame({"u": log.user, "i": log.item, "t": log.timestamp, "p": log.part})
+    train = frame[frame.p == TRAIN]
+    held = frame[frame.p != TRAIN]
+    assert held.merge(train, on=["u", "i", "t"]).empty
+    # every history of every row holds only train clicks from before it, never its own item
+    for position in range(len(log)):
+        history = log.history(position, int(log.item[position]), 10)
+        history = history[history >= 0]
+        u = log.user[position]
+        earlier = (log.user == u) & (log.part == TRAIN) & (log.timestamp < log.timestamp[position])
+        assert set(history.tolist()) <= set(log.item[earlier].tolist())
+        assert int(log.item[position]) not in history.tolist()
+
+
+def test_ties_broken_by_item_then_file_row(tmp_path):
+    make_dataset(tmp_path, users=1, items=6, per_user=1)
+    inter = pd.DataFrame(
+        {"user_id": ["u0"] * 4, "item_id": ["i03", "i01", "i02", "i00"], "click": 1, "timestamp": [5, 5, 5, 1]}
+    )
+    inter.to_parquet(tmp_path / "interactions.parquet", index=False)
+    dm = ICGDataModule(tmp_path, holdout=1, eval_candidates=1)
+    dm.setup()
+    assert dm.item_ids[dm.log.item].tolist() == ["i00", "i01", "i02", "i03"]
+    assert dm.log.part.tolist() == [TRAIN, TRAIN, VAL, TEST]
