@@ -1,0 +1,274 @@
+"""The plain DDIM sampling loop with a gradient window (DRaFT-K / ReFL), the VAE helpers and the denoising loss.
+
+ICG (Bian et al., EMNLP 2025) aligns its adapter by back-propagating differentiable rewards through the sampler.
+Following DRaFT (Clark et al., ICLR 2024), ``grad_window="last_k"`` keeps the graph of the last K of T DDIM steps
+only; following ReFL (ImageReward, Xu et al., NeurIPS 2023), ``grad_window="random_step"`` runs without gradient up
+to a random step in a range, takes one step with gradient and returns that step's predicted x0. Steps outside the
+window run under ``torch.no_grad()`` on detached latents, so activation memory depends on K, not on T. Gradient
+checkpointing (as in AlignProp) recomputes the UNet inside the window during backward.
+
+The loop uses diffusers' ``DDIMScheduler`` API as its pipelines do (``set_timesteps``, ``scale_model_input``,
+``step(...).prev_sample`` / ``.pred_original_sample``) and matches ``StableDiffusionPipeline`` output for the same
+components, conditioning, noise and steps (tests/test_diffusion.py). Pipelines are for comparisons only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from icg.diffusion.components import DiffusionComponents
+from icg.diffusion.conditioning import Conditioning, predict_noise
+
+GradWindow = Literal["none", "last_k", "random_step"]
+GRAD_WINDOWS = ("none", "last_k", "random_step")
+
+
+def encode(vae: nn.Module, images_01: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Images in [0, 1] (B x 3 x H x W) to scaled VAE latents (a sample of the posterior), as diffusers trainers do."""
+    x = (images_01 * 2 - 1).to(vae.dtype)
+    z = vae.encode(x).latent_dist.sample(generator)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (z - shift) * vae.config.scaling_factor
+
+
+def decode(vae: nn.Module, latents: Tensor) -> Tensor:
+    """Scaled latents to images in [0, 1], exactly as ``StableDiffusionPipeline`` + ``postprocess`` (clamped)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    z = latents / vae.config.scaling_factor + shift
+    image = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+    return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+def _autocast(device: torch.device, autocast_dtype: torch.dtype | str | None) -> contextlib.AbstractContextManager:
+    if autocast_dtype == "auto":
+        autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    if autocast_dtype is None:
+        return contextlib.nullcontext()
+    if isinstance(autocast_dtype, str):
+        autocast_dtype = getattr(torch, autocast_dtype)
+    return torch.autocast(device.type, dtype=autocast_dtype)
+
+
+def _randint(low: int, high: int, size: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:
+    """``torch.randint`` on the generator's own device (a CUDA generator cannot draw on CPU), then moved."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randint(low, high, size, generator=generator, device=gen_device).to(device)
+
+
+def gradient_steps(
+    num_steps: int,
+    grad_window: GradWindow,
+    k: int = 1,
+    random_step_range: tuple[int, int] = (30, 39),
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """Indices (0-based, in sampling order) of the steps that run with gradient.
+
+    Args:
+        num_steps: T, the number of DDIM steps.
+        grad_window: ``none`` (no step), ``last_k`` (steps T-K .. T-1) or ``random_step`` (one step drawn
+            uniformly from ``random_step_range``, both ends included).
+        k: K for ``last_k``; 1 <= K <= T (K = T back-propagates through the whole chain, AlignProp-style).
+        random_step_range: inclusive step-index range for ``random_step`` (ReFL: (30, 39) of 40 steps).
+        generator: draws the random step.
+    """
+    if grad_window == "none":
+        return []
+    if grad_window == "last_k":
+        if not 1 <= k <= num_steps:
+            raise ValueError(f"grad_window='last_k' needs 1 <= k <= num_steps={num_steps}, got k={k}")
+        return list(range(num_steps - k, num_steps))
+    if grad_window == "random_step":
+        lo, hi = (int(v) for v in random_step_range)
+        if not 0 <= lo <= hi < num_steps:
+            raise ValueError(
+                f"random_step_range={tuple(random_step_range)} must satisfy 0 <= low <= high < num_steps={num_steps}"
+            )
+        return [int(_randint(lo, hi + 1, (1,), generator, "cpu").item())]
+    raise ValueError(f"grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
+
+
+def sample(
+    components: DiffusionComponents,
+    cond: Conditioning,
+    *,
+    num_steps: int = 50,
+    guidance_scale: float = 1.0,
+    uncond: Conditioning | None = None,
+    grad_window: GradWindow = "none",
+    k: int = 1,
+    random_step_range: tuple[int, int] = (30, 39),
+    x0_shortcut: bool | None = None,
+    gradient_checkpointing: bool = False,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    latents: Tensor | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    decode: bool = True,
+    autocast_dtype: torch.dtype | str | None = "auto",
+) -> Tensor:
+    """Sample images with DDIM, keeping the autograd graph only inside the gradient window.
+
+    Args:
+        components: frozen UNet, VAE and DDIM scheduler.
+        cond: the conditioning (its gradient is what alignment trains); B rows give B images.
+        num_steps: T, DDIM steps.
+        guidance_scale: classifier-free guidance weight; > 1 enables CFG (as in diffusers' pipelines).
+        uncond: the unconditional conditioning for CFG (1 row or B rows); required when ``guidance_scale > 1``.
+        grad_window: ``none`` | ``last_k`` (DRaFT-K) | ``random_step`` (ReFL); see :func:`gradient_steps`.
+        k: K of ``last_k``.
+        random_step_range: inclusive index range of the single gradient step of ``random_step``.
+        x0_shortcut: stop after the last gradient step (the last step if there is none) and return its predicted
+            x0 instead of finishing the chain. None means the mode's default: True for ``random_step`` (ReFL: the
+            later steps could carry no gradient), False otherwise. ``random_step`` with False is an error.
+        gradient_checkpointing: recompute the UNet inside the window during backward (same gradient, less memory).
+        eta: DDIM eta (0 = deterministic).
+        generator: draws the initial noise (``diffusers.utils.torch_utils.randn_tensor``, as the pipelines), the
+            random step and any DDIM noise.
+        latents: initial noise B x C x h x w instead of drawing it.
+        height: image height in pixels (default: the UNet's configured size); must be a multiple of the VAE factor.
+        width: image width in pixels (default as ``height``).
+        decode: return decoded images in [0, 1] (B x 3 x H x W); False returns the final latents.
+        autocast_dtype: autocast dtype around UNet and VAE calls; ``"auto"`` is bf16 on CUDA and off elsewhere.
+
+    Returns:
+        B x 3 x H x W images in [0, 1], or B x C x h x w latents when ``decode=False``.
+    """
+    if grad_window == "random_step":
+        # Validated now, drawn after the initial noise so that the noise matches the pipeline's for one generator.
+        lo, hi = random_step_range
+        if not 0 <= lo <= hi < num_steps:
+            raise ValueError(
+                f"random_step_range={tuple(random_step_range)} must satisfy 0 <= low <= high < num_steps={num_steps}"
+            )
+        steps_with_grad = None
+        if x0_shortcut is False:
+            raise ValueError(
+                "grad_window='random_step' returns the predicted x0 of its gradient step (ReFL); x0_shortcut=False "
+                "would finish the chain without gradient. Use grad_window='last_k' to back-propagate to the end."
+            )
+        x0_shortcut = True
+    else:
+        steps_with_grad = gradient_steps(num_steps, grad_window, k)
+    x0_shortcut = bool(x0_shortcut)
+    if guidance_scale > 1.0 and uncond is None:
+        raise ValueError("guidance_scale > 1 needs `uncond` (the adapter's unconditional Conditioning)")
+
+    unet, vae, scheduler = components.unet, components.vae, components.scheduler
+    device = components.device
+    factor = components.vae_scale_factor
+    height = height or components.default_image_size
+    width = width or height
+    if height % factor or width % factor:
+        raise ValueError(f"height and width must be multiples of the VAE factor {factor}, got {height} x {width}")
+    batch = cond.batch_size
+    cond = cond.to(device)
+
+    shape = (batch, components.latent_channels, height // factor, width // factor)
+    if latents is None:
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+    elif tuple(latents.shape) != shape:
+        raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+    latents = latents.to(device=device, dtype=torch.float32) * scheduler.init_noise_sigma
+    if steps_with_grad is None:
+        steps_with_grad = gradient_steps(num_steps, grad_window, k, random_step_range, generator)
+
+    do_cfg = guidance_scale > 1.0
+    unet_cond = cond
+    if do_cfg:
+        uncond = uncond.to(device)
+        if uncond.batch_size == 1 and batch > 1:
+            uncond = uncond.repeat(batch)
+        unet_cond = Conditioning.cat([uncond, cond])  # [uncond, cond] order, as diffusers' pipelines
+
+    scheduler.set_timesteps(num_steps, device=device)
+    timesteps = scheduler.timesteps
+    last = max(steps_with_grad) if (x0_shortcut and steps_with_grad) else len(timesteps) - 1
+    unet_dtype = unet.dtype  # diffusers walks all submodules for this: once per call, not per step
+    grad_on = torch.is_grad_enabled()
+    autocast = _autocast(device, autocast_dtype)
+    pred_x0 = latents
+    for i, t in enumerate(timesteps[: last + 1]):
+        with_grad = grad_on and i in steps_with_grad
+        if not with_grad:
+            latents = latents.detach()  # nothing before the window keeps a graph
+        with torch.set_grad_enabled(with_grad):
+            model_in = torch.cat([latents] * 2) if do_cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            with autocast:
+                if with_grad and gradient_checkpointing:
+                    eps = checkpoint(
+                        predict_noise,
+                        unet,
+                        model_in,
+                        t,
+                        unet_cond,
+                        image_size=(height, width),
+                        dtype=unet_dtype,
+                        use_reentrant=False,
+                    )
+                else:
+                    eps = predict_noise(unet, model_in, t, unet_cond, image_size=(height, width), dtype=unet_dtype)
+            eps = eps.to(latents.dtype)  # scheduler arithmetic in fp32
+            if do_cfg:
+                eps_uncond, eps_cond = eps.chunk(2)
+                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            out = scheduler.step(eps, t, latents, eta=eta, generator=generator)
+        latents, pred_x0 = out.prev_sample, out.pred_original_sample
+
+    final = pred_x0 if x0_shortcut else latents
+    if not decode:
+        return final
+    with autocast:
+        return decode_latents(vae, final)
+
+
+# ``decode`` is also a keyword argument of ``sample``; keep the helper reachable under a second name there.
+decode_latents = decode
+
+
+def denoising_loss(
+    components: DiffusionComponents,
+    images_01: Tensor,
+    cond: Conditioning,
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | str | None = "auto",
+) -> Tensor:
+    """Standard diffusion loss on real images: the regularizer that guards alignment against reward hacking.
+
+    Encodes the images with the frozen VAE, noises them at a uniformly drawn training timestep and returns the MSE
+    between the UNet's prediction under ``cond`` and its target (epsilon, or v for v-prediction schedulers).
+
+    Args:
+        components: frozen UNet, VAE and scheduler.
+        images_01: B x 3 x H x W reference images in [0, 1].
+        cond: conditioning for those images (B rows); gradient flows into it.
+        generator: draws the VAE posterior sample, the noise and the timesteps.
+        autocast_dtype: as in :func:`sample`.
+    """
+    unet, vae, scheduler = components.unet, components.vae, components.scheduler
+    device = components.device
+    images_01 = images_01.to(device)
+    autocast = _autocast(device, autocast_dtype)
+    with torch.no_grad(), autocast:
+        z = encode(vae, images_01, generator).float()
+    noise = randn_tensor(z.shape, generator=generator, device=device, dtype=z.dtype)
+    t = _randint(0, scheduler.config.num_train_timesteps, (z.shape[0],), generator, device)
+    noisy = scheduler.add_noise(z, noise, t)
+    with autocast:
+        pred = predict_noise(unet, noisy, t, cond.to(device), image_size=tuple(images_01.shape[-2:]))
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    elif scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(z, noise, t)
+    else:
+        raise ValueError(f"denoising_loss supports epsilon and v_prediction, not {scheduler.config.prediction_type!r}")
+    return F.mse_loss(pred.float(), target)
