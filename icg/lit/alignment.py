@@ -15,6 +15,7 @@ checkpoint's state dict (they are rebuilt from their own paths), so checkpoints 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -358,3 +359,32 @@ def pair_seed(base: int, user_id: str, item_id: str) -> int:
     """A stable 63-bit seed per (user, item), independent of batching, rank and Python's hash randomization."""
     digest = hashlib.sha256(f"{base}:{user_id}:{item_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % (2**63 - 1)
+
+
+def load_alignment_stage(path: str | Path, config_key: str = "stage3_ckpt", device: str = "cpu") -> AlignmentStage:
+    """A ready-to-generate stage 3 from its checkpoint alone (no Trainer): for evaluation, demos and notebooks.
+
+    The conditioner is rebuilt from its spec (stock MLLM from its path) with the trained weights; stage-1 users,
+    the reward bundle and the stock diffusion model come from the paths the checkpoint recorded.
+    """
+    checkpoint = ckpt.load_stage_checkpoint(path, STAGE, config_key)
+    block = checkpoint[ckpt.ICG_KEY]
+    conditioner = ckpt.instantiate(block["specs"]["conditioner"])
+    prefix = "conditioner."
+    conditioner.load_trained_state_dict(
+        {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    )
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    known = set(inspect.signature(AlignmentStage.__init__).parameters) - {
+        "self",
+        "conditioner",
+        "diffusion",
+        "optimizer",
+    }
+    stage = AlignmentStage(
+        conditioner, diffusion=DiffusionSource(**block["diffusion"]), **{k: v for k, v in hparams.items() if k in known}
+    )
+    stage.setup("predict")
+    stage.to(device)
+    stage._place_frozen()
+    return stage.eval()

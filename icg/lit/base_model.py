@@ -1,0 +1,167 @@
+"""The demo's stand-in base model: a tiny text-to-image latent diffusion model trained on the synthetic covers.
+
+Not one of ICG's three stages. The synthetic platform has no pretrained diffusion model, so before stage 3 the demo
+trains a small one that plays the part SD 1.5 plays for real data: a VAE (trained first, then frozen), a UNet
+conditioned on title tokens, and a hashed-word title encoder standing in for CLIP's text encoder. It is written as a
+stock diffusers folder (``unet/``, ``vae/``, ``scheduler/``) that stage 3 loads like any checkpoint, plus
+``title_encoder/`` for the "base model prompted with the title" baseline. Titles are dropped with probability
+``cond_dropout`` so classifier-free guidance has an unconditional branch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from icg import ckpt
+from icg.diffusion.components import SD_SCHEDULE
+from icg.diffusion.conditioning import Conditioning, predict_noise
+from icg.diffusion.sampler import encode
+from icg.models.title_tokens import TitleTokenEncoder
+
+log = logging.getLogger(__name__)
+STAGE = "base_model"
+TITLE_ENCODER_DIR = "title_encoder"
+
+
+class StandInBaseModel(LightningModule):
+    """Trains the demo's stand-in for SD 1.5 (VAE for ``vae_steps``, then UNet + title encoder).
+
+    Args:
+        unet: ``UNet2DConditionModel`` config (its ``cross_attention_dim`` must equal the title encoder's ``dim``).
+        vae: ``AutoencoderKL`` config.
+        title_encoder: the hashed-word title encoder (the base model's "text encoder").
+        export_dir: where the diffusers folder (+ ``title_encoder/``) is written when training ends.
+        vae_optimizer: optimizer of the VAE phase.
+        unet_optimizer: optimizer of the UNet + title-encoder phase.
+        vae_steps: optimizer steps of the VAE phase.
+        kl_weight: weight of the VAE's KL term.
+        cond_dropout: probability of training a sample with an empty title (for classifier-free guidance).
+    """
+
+    data_unit = "items"
+
+    def __init__(
+        self,
+        unet: dict,
+        vae: dict,
+        title_encoder: TitleTokenEncoder,
+        export_dir: str,
+        vae_optimizer: OptimizerCallable = torch.optim.AdamW,
+        unet_optimizer: OptimizerCallable = torch.optim.AdamW,
+        vae_steps: int = 300,
+        kl_weight: float = 1e-6,
+        cond_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["title_encoder", "vae_optimizer", "unet_optimizer"])
+        self.automatic_optimization = False
+        if int(unet.get("cross_attention_dim", -1)) != title_encoder.dim:
+            raise ValueError(
+                f"model.init_args.unet.cross_attention_dim={unet.get('cross_attention_dim')} must equal "
+                f"model.init_args.title_encoder.init_args.dim={title_encoder.dim}"
+            )
+        self.unet = UNet2DConditionModel(**unet)
+        self.vae = AutoencoderKL(**vae)
+        self.title_encoder = title_encoder
+        self.scheduler = DDIMScheduler(**SD_SCHEDULE)
+        self.vae_optimizer = vae_optimizer
+        self.unet_optimizer = unet_optimizer
+        self.register_buffer("latent_scale", torch.zeros(()))  # fitted when the VAE phase ends
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.vae_optimizer(self.vae.parameters()),
+                self.unet_optimizer(list(self.unet.parameters()) + list(self.title_encoder.parameters()))]  # fmt: skip
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        vae_opt, unet_opt = self.optimizers()
+        images = batch["image"]
+        if self.global_step < self.hparams.vae_steps:
+            posterior = self.vae.encode(images * 2 - 1).latent_dist
+            recon = self.vae.decode(posterior.sample()).sample
+            rec = F.mse_loss(recon, images * 2 - 1)
+            loss = rec + self.hparams.kl_weight * posterior.kl().mean()
+            self.log("train/vae_recon", rec, prog_bar=True)
+            vae_opt.zero_grad()
+            self.manual_backward(loss)
+            vae_opt.step()
+            return loss
+        if self.latent_scale == 0:
+            self._fit_latent_scale(images)
+        titles = [t if torch.rand(()) >= self.hparams.cond_dropout else "" for t in batch["title"]]
+        states, mask, _ = self.title_encoder(titles)
+        loss = self.denoising_loss(images, Conditioning(states, mask.long()))
+        self.log("train/denoise_loss", loss, prog_bar=True)
+        unet_opt.zero_grad()
+        self.manual_backward(loss)
+        unet_opt.step()
+        return loss
+
+    @torch.no_grad()
+    def _fit_latent_scale(self, images: Tensor) -> None:
+        """SD's 0.18215 plays this role: scale latents to unit variance so the noise schedule fits them."""
+        self.vae.eval().requires_grad_(False)
+        latents = self.vae.encode(images * 2 - 1).latent_dist.mean
+        self.latent_scale.fill_(1.0 / latents.std().clamp_min(1e-4))
+        self.vae.register_to_config(scaling_factor=float(self.latent_scale))
+        log.info("VAE phase done: latent scaling factor %.4f", float(self.latent_scale))
+
+    def denoising_loss(self, images: Tensor, cond: Conditioning) -> Tensor:
+        with torch.no_grad():
+            latents = encode(self.vae, images)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],), device=self.device)
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        return F.mse_loss(predict_noise(self.unet, noisy, t, cond), noise)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        scale = float(checkpoint["state_dict"].get("latent_scale", 0.0))
+        if scale:
+            self.vae.register_to_config(scaling_factor=scale)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[ckpt.ICG_KEY] = {"stage": STAGE, "version": ckpt.ICG_CKPT_VERSION,
+                                    "specs": {"title_encoder": self.title_encoder.spec}}  # fmt: skip
+
+    def on_train_end(self) -> None:
+        if self.latent_scale == 0:
+            raise RuntimeError(
+                f"the base model trained only its VAE (model.init_args.vae_steps={self.hparams.vae_steps} >= the "
+                "steps run): raise trainer.max_steps so the UNet trains too"
+            )
+        if self.trainer.is_global_zero:
+            export_base_model(self.hparams.export_dir, self.unet, self.vae, self.scheduler, self.title_encoder)
+
+
+def export_base_model(folder: str | Path, unet, vae, scheduler, title_encoder: TitleTokenEncoder) -> Path:
+    """A stock diffusers folder (``unet/``, ``vae/``, ``scheduler/``) plus ``title_encoder/``."""
+    folder = Path(folder)
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    scheduler.save_pretrained(folder / "scheduler")
+    (folder / TITLE_ENCODER_DIR).mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in title_encoder.state_dict().items()},
+              str(folder / TITLE_ENCODER_DIR / "model.safetensors"))  # fmt: skip
+    (folder / TITLE_ENCODER_DIR / "spec.json").write_text(json.dumps(title_encoder.spec, indent=2) + "\n")
+    log.info("stand-in base model written to %s", folder)
+    return folder
+
+
+def load_title_encoder(folder: str | Path, config_key: str = "base_model") -> TitleTokenEncoder:
+    """The base model's frozen title encoder from an exported folder."""
+    path = Path(folder) / TITLE_ENCODER_DIR
+    if not (path / "spec.json").is_file():
+        raise FileNotFoundError(f"{config_key}: {path}/spec.json does not exist (a stand-in base model export)")
+    encoder = ckpt.instantiate(json.loads((path / "spec.json").read_text()))
+    encoder.load_state_dict(load_file(str(path / "model.safetensors")))
+    return ckpt.freeze(encoder)
