@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--items", type=int, default=300, help="number of items")
     synth.add_argument("--seed", type=int, default=0, help="random seed")
     synth.add_argument("--image-size", type=int, default=64, help="cover size in pixels")
+    synth.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic platform in --out")
 
     validate = commands.add_parser("validate", help="check a dataset; non-zero exit and one report of every problem")
     validate.add_argument("root", type=Path, help="dataset folder")
@@ -57,7 +58,14 @@ def _parser() -> argparse.ArgumentParser:
 def _synth(args: argparse.Namespace) -> int:
     from icg.data.synthetic import generate_platform  # the generator pulls in rendering code: load it only here
 
-    out = generate_platform(args.out, users=args.users, items=args.items, seed=args.seed, image_size=args.image_size)
+    out = generate_platform(
+        args.out,
+        users=args.users,
+        items=args.items,
+        seed=args.seed,
+        image_size=args.image_size,
+        overwrite=args.overwrite,
+    )
     sys.stdout.write(f"wrote synthetic platform to {out}\n")
     return 0
 
