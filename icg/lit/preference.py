@@ -1,0 +1,240 @@
+"""Stage 1 of ICG (Bian et al., EMNLP 2025): train the personalized preference (click) model.
+
+``PreferenceStage`` is a thin LightningModule around ``icg.models.preference.PreferenceModel``: binary cross-entropy
+on observed clicks plus the DataModule's sampled negatives; validation/test metrics AUC, GAUC, log loss, NDCG@10 and
+Recall@10 (``icg.lit.metrics``) logged as ``val/*`` / ``test/*``; an injected optimizer; a tagged checkpoint that
+stages 2 and 3 load by path with ``load_preference_model``. A non-finite loss stops training with an error naming the
+step and batch. ``compare_click_models`` scores the oracle and a popularity baseline on the exact test candidates the
+model is scored on (docs/stage1.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+
+from icg import ckpt
+from icg.lit.metrics import ClickMetrics
+from icg.models.preference import ItemFeatureCache, PreferenceModel
+
+log = logging.getLogger(__name__)
+
+STAGE = "preference"
+MODEL_KEY = "model.init_args.model"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step and the batch."""
+
+
+class PreferenceStage(LightningModule):
+    """Stage-1 LightningModule: BCE click training of a ``PreferenceModel`` with offline ranking metrics.
+
+    Args:
+        model: the click model (``icg.models.preference.PreferenceModel``), chosen in YAML.
+        optimizer: optimizer factory applied to the trainable parameters (e.g. ``torch.optim.AdamW`` + ``lr``).
+        feature_cache: with a frozen image encoder, encode each dataset cover once and reuse its features across
+            epochs (``ItemFeatureCache``); ignored when the encoder trains.
+        top_k: cut-off of NDCG@k and Recall@k.
+    """
+
+    data_unit = "interactions"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        feature_cache: bool = True,
+        top_k: int = 10,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, PreferenceModel):
+            raise TypeError(f"{MODEL_KEY}: expected an icg.models.preference.PreferenceModel, got {type(model)}")
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.model = model
+        self.optimizer = optimizer
+        self.use_cache = feature_cache and model.freeze_encoder
+        self.cache: ItemFeatureCache | None = None
+        # Only what this model reads: with the cache full (filled at the start of every loop), covers need not be
+        # decoded and collated per row at all, which is most of the cache's saving on CPU.
+        fields = ["user_idx", "item_idx", "click", "group"] + ([] if self.use_cache else ["image"])
+        fields += ["history"] if model.history_type != "none" else []
+        fields += ["title"] if model.title_type != "none" else []
+        self.data_fields = tuple(fields)
+        self.val_metrics = ClickMetrics(top_k)
+        self.test_metrics = ClickMetrics(top_k)
+        if model.history_type != "none" and not self.use_cache:
+            raise ValueError(
+                f"{MODEL_KEY}.init_args.history_type={model.history_type!r} reads the clicked covers' features from "
+                "the per-item cache: it needs freeze_encoder: true and model.init_args.feature_cache: true"
+            )
+
+    # ------------------------------------------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            return
+        if datamodule.num_users > self.model.num_users:
+            raise ValueError(
+                f"{MODEL_KEY}.init_args.num_users={self.model.num_users}, but the dataset at data.root has "
+                f"{datamodule.num_users} users: set num_users to at least {datamodule.num_users}"
+            )
+        if self.use_cache and self.cache is None:
+            self.cache = ItemFeatureCache(datamodule.num_items, self.model.feature_dim)
+
+    def _fill_cache(self) -> None:
+        """Encode every cover once, up front, so epoch 1 is as fast as the rest and histories are complete."""
+        datamodule = self.trainer.datamodule
+        if self.cache is None or datamodule is None or bool(self.cache.filled.all()):
+            return
+        for batch in datamodule.dataloader("train", "items", fields=("item_idx", "image")):
+            self.cache.lookup(batch["item_idx"], batch["image"].to(self.device), self.model.encode_images)
+        log.info("item feature cache: %d covers encoded once", int(self.cache.filled.sum()))
+
+    def on_fit_start(self) -> None:
+        self._fill_cache()
+
+    def on_validation_start(self) -> None:
+        self._fill_cache()
+
+    def on_test_start(self) -> None:
+        self._fill_cache()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer([p for p in self.parameters() if p.requires_grad])
+
+    # ---------------------------------------------------------------------------------------------------- scoring
+    def _logits(self, batch: dict[str, Any]) -> Tensor:
+        images, user_idx = batch.get("image"), batch["user_idx"]
+        if self.cache is not None:
+            feats = self.cache.lookup(batch["item_idx"], images, self.model.encode_images).to(self.device)
+        else:
+            feats = self.model.encode_images(images)
+        history_feats = history_mask = None
+        if self.model.history_type != "none" and "history" in batch:
+            history_feats, history_mask = self.cache.rows(batch["history"])
+            history_feats, history_mask = history_feats.to(feats), history_mask.to(feats.device)
+        titles = batch.get("title") if self.model.title_type != "none" else None
+        return self.model.score_features(feats, user_idx, history_feats, history_mask, titles)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self._logits(batch)
+        loss = F.binary_cross_entropy_with_logits(logits, batch["click"].float())
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"train/loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}; first user_idx {batch['user_idx'][:4].tolist()}, item_idx "
+                f"{batch['item_idx'][:4].tolist()}): stopping instead of training a NaN model; lower the "
+                "learning rate or check the inputs"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_metrics.update(self._logits(batch), batch["click"], batch["user_idx"], batch.get("group"))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.test_metrics.update(self._logits(batch), batch["click"], batch["user_idx"], batch.get("group"))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metrics)
+
+    def _log_metrics(self, split: str, metrics: ClickMetrics) -> None:
+        if metrics.count.item() == 0:
+            return
+        values = {f"{split}/{name}": value for name, value in metrics.compute().items()}
+        self.log_dict(values, prog_bar=split == "val")
+        metrics.reset()
+
+    # ------------------------------------------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        checkpoint[ckpt.ICG_KEY] = {
+            "stage": STAGE,
+            "version": ckpt.ICG_CKPT_VERSION,
+            "specs": {"model": self.model.spec},
+            "user_ids": list(datamodule.user_ids) if datamodule is not None else [],
+            "item_ids": list(datamodule.item_ids) if datamodule is not None else [],
+        }
+
+
+def load_preference_model(path: str | Path, config_key: str = "preference_ckpt") -> tuple[PreferenceModel, list[str]]:
+    """The frozen stage-1 click model and its user vocabulary from a stage-1 checkpoint.
+
+    Args:
+        path: a checkpoint written by ``PreferenceStage``.
+        config_key: the config key that named ``path``, quoted in every error (e.g. a wrong-stage checkpoint).
+
+    Returns:
+        ``(model, user_ids)``: the ``PreferenceModel`` in eval mode with no trainable parameters, and the sorted
+        string user ids whose positions are its ``user_idx``.
+    """
+    checkpoint = ckpt.load_stage_checkpoint(path, STAGE, config_key)
+    model = ckpt.load_module(checkpoint, "model", prefix="model")
+    if not isinstance(model, PreferenceModel):
+        raise ckpt.CheckpointError(f"{config_key}: {path} holds a {type(model).__name__}, not a PreferenceModel")
+    return ckpt.freeze(model), list(checkpoint[ckpt.ICG_KEY].get("user_ids", []))
+
+
+@torch.no_grad()
+def compare_click_models(
+    datamodule: Any,
+    model: PreferenceModel | None = None,
+    oracle: nn.Module | None = None,
+    split: str = "test",
+    top_k: int = 10,
+) -> dict[str, dict[str, float]]:
+    """Metrics of the model, the oracle and a popularity baseline on the same ``split`` candidates.
+
+    Popularity scores an item by its number of clicks in the training split (the strongest user-independent
+    baseline under uniform exposure); the oracle (synthetic platform only) scores with the true click probability,
+    the ceiling of any click model.
+
+    Args:
+        datamodule: a set-up ``ICGDataModule``.
+        model: the trained click model (left out of the table when ``None``); scored from the pixels, without
+            the click-history term (``history_type="mean"`` models are scored with their ID embedding only).
+        oracle: ``icg.data.oracle.Oracle`` of the dataset (left out when ``None``).
+        split: ``val`` or ``test``.
+        top_k: cut-off of NDCG/Recall.
+
+    Returns:
+        ``{"model" | "oracle" | "popularity": {"auc", "gauc", "logloss", "ndcg@k", "recall@k"}}``; log loss is
+        only meaningful for the model and the oracle (popularity scores are not probabilities).
+    """
+    popularity = torch.zeros(datamodule.num_items)
+    for batch in datamodule.dataloader("train", "interactions", fields=["item_idx", "click"]):
+        known = batch["item_idx"] >= 0
+        popularity.index_add_(0, batch["item_idx"][known], batch["click"][known].float())
+    scorers: dict[str, Any] = {"popularity": None}
+    if model is not None:
+        model.eval()
+        scorers["model"] = model
+    if oracle is not None:
+        scorers["oracle"] = oracle
+    metrics = {name: ClickMetrics(top_k) for name in scorers}
+    fields = ["user_idx", "item_idx", "click", "image", "group", "title"]
+    for batch in datamodule.dataloader(split, "interactions", fields=fields):
+        item_idx = batch["item_idx"]
+        pop = torch.where(item_idx >= 0, popularity[item_idx.clamp_min(0)], torch.zeros_like(popularity[:1]))
+        # log1p keeps the popularity "logits" small; AUC and rankings only see the order
+        metrics["popularity"].update(torch.log1p(pop), batch["click"], batch["user_idx"], batch.get("group"))
+        if model is not None:
+            titles = batch.get("title") if model.title_type != "none" else None
+            device = next(model.parameters()).device
+            logits = model(batch["image"].to(device), batch["user_idx"].to(device), titles=titles).cpu()
+            metrics["model"].update(logits, batch["click"], batch["user_idx"], batch.get("group"))
+        if oracle is not None:
+            prob = oracle(batch["image"], batch["user_idx"]).double().clamp(1e-7, 1 - 1e-7)
+            metrics["oracle"].update(torch.logit(prob).float(), batch["click"], batch["user_idx"], batch.get("group"))
+    return {name: {k: float(v) for k, v in m.compute().items()} for name, m in metrics.items()}
