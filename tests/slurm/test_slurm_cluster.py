@@ -1,0 +1,270 @@
+"""Multi-node training on a real SLURM installation (``make test-slurm``, needs root and Debian's slurm-wlm).
+
+A session fixture installs SLURM if needed (``scripts/slurm/install.sh``), starts the local cluster
+(``scripts/slurm/cluster_up.sh``: two hosts as network namespaces, or one node with two tasks where namespaces cannot
+be made) and always stops it again (``cluster_down.sh``). The tests then check the path a user takes on a cluster:
+``srun`` places ranks on both nodes, gloo all-reduces across them with Lightning's SLURM rendezvous, the stage-1
+sbatch template trains with DDP and writes one set of logs and checkpoints, the DDP result equals a single-process
+run with the same global batch, and a SIGUSR1 preemption saves, requeues and resumes the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "scripts" / "slurm"
+STAGE1_SBATCH = REPO / "lightning_configs" / "slurm" / "stage1_preference.sbatch"
+TINY_STAGE1 = REPO / "lightning_configs" / "tiny" / "stage1_preference.yaml"
+ICG = [str(REPO / ".venv" / "bin" / "python"), "-m", "icg.cli"]
+JOB_TIMEOUT_S = 420
+# Weights of the 2-node DDP run and the single-process run after the same full-batch SGD steps: they differ only
+# by the order of float sums (measured max |diff| 3e-8 on weights of size ~0.25).
+PARITY_ATOL = 1e-5
+
+
+class Cluster:
+    """The running test cluster: its mode, the environment that reaches it, and job helpers."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        lines = (state_dir / "state").read_text().splitlines()
+        self.mode = next(line.split()[1] for line in lines if line.startswith("mode "))
+        # netns: two hosts node1, node2 with one task each; local fallback: this machine, two tasks.
+        self.nodes, self.tasks_per_node = (2, 1) if self.mode == "netns" else (1, 2)
+        self.node_names = ["node1", "node2"] if self.mode == "netns" else [socket.gethostname().split(".")[0]]
+        self.env = {
+            **os.environ,
+            "SLURM_CONF": str(state_dir / "etc" / "slurm.conf"),
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+
+    def run(self, *args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+        """Run a command against the cluster and return its result (stdout/stderr as text)."""
+        return subprocess.run(
+            args, env=kwargs.pop("env", self.env), capture_output=True, text=True, timeout=timeout, **kwargs
+        )
+
+    def srun(self, *command: str, timeout: float = 180) -> list[str]:
+        """``srun`` over all nodes; returns the non-empty stdout lines, fails the test on a non-zero exit."""
+        result = self.run(
+            "srun", f"--nodes={self.nodes}", f"--ntasks-per-node={self.tasks_per_node}", *command, timeout=timeout
+        )
+        assert result.returncode == 0, f"srun failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        return [line for line in result.stdout.splitlines() if line.strip()]
+
+    def sbatch(self, script: Path, *args: str, chdir: Path, env: dict[str, str] | None = None) -> str:
+        """Submit ``script`` with this cluster's node/task counts; returns the job id."""
+        result = self.run(
+            "sbatch", "--parsable", f"--chdir={chdir}", f"--nodes={self.nodes}",
+            f"--ntasks-per-node={self.tasks_per_node}", str(script), *args,
+            env={**self.env, **(env or {})},
+        )  # fmt: skip
+        assert result.returncode == 0, f"sbatch failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout.strip().split(";")[0]
+
+    def job(self, job_id: str) -> dict[str, str]:
+        """``scontrol show job`` as a dict (jobs stay visible for MinJobAge=600 s after they end)."""
+        out = self.run("scontrol", "show", "job", "-o", job_id).stdout
+        return dict(field.split("=", 1) for field in out.split() if "=" in field)
+
+    def wait(self, job_id: str, timeout: float = JOB_TIMEOUT_S) -> dict[str, str]:
+        """Wait until the job has ended; returns its final ``scontrol`` record."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.job(job_id)
+            if info.get("JobState") in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}:
+                return info
+            time.sleep(1)
+        self.run("scancel", job_id)
+        pytest.fail(f"job {job_id} still {self.job(job_id).get('JobState')} after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Install (if needed), start the local cluster for the session, and stop it even when tests fail."""
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (it starts munged/slurmctld/slurmd and makes namespaces)")
+    # Not under pytest's tmp folder: that is private to root, and munged runs as the munge user.
+    state_dir = Path(tempfile.mkdtemp(prefix="icg-slurm-test-"))
+    env = {**os.environ, "ICG_SLURM_DIR": str(state_dir)}
+    install = subprocess.run([str(SCRIPTS / "install.sh")], env=env, capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, f"install.sh failed:\n{install.stderr}"
+    start = time.monotonic()
+    up = subprocess.run([str(SCRIPTS / "cluster_up.sh")], env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert up.returncode == 0, f"cluster_up.sh failed:\n{up.stdout}\n{up.stderr}"
+        sys.stderr.write(f"\nSLURM cluster up in {time.monotonic() - start:.1f} s\n{up.stderr}")
+        yield Cluster(state_dir)
+    finally:
+        down = subprocess.run([str(SCRIPTS / "cluster_down.sh")], env=env, capture_output=True, text=True, timeout=120)
+        sys.stderr.write(down.stderr)
+        if down.returncode == 0 and not os.environ.get("ICG_SLURM_KEEP"):  # ICG_SLURM_KEEP=1 keeps the logs
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic platform (the tiny stage-1 config's size: 30 users, 60 items, 32 px covers)."""
+    from icg.data.synthetic import generate_platform
+
+    return generate_platform(tmp_path_factory.mktemp("synth") / "platform", users=30, items=60, image_size=32)
+
+
+def _stage1_job(cluster: Cluster, shared: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Submit the shipped stage-1 sbatch template with the tiny config; returns the job id."""
+    job_env = {"ICG_SHARED_DIR": str(shared), "ICG_REPO": str(REPO), "ICG_STAGE_CONFIG": str(TINY_STAGE1)}
+    return cluster.sbatch(STAGE1_SBATCH, *args, chdir=shared, env={**job_env, **(env or {})})
+
+
+def _job_log(shared: Path, job_id: str) -> str:
+    return (shared / f"icg-stage1_preference-{job_id}.out").read_text()
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_all_nodes_idle(slurm_cluster: Cluster) -> None:
+    out = slurm_cluster.run("sinfo", "-h", "-N", "-o", "%N %T").stdout.split()
+    states = dict(zip(out[::2], out[1::2], strict=True))
+    assert states == dict.fromkeys(slurm_cluster.node_names, "idle")
+
+
+def test_srun_places_ranks_on_every_node(slurm_cluster: Cluster) -> None:
+    probe = (
+        "import json, os, socket; print(json.dumps({'procid': int(os.environ['SLURM_PROCID']), "
+        "'nodeid': int(os.environ['SLURM_NODEID']), 'host': socket.gethostname()}))"
+    )
+    ranks = [json.loads(line) for line in slurm_cluster.srun(sys.executable, "-c", probe)]
+    world = slurm_cluster.nodes * slurm_cluster.tasks_per_node
+    assert sorted(r["procid"] for r in ranks) == list(range(world))
+    assert {r["nodeid"] for r in ranks} == set(range(slurm_cluster.nodes))
+    if slurm_cluster.mode == "netns":
+        # each namespace is its own host: SLURM node name == the task's hostname
+        assert {(r["nodeid"], r["host"]) for r in ranks} == {(0, "node1"), (1, "node2")}
+
+
+def test_gloo_all_reduce_across_nodes(slurm_cluster: Cluster) -> None:
+    lines = slurm_cluster.srun(sys.executable, str(SCRIPTS / "allreduce_check.py"))
+    reports = [json.loads(line) for line in lines if line.startswith("{")]
+    world = slurm_cluster.nodes * slurm_cluster.tasks_per_node
+    assert sorted(r["rank"] for r in reports) == list(range(world))
+    assert all(r["ok"] and r["all_reduce_sum"] == world * (world + 1) / 2 for r in reports), reports
+    assert {r["main_address"] for r in reports} == {slurm_cluster.node_names[0]}
+    if slurm_cluster.mode == "netns":
+        assert {r["hostname"] for r in reports} == {"node1", "node2"}
+
+
+def test_stage1_sbatch_trains_on_all_ranks(slurm_cluster: Cluster, synth_root: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    job = _stage1_job(slurm_cluster, tmp_path, "--data.root", str(synth_root), "--trainer.logger", "true")
+    info = slurm_cluster.wait(job)
+    log = _job_log(tmp_path, job)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
+    sys.stderr.write(f"\nstage-1 sbatch job on {info['NodeList']}: {time.monotonic() - started:.1f} s\n")
+    world = slurm_cluster.nodes * slurm_cluster.tasks_per_node
+    for rank in range(world):
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/{world}" in log
+    assert f"Starting with {world} processes" in log
+    run_dir = tmp_path / "runs" / "stage1_preference"
+    # rank 0 alone writes: one logger version (named after the job id), one event file, one checkpoint
+    versions = sorted((run_dir / "lightning_logs").iterdir())
+    assert [v.name for v in versions] == [f"version_{job}"]
+    events = list(versions[0].glob("events.out.tfevents.*"))
+    checkpoints = list(versions[0].glob("checkpoints/*.ckpt"))
+    assert len(events) == 1 and len(checkpoints) == 1, (events, checkpoints)
+    if slurm_cluster.mode == "netns":
+        assert ".node1." in events[0].name  # TensorBoard names the file after the writing host
+    steps = torch.load(checkpoints[0], map_location="cpu", weights_only=True)["global_step"]
+    assert steps == 5  # the tiny config's limit_train_batches
+
+
+def test_ddp_equals_single_process_with_same_global_batch(
+    slurm_cluster: Cluster, synth_root: Path, tmp_path: Path
+) -> None:
+    # Full-batch SGD: DDP's DistributedSampler reshuffles rows across ranks, so only a batch that holds the whole
+    # train set is the same set of rows in both runs. 4 rows per positive (1 + 3 negatives) keeps it even.
+    from icg.data.datamodule import ICGDataModule
+
+    data = ICGDataModule(root=synth_root, image_size=32, negatives_per_positive=3, history_length=5)
+    data.setup("fit")
+    rows = len(data.dataset("train", "interactions"))
+    world = slurm_cluster.nodes * slurm_cluster.tasks_per_node
+    assert rows % world == 0
+    parity = tmp_path / "full_batch.yaml"
+    parity.write_text(
+        "model:\n  init_args:\n    model:\n      init_args: {cold_start_dropout: 0.0}\n"
+        "    optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.5}}\n"
+        "data: {negatives_per_positive: 3}\n"
+        "trainer:\n  max_epochs: 3\n  limit_train_batches: 1\n  limit_val_batches: 0\n  num_sanity_val_steps: 0\n"
+        "  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {save_top_k: -1, every_n_epochs: 1}\n"
+    )
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    common = ["--config", str(parity), "--data.root", str(synth_root)]
+    job = _stage1_job(slurm_cluster, shared, *common, "--data.batch_size", str(rows // world))
+    single_dir = tmp_path / "single"
+    single = slurm_cluster.run(
+        *ICG, "fit", "--config", str(TINY_STAGE1), *common, "--data.batch_size", str(rows),
+        "--trainer.default_root_dir", str(single_dir), timeout=JOB_TIMEOUT_S, cwd=REPO,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    info = slurm_cluster.wait(job)
+    assert info["JobState"] == "COMPLETED", _job_log(shared, job)[-3000:]
+    ddp_dir = shared / "runs" / "stage1_preference"
+    first = _state_dict(single_dir / "checkpoints" / "epoch=0-step=1.ckpt")
+    for epoch in range(3):
+        name = f"epoch={epoch}-step={epoch + 1}.ckpt"
+        ours, theirs = _state_dict(single_dir / "checkpoints" / name), _state_dict(ddp_dir / "checkpoints" / name)
+        assert ours.keys() == theirs.keys()
+        for key, value in ours.items():
+            if value.is_floating_point():
+                torch.testing.assert_close(theirs[key], value, atol=PARITY_ATOL, rtol=0, msg=f"{name} {key}")
+    moved = max((ours[k] - first[k]).abs().max().item() for k in ours if ours[k].is_floating_point())
+    assert moved > 1e-3  # the comparison is not between untouched weights
+
+
+def test_sigusr1_saves_requeues_and_resumes(slurm_cluster: Cluster, synth_root: Path, tmp_path: Path) -> None:
+    max_epochs, steps_per_epoch = 40, 5
+    job = _stage1_job(
+        slurm_cluster, tmp_path,
+        "--config", str(REPO / "lightning_configs" / "slurm" / "synced_requeue.yaml"),
+        "--data.root", str(synth_root), "--trainer.max_epochs", str(max_epochs), "--trainer.limit_val_batches", "1",
+    )  # fmt: skip
+    run_dir = tmp_path / "runs" / "stage1_preference"
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not list(run_dir.glob("checkpoints/*.ckpt")):  # first epoch done: training is under way on all ranks
+        assert time.monotonic() < deadline, _job_log(tmp_path, job)[-3000:]
+        assert slurm_cluster.job(job).get("JobState") in {"PENDING", "RUNNING"}, _job_log(tmp_path, job)[-3000:]
+        time.sleep(0.5)
+    signalled = time.monotonic()
+    # what `#SBATCH --signal=SIGUSR1@90` does before the time limit: SIGUSR1 to every task of every step
+    assert slurm_cluster.run("scancel", "--signal=USR1", job).returncode == 0
+    info = slurm_cluster.wait(job)
+    log = _job_log(tmp_path, job)
+    sys.stderr.write(f"\npreempted job: signal to completion after requeue {time.monotonic() - signalled:.1f} s\n")
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log[-3000:]
+    hpc = run_dir / "hpc_ckpt_1.ckpt"
+    saved_step = torch.load(hpc, map_location="cpu", weights_only=True)["global_step"]
+    assert 0 < saved_step < max_epochs * steps_per_epoch
+    assert "restart 1 on" in log  # the sbatch script ran a second time
+    assert f"Restored all states from the checkpoint at {hpc}" in log
+    final = list(run_dir.glob("checkpoints/*.ckpt"))
+    assert [p.name for p in final] == [f"epoch={max_epochs - 1}-step={max_epochs * steps_per_epoch}.ckpt"]
