@@ -1,0 +1,243 @@
+"""Evaluation: metrics match reference computations, the report and gallery are written, and a tiny end-to-end run."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from icg.evaluation.metrics import (
+    bootstrap_lift,
+    cosine_to_history,
+    mean_pairwise_dissimilarity,
+    ssim_to,
+    title_match_accuracy,
+)
+from icg.evaluation.report import METRICS, format_markdown, write_report
+
+
+def test_ssim_of_identical_images_is_one_and_of_different_ones_less():
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(ssim_to(images, images.clone()), torch.ones(3))
+    noisy = (images + 0.3 * torch.randn_like(images)).clamp(0, 1)
+    assert (ssim_to(noisy, images) < 0.9).all()
+    # small covers are upsampled to the SSIM window; different sizes are brought to the reference's
+    assert ssim_to(images[:, :, ::2, ::2], images).shape == (3,)
+
+
+def test_diversity_is_zero_for_copies_and_positive_otherwise():
+    image = torch.rand(1, 3, 16, 16)
+    assert mean_pairwise_dissimilarity(image.repeat(4, 1, 1, 1)) == pytest.approx(0.0, abs=1e-5)
+    assert mean_pairwise_dissimilarity(torch.rand(4, 3, 16, 16)) > 0.5
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_pairwise_dissimilarity(image)
+
+
+def test_title_match_accuracy_matches_a_hand_computed_value():
+    titles = ["a", "b", "c", "d"]
+    # score = 1 for the own title, 0 otherwise, except image 3 which prefers every title equally (ties)
+    own = {0: "a", 1: "b", 2: "c"}
+
+    def score(images, ts):
+        return torch.tensor([1.0 if own.get(k) == t else 0.0 for k, t in enumerate(ts)])
+
+    acc = title_match_accuracy(score, torch.zeros(4, 3, 4, 4), titles, num_rounds=20, seed=3)
+    # reference: images 0-2 win every comparison they take part in, image 3 ties every one
+    rng, wins, kept = np.random.default_rng(3), 0.0, 0
+    for _ in range(20):
+        for k, j in enumerate(rng.permutation(4)):
+            if j != k:
+                wins, kept = wins + (0.5 if k == 3 else 1.0), kept + 1
+    assert acc == pytest.approx(wins / kept)
+    assert 3.4 / 4 < acc < 3.6 / 4
+    perfect = title_match_accuracy(
+        lambda images, ts: torch.tensor([1.0 if t == titles[k] else 0.0 for k, t in enumerate(ts)]),
+        torch.zeros(4, 3, 4, 4),
+        titles,
+    )
+    assert perfect == 1.0
+
+
+def test_cosine_to_history_uses_masked_mean():
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    history = torch.tensor([[[1.0, 0.0], [0.0, 5.0]], [[1.0, 0.0], [1.0, 0.0]]])
+    mask = torch.tensor([[True, False], [False, False]])
+    out = cosine_to_history(features, history, mask)
+    assert out[0] == pytest.approx(1.0)
+    assert math.isnan(out[1])
+
+
+def test_bootstrap_lift_point_estimate_and_interval():
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(40), 2)
+    base = rng.uniform(0.2, 0.4, size=80)
+    treat = base * 1.2 + rng.normal(0, 0.02, size=80)
+    result = bootstrap_lift(treat, base, users, num_samples=1000, seed=1)
+    assert result["value"] == pytest.approx(treat.mean() / base.mean() - 1)
+    assert result["ci_low"] <= result["value"] <= result["ci_high"]
+    assert 0.1 < result["ci_low"] and result["ci_high"] < 0.3
+    assert result["num_groups"] == 40
+    assert bootstrap_lift(treat, base, users, num_samples=1000, seed=1) == result  # seeded
+    with pytest.raises(ValueError, match="must match"):
+        bootstrap_lift(treat, base[:-1], users)
+
+
+def _fake_report(tmp_path, n_users=2, n_items=3):
+    methods = {name: {m: 0.5 for m in METRICS} for name in ("title_only", "icg")}
+    for row in methods.values():
+        row["clip_title"] = None
+    report = {
+        "stage1": {"auc": 0.7, "gauc": 0.65, "oracle_auc": 0.8, "popularity_auc": 0.55},
+        "methods": methods,
+        "reference_covers": dict(methods["icg"]),
+        "lift": {"true_click_prob": 0.1, "ci_low": 0.05, "ci_high": 0.15},
+        "relevance_drop": 0.02,
+        "unavailable": {"clip_title": "no CLIP weights given (clip_path)"},
+        "minutes": 1.5,
+    }
+    n = n_users * n_items
+    grid = {
+        "users": [f"u{k}" for k in range(n_users)],
+        "items": [f"i{k}" for k in range(n_items)],
+        "titles": [f"title <{k}>" for k in range(n_items)],
+        "pairs": [(u, i) for u in range(n_users) for i in range(n_items)],
+        "covers": {name: torch.rand(n, 3, 8, 8) for name in ("reference", "title_only", "icg")},
+        "scores": {"icg": {"true_click_prob": torch.rand(n)}},
+    }
+    return report, grid
+
+
+def test_report_files_have_required_keys_and_mark_unavailable(tmp_path):
+    report, grid = _fake_report(tmp_path)
+    files = write_report(report, tmp_path, grid=grid, tensorboard=True)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert set(data) >= {"stage1", "methods", "lift", "relevance_drop", "minutes", "files"}
+    assert set(data["stage1"]) >= {"auc", "gauc", "oracle_auc", "popularity_auc"}
+    assert set(data["lift"]) >= {"true_click_prob", "ci_low", "ci_high"}
+    assert data["methods"]["icg"]["clip_title"] is None and "clip_title" in data["unavailable"]
+    markdown = (tmp_path / "report.md").read_text()
+    clip_row = next(line for line in markdown.splitlines() if "| clip_title" in line)
+    assert clip_row.count("unavailable") == 3  # two methods + the reference covers
+    assert "- clip_title: no CLIP weights" in markdown
+    assert any((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert files["gallery"].endswith("gallery.html")
+
+
+def test_gallery_references_existing_images(tmp_path):
+    report, grid = _fake_report(tmp_path)
+    write_report(report, tmp_path, grid=grid, tensorboard=False)
+    page = (tmp_path / "gallery.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 2 * 3 * 3  # users x items x (reference + 2 methods)
+    assert all((tmp_path / s).is_file() for s in sources)
+    assert page.count("<tr>") == 1 + 2  # header + one row per user
+    assert "title &lt;0&gt;" in page  # titles are escaped
+
+
+def test_markdown_formats_nan_as_unavailable():
+    report, _ = _fake_report(None)
+    report["methods"]["icg"]["aesthetic"] = float("nan")
+    row = next(line for line in format_markdown(report).splitlines() if "| aesthetic" in line)
+    assert "unavailable" in row
+
+
+# ------------------------------------------------------------------------------------------ tiny end-to-end run
+@pytest.fixture(scope="module")
+def tiny_methods(tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory):
+    from icg.diffusion.components import DiffusionComponents
+    from icg.diffusion.source import DiffusionSource
+    from icg.evaluation.methods import AlignmentMethod, TitleOnlyMethod
+    from icg.lit.alignment import AlignmentStage
+    from icg.lit.base_model import export_base_model
+    from icg.models.adapter import ConditioningAdapter
+    from icg.models.cover_conditioner import CoverConditioner
+    from icg.models.fusion import UserFusion
+    from icg.models.meta_prompt import MetaTokenPrompter
+    from icg.models.title_tokens import TitleTokenEncoder
+
+    torch.manual_seed(0)
+    conditioner = CoverConditioner(
+        MetaTokenPrompter(tiny_config={}, num_meta_tokens=4, image_size=56),
+        UserFusion(32, 8, "user_token"),
+        ConditioningAdapter(32, 32, num_layers=1, num_heads=4, num_tokens=8),
+    )
+    stage = AlignmentStage(
+        conditioner,
+        str(tiny_stage1_ckpt),
+        str(tiny_stage2_ckpt),
+        diffusion=DiffusionSource(tiny={"sample_size": 16}),
+        num_steps=3,
+        image_size=32,
+    )
+    stage.setup("predict")
+    stage._place_frozen()
+    stage.eval()
+    folder = tmp_path_factory.mktemp("base") / "base_model"
+    base = DiffusionComponents.tiny(cross_attention_dim=32, sample_size=16)
+    export_base_model(folder, base.unet, base.vae, base.scheduler, TitleTokenEncoder(dim=32))
+    title_only = TitleOnlyMethod.from_folder(folder, num_steps=3, image_size=32, seed=0)
+    return {
+        "title_only": title_only,
+        "icg_no_user": AlignmentMethod(stage, user="fallback"),
+        "icg": AlignmentMethod(stage),
+    }
+
+
+def test_methods_share_per_pair_noise_and_differ_by_user(tiny_platform, tiny_methods):
+    from icg.data.datamodule import ICGDataModule
+    from icg.evaluation.run import pairs_batch
+
+    dm = ICGDataModule(str(tiny_platform), image_size=32)
+    dm.setup()
+    batch = pairs_batch(dm, [(0, 0), (1, 0)])
+    icg, no_user = tiny_methods["icg"](batch), tiny_methods["icg_no_user"](batch)
+    assert icg.shape == (2, 3, 32, 32) and 0 <= float(icg.min()) and float(icg.max()) <= 1
+    assert not torch.allclose(icg, no_user)  # the user embedding changes the cover
+    torch.testing.assert_close(tiny_methods["icg"](pairs_batch(dm, [(1, 0)])), icg[1:], rtol=0, atol=1e-5)
+    base = tiny_methods["title_only"](batch)
+    torch.testing.assert_close(tiny_methods["title_only"](pairs_batch(dm, [(1, 0)])), base[1:], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end_on_tiny_models(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tiny_methods, tmp_path):
+    from icg.evaluation.run import evaluate
+
+    report = evaluate(
+        tiny_platform,
+        tiny_stage1_ckpt,
+        tiny_methods,
+        tmp_path,
+        rewards=tiny_stage2_ckpt,
+        image_size=32,
+        eval_candidates=10,
+        num_users=6,
+        grid_users=2,
+        grid_items=2,
+        downstream_users=3,
+        downstream_negatives=2,
+        evaluator_epochs=1,
+        batch_size=4,
+        bootstrap_samples=200,
+    )
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert set(data["methods"]) == {"title_only", "icg_no_user", "icg"}
+    for row in data["methods"].values():
+        assert set(row) == set(METRICS)
+        for key in ("aesthetic", "relevance", "true_click_prob", "evaluator_click_prob", "ssim_reference",
+                    "downstream_auc", "diversity", "title_match_acc", "history_similarity"):  # fmt: skip
+            assert isinstance(row[key], float), (key, row[key])
+        for key in ("imagereward", "clip_title", "clip_reference", "lpips_reference"):
+            assert row[key] is None and key in data["unavailable"]
+    lift = data["lift"]
+    assert lift["ci_low"] <= lift["true_click_prob"] <= lift["ci_high"]
+    assert isinstance(data["relevance_drop"], float)
+    assert data["reference_covers"]["ssim_reference"] == pytest.approx(1.0, abs=1e-4)
+    assert data["reference_covers"]["diversity"] == pytest.approx(0.0, abs=1e-4)  # one cover for every user
+    assert set(data["stage1"]) >= {"auc", "gauc", "oracle_auc", "popularity_auc"}
+    assert data["sample"]["held_out_pairs"] == 6 and data["minutes"] > 0
+    page = (tmp_path / "gallery.html").read_text()
+    assert all((tmp_path / s).is_file() for s in re.findall(r'<img src="([^"]+)"', page))
+    assert report["methods"]["icg"] == data["methods"]["icg"]
