@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-full test-slurm test-parity demo lint tensorboard bench bench-gpu clean
+.PHONY: install browser test test-browser test-full test-slurm test-parity demo lint tensorboard bench bench-gpu clean
 
 $(BIN)/icg: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ install: $(BIN)/icg
 test: install
 	$(BIN)/pytest -q
 
-test-full: install
+test-full: install browser
 	$(BIN)/pytest -q -m "not gpu and not slurm and not parity"
+
+# Headless Chromium (Debian's package) opens the demo gallery; installed here, not at import time.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test-browser: install browser
+	$(BIN)/pytest -q -m browser
 
 test-slurm: install
 	$(BIN)/pytest -q -m slurm
@@ -43,11 +50,17 @@ lint: install
 tensorboard: install
 	$(BIN)/tensorboard --logdir runs --host 127.0.0.1
 
+# CPU benchmarks; figures go into docs/performance.md by hand (each prints a table).
 bench: install
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.sampler_vs_pipeline
+	$(BIN)/python -m benchmarks.alignment_memory
+	$(BIN)/python -m benchmarks.feature_cache --models tiny
+	$(BIN)/python -m benchmarks.image_feature_cache
+	$(BIN)/python -m benchmarks.datamodule_scale --scale 0.1
 
-bench-gpu: install
-	$(BIN)/python -m benchmarks.run_all --device cuda
+# On a CUDA machine: SD 1.5-sized architectures (random weights), 512 px, bf16; results under runs/bench-gpu.
+bench-gpu:
+	PYTHON=$${PYTHON:-python3} bash benchmarks/gpu_all.sh runs/bench-gpu
 
 clean:
 	rm -rf runs .pytest_cache

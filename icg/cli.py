@@ -15,9 +15,11 @@ from lightning.pytorch.cli import LightningCLI
 from icg.data.datamodule import ICGDataModule
 
 DATA_COMMAND = "data"
+EVALUATE_COMMAND = "evaluate"
 
 OVERVIEW = """usage: icg {fit,validate,test,predict} [--config YAML ...] [options]
        icg data {synth,validate,stats,convert} ...
+       icg evaluate --data_root DIR --stage1_ckpt CKPT --stage3_ckpt CKPT --base_model DIR [...]
 
 Stages (Lightning CLI; --print_config, repeated --config stacking, --help on each):
   fit        train a stage: preference (1), rewards (2), alignment (3)
@@ -30,6 +32,9 @@ Data:
   data validate   check a dataset folder; non-zero exit and one report of every problem
   data stats      users, items, interactions, clicks, per-split counts
   data convert    import PixelRec or MovieLens from their published layouts
+
+Evaluation:
+  evaluate        score held-out (user, item) pairs on the paper's axes against the baselines (docs/evaluation.md)
 """
 
 
@@ -58,6 +63,10 @@ def main(args: list[str] | None = None) -> int:
         from icg.data.commands import run_data_command
 
         return run_data_command(words[1:])
+    if words and words[0] == EVALUATE_COMMAND:
+        from icg.evaluation.run import main as run_evaluation
+
+        return run_evaluation(words[1:])
     if not words or words[0] in ("-h", "--help"):
         sys.stdout.write(OVERVIEW)
         return 0

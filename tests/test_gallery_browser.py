@@ -26,7 +26,7 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("headless Chromium is not installed (apt-get install -y chromium)")
+    pytest.fail("headless Chromium is not installed: `make test-browser` installs it (apt-get install -y chromium)")
 
 
 def load_states(page, tmp_path) -> list[tuple[str, str]]:

@@ -529,7 +529,7 @@ def main(args: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     report = CLI(evaluate_checkpoints, args=args, as_positional=False)
-    print(format_markdown(report))  # noqa: T201 - the command's output is the table
+    print(format_markdown(report))  # cli-output
     return 0
 
 
