@@ -474,6 +474,7 @@ def evaluate_checkpoints(
     downstream_users: int = 10,
     downstream_negatives: int = 4,
     seed: int = 0,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
     """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG.
 
@@ -494,6 +495,7 @@ def evaluate_checkpoints(
         downstream_users: users of the downstream AUC/GAUC sample.
         downstream_negatives: negatives per held-out positive in that sample.
         seed: seed of the sample.
+        started_at: ``time.time()`` when the whole run began (the report's ``minutes`` counts from it).
     """
     icg = AlignmentMethod.from_checkpoint(stage3_ckpt)
     no_user = AlignmentMethod.from_checkpoint(no_user_ckpt, "own", "no_user_ckpt") if no_user_ckpt else None
@@ -518,6 +520,7 @@ def evaluate_checkpoints(
         downstream_users=downstream_users,
         downstream_negatives=downstream_negatives,
         seed=seed,
+        started_at=started_at,
     )
 
 
