@@ -10,12 +10,11 @@ with commas are quoted) and a folder of posters ``<movieId>.jpg`` that the user 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from icg.data.convert_pixelrec import REPORT_FILE, _log_left_out
+from icg.data.convert_pixelrec import write_conversion_report
 from icg.data.schema import DatasetMeta, attach_covers, convert_interactions_csv, write_meta
 
 MOVIE_COLUMNS = ("movieId", "title", "genres")
@@ -72,19 +71,4 @@ def convert_movielens(
         chunk_rows,
     )
     write_meta(out, DatasetMeta(source="movielens", implicit=False, extra={"positive_threshold": positive_threshold}))
-    report = {
-        "source": "movielens",
-        "items_written": len(with_cover),
-        "items_without_cover": len(without_cover),
-        "items_without_cover_first": without_cover[:20],
-        "items_without_title": int(untitled.sum()),
-        "duplicate_item_rows": int(duplicates.sum()),
-        "interactions_read": counts["read"],
-        "interactions_written": counts["written"],
-        "interactions_of_left_out_items": counts["rows_of_left_out_items"],
-        "interactions_with_unknown_item": counts["rows_with_unknown_item"],
-        "interactions_with_bad_timestamp": counts["rows_with_bad_timestamp"],
-    }
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
-    _log_left_out(report, out)
-    return report
+    return write_conversion_report(out, "movielens", with_cover, without_cover, untitled, duplicates, counts)

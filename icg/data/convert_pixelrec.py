@@ -69,8 +69,15 @@ def convert_pixelrec(
         chunk_rows,
     )
     write_meta(out, DatasetMeta(source="pixelrec", implicit=True, extra={"interactions_file": Path(interactions).name}))
+    return write_conversion_report(out, "pixelrec", with_cover, without_cover, untitled, duplicates, counts)
+
+
+def write_conversion_report(
+    out: Path, source: str, with_cover, without_cover: list, untitled, duplicates, counts: dict
+) -> dict:
+    """Write ``<out>/conversion_report.json`` (every left-out row counted) and say loudly what was left out."""
     report = {
-        "source": "pixelrec",
+        "source": source,
         "items_written": len(with_cover),
         "items_without_cover": len(without_cover),
         "items_without_cover_first": without_cover[:20],
@@ -82,15 +89,10 @@ def convert_pixelrec(
         "interactions_with_unknown_item": counts["rows_with_unknown_item"],
         "interactions_with_bad_timestamp": counts["rows_with_bad_timestamp"],
     }
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
-    _log_left_out(report, out)
-    return report
-
-
-def _log_left_out(report: dict, out: Path) -> None:
-    """Say loudly what was left out (never silently)."""
+    (Path(out) / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
     dropped = {
         k: v for k, v in report.items() if k != "source" and not k.endswith(("_first", "_written", "_read")) and v
     }
     if dropped:
-        log.warning("%s: left out %s (details in %s)", out, dropped, out / REPORT_FILE)
+        log.warning("%s: left out %s (details in %s)", out, dropped, Path(out) / REPORT_FILE)
+    return report

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 from icg.ckpt import init_spec
 from icg.models.image_ops import check_images, resize_center_crop
 from icg.models.rewards.base import Reward, RewardContext, require_titles
+from icg.models.title_tokens import hash_bucket
 
 # BT.601 luma: perceived brightness, the usual basis of RMS contrast.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -90,15 +90,6 @@ def title_ngrams(title: str, ngrams: int) -> list[str]:
     for n in range(2, ngrams + 1):
         grams += [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
     return grams
-
-
-def hash_bucket(gram: str, num_buckets: int) -> int:
-    """Stable bucket in [1, num_buckets) of a word n-gram; bucket 0 is kept for the empty title.
-
-    ``zlib.crc32`` rather than ``hash()``: Python salts ``str`` hashes per process, which would scramble the
-    embedding table between the run that trained it and the run that loads it.
-    """
-    return 1 + zlib.crc32(gram.encode("utf-8")) % (num_buckets - 1)
 
 
 class TitleCoverRelevance(Reward):
