@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from icg.data.convert_pixelrec import write_conversion_report
-from icg.data.schema import DatasetMeta, attach_covers, convert_interactions_csv, write_meta
+from icg.data.conversion import attach_covers, convert_interactions_csv, write_conversion_report
+from icg.data.schema import DatasetMeta, write_meta
 
 MOVIE_COLUMNS = ("movieId", "title", "genres")
 RATING_COLUMNS = {"userId": "user_id", "movieId": "item_id", "rating": "rating", "timestamp": "timestamp"}

@@ -11,19 +11,18 @@ title) are left out together with their interactions; every left-out row is coun
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from icg.data.schema import DatasetMeta, attach_covers, convert_interactions_csv, write_meta
+from icg.data.conversion import attach_covers, convert_interactions_csv, write_conversion_report
+from icg.data.schema import DatasetMeta, write_meta
 
 log = logging.getLogger(__name__)
 
 ITEM_INFO_COLUMNS = ("item_id", "title_en", "title")
 INTERACTION_COLUMNS = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
-REPORT_FILE = "conversion_report.json"
 
 
 def convert_pixelrec(
@@ -70,29 +69,3 @@ def convert_pixelrec(
     )
     write_meta(out, DatasetMeta(source="pixelrec", implicit=True, extra={"interactions_file": Path(interactions).name}))
     return write_conversion_report(out, "pixelrec", with_cover, without_cover, untitled, duplicates, counts)
-
-
-def write_conversion_report(
-    out: Path, source: str, with_cover, without_cover: list, untitled, duplicates, counts: dict
-) -> dict:
-    """Write ``<out>/conversion_report.json`` (every left-out row counted) and say loudly what was left out."""
-    report = {
-        "source": source,
-        "items_written": len(with_cover),
-        "items_without_cover": len(without_cover),
-        "items_without_cover_first": without_cover[:20],
-        "items_without_title": int(untitled.sum()),
-        "duplicate_item_rows": int(duplicates.sum()),
-        "interactions_read": counts["read"],
-        "interactions_written": counts["written"],
-        "interactions_of_left_out_items": counts["rows_of_left_out_items"],
-        "interactions_with_unknown_item": counts["rows_with_unknown_item"],
-        "interactions_with_bad_timestamp": counts["rows_with_bad_timestamp"],
-    }
-    (Path(out) / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
-    dropped = {
-        k: v for k, v in report.items() if k != "source" and not k.endswith(("_first", "_written", "_read")) and v
-    }
-    if dropped:
-        log.warning("%s: left out %s (details in %s)", out, dropped, Path(out) / REPORT_FILE)
-    return report
