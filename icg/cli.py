@@ -8,6 +8,7 @@ console script, so tests drive exactly the path a user runs.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningCLI
@@ -50,6 +51,29 @@ class ICGLightningCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             args=args,
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path`` resumes the same stage only: refuse another stage's checkpoint before Lightning reads it."""
+        import importlib
+
+        import torch
+
+        from icg.ckpt import ICG_KEY, CheckpointError
+
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            stage = torch.load(ckpt_path, weights_only=True, map_location="cpu").get(ICG_KEY, {}).get("stage")
+            class_path = self.config[subcommand].model.class_path
+            module = importlib.import_module(class_path.rpartition(".")[0])
+            expected = getattr(module, "STAGE", None)
+            if expected is not None and stage != expected:
+                raise CheckpointError(
+                    f"--ckpt_path: {ckpt_path} is a {stage!r} stage checkpoint; it cannot resume the {expected!r} "
+                    f"stage ({class_path}). Name an earlier stage's checkpoint in its config key instead "
+                    "(preference_ckpt, rewards_ckpt)"
+                )
+        super()._parse_ckpt_path()
 
 
 def main(args: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from lightning.pytorch import LightningModule
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -44,6 +44,8 @@ class StandInBaseModel(LightningModule):
         export_dir: where the diffusers folder (+ ``title_encoder/``) is written when training ends.
         vae_optimizer: optimizer of the VAE phase.
         unet_optimizer: optimizer of the UNet + title-encoder phase.
+        unet_scheduler: learning-rate schedule of the UNet phase, stepped once per UNet step (None: constant); its
+            horizon (e.g. ``T_max`` of cosine annealing) counts UNet steps, i.e. ``trainer.max_steps - vae_steps``.
         vae_steps: optimizer steps of the VAE phase.
         kl_weight: weight of the VAE's KL term.
         cond_dropout: probability of training a sample with an empty title (for classifier-free guidance).
@@ -59,12 +61,13 @@ class StandInBaseModel(LightningModule):
         export_dir: str,
         vae_optimizer: OptimizerCallable = torch.optim.AdamW,
         unet_optimizer: OptimizerCallable = torch.optim.AdamW,
+        unet_scheduler: LRSchedulerCallable | None = None,
         vae_steps: int = 300,
         kl_weight: float = 1e-6,
         cond_dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["title_encoder", "vae_optimizer", "unet_optimizer"])
+        self.save_hyperparameters(ignore=["title_encoder", "vae_optimizer", "unet_optimizer", "unet_scheduler"])
         self.automatic_optimization = False
         if int(unet.get("cross_attention_dim", -1)) != title_encoder.dim:
             raise ValueError(
@@ -77,34 +80,47 @@ class StandInBaseModel(LightningModule):
         self.scheduler = DDIMScheduler(**SD_SCHEDULE)
         self.vae_optimizer = vae_optimizer
         self.unet_optimizer = unet_optimizer
+        self.unet_scheduler = unet_scheduler
         self.register_buffer("latent_scale", torch.zeros(()))  # fitted when the VAE phase ends
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.vae_optimizer(self.vae.parameters()),
-                self.unet_optimizer(list(self.unet.parameters()) + list(self.title_encoder.parameters()))]  # fmt: skip
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list]:
+        vae_opt = self.vae_optimizer(self.vae.parameters())
+        unet_opt = self.unet_optimizer(list(self.unet.parameters()) + list(self.title_encoder.parameters()))
+        # Manual optimization: the schedule is stepped in training_step, on UNet steps only.
+        return [vae_opt, unet_opt], [self.unet_scheduler(unet_opt)] if self.unet_scheduler else []
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         vae_opt, unet_opt = self.optimizers()
-        images = batch["image"]
         if self.global_step < self.hparams.vae_steps:
-            posterior = self.vae.encode(images * 2 - 1).latent_dist
-            recon = self.vae.decode(posterior.sample()).sample
-            rec = F.mse_loss(recon, images * 2 - 1)
-            loss = rec + self.hparams.kl_weight * posterior.kl().mean()
-            self.log("train/vae_recon", rec, prog_bar=True)
-            vae_opt.zero_grad()
-            self.manual_backward(loss)
-            vae_opt.step()
-            return loss
+            return self.vae_step(batch, vae_opt)
+        return self.unet_step(batch, unet_opt)
+
+    def vae_step(self, batch: dict[str, Any], optimizer: Any) -> Tensor:
+        """One step of the VAE phase: reconstruction + a small KL term, on the covers in [-1, 1]."""
+        images = batch["image"] * 2 - 1
+        posterior = self.vae.encode(images).latent_dist
+        recon = self.vae.decode(posterior.sample()).sample
+        rec = F.mse_loss(recon, images)
+        loss = rec + self.hparams.kl_weight * posterior.kl().mean()
+        self.log("train/vae_recon", rec, prog_bar=True)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+    def unet_step(self, batch: dict[str, Any], optimizer: Any) -> Tensor:
+        """One step of the UNet phase: the denoising loss under the (sometimes dropped) title's tokens."""
         if self.latent_scale == 0:
-            self._fit_latent_scale(images)
+            self._fit_latent_scale(batch["image"])
         titles = [t if torch.rand(()) >= self.hparams.cond_dropout else "" for t in batch["title"]]
         states, mask, _ = self.title_encoder(titles)
-        loss = self.denoising_loss(images, Conditioning(states, mask.long()))
+        loss = self.denoising_loss(batch["image"], Conditioning(states, mask.long()))
         self.log("train/denoise_loss", loss, prog_bar=True)
-        unet_opt.zero_grad()
+        optimizer.zero_grad()
         self.manual_backward(loss)
-        unet_opt.step()
+        optimizer.step()
+        if self.unet_scheduler is not None:
+            self.lr_schedulers().step()
         return loss
 
     @torch.no_grad()
@@ -149,12 +165,18 @@ def export_base_model(folder: str | Path, unet, vae, scheduler, title_encoder: T
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
     scheduler.save_pretrained(folder / "scheduler")
-    (folder / TITLE_ENCODER_DIR).mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in title_encoder.state_dict().items()},
-              str(folder / TITLE_ENCODER_DIR / "model.safetensors"))  # fmt: skip
-    (folder / TITLE_ENCODER_DIR / "spec.json").write_text(json.dumps(title_encoder.spec, indent=2) + "\n")
+    export_title_encoder(folder, title_encoder)
     log.info("stand-in base model written to %s", folder)
     return folder
+
+
+def export_title_encoder(folder: str | Path, title_encoder: TitleTokenEncoder) -> Path:
+    """``<folder>/title_encoder/``: the encoder's weights (safetensors) and its constructor spec (JSON)."""
+    path = Path(folder) / TITLE_ENCODER_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in title_encoder.state_dict().items()}, str(path / "model.safetensors"))
+    (path / "spec.json").write_text(json.dumps(title_encoder.spec, indent=2) + "\n")
+    return path
 
 
 def load_title_encoder(folder: str | Path, config_key: str = "base_model") -> TitleTokenEncoder:

@@ -31,7 +31,7 @@ from torch import Tensor
 from torchmetrics.classification import BinaryAUROC
 
 from icg.models.rewards.base import RewardContext
-from icg.models.rewards.bundle import STATE_PREFIX, RewardBundle
+from icg.models.rewards.bundle import STAGE, STATE_PREFIX, RewardBundle  # noqa: F401 - STAGE: what --ckpt_path must be
 from icg.models.rewards.preference import PreferenceReward
 
 logger = logging.getLogger(__name__)
