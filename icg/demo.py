@@ -73,7 +73,7 @@ def steps(quick: bool, started_at: float) -> list[tuple[str, Callable[[], None]]
         "--model.init_args.conditioner.init_args.fusion.init_args.fusion_type", "none",
         "--trainer.default_root_dir", str(NO_USER_DIR),
         "--trainer.logger.init_args.save_dir", str(NO_USER_DIR),
-        "--trainer.callbacks.0.init_args.dirpath", str(NO_USER_DIR / "checkpoints"),
+        "--trainer.callbacks.init_args.dirpath", str(NO_USER_DIR / "checkpoints"),
     )  # fmt: skip
     short = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2") if quick else ()
     return [
