@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from icg import ckpt
-from icg.models.image_encoders import ClipVisionEncoder, TinyImageEncoder
+from icg.models.image_encoders import ClipVisionEncoder, PaletteOccupancy, TinyImageEncoder
 from icg.models.preference import ItemFeatureCache, PreferenceModel
 
 TINY_CLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -14,7 +14,8 @@ TINY_CLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
 def make_model(**kwargs) -> PreferenceModel:
     torch.manual_seed(0)
     encoder = kwargs.pop("image_encoder", None) or TinyImageEncoder(input_size=16, channels=[8], color_bins=2)
-    return PreferenceModel(encoder, num_users=kwargs.pop("num_users", 5), embed_dim=8, hidden_dim=16, **kwargs)
+    hidden_dim = kwargs.pop("hidden_dim", 16)
+    return PreferenceModel(encoder, num_users=kwargs.pop("num_users", 5), embed_dim=8, hidden_dim=hidden_dim, **kwargs)
 
 
 @pytest.mark.parametrize("encoder", ["tiny", "clip"])
@@ -108,3 +109,43 @@ def test_bad_config_values_are_named():
         ClipVisionEncoder(path="/nonexistent/clip")
     with pytest.raises(ValueError, match="expected"):
         make_model()(torch.rand(2, 16, 16), torch.tensor([0, 1]))
+
+
+def test_palette_occupancy_finds_hues_and_passes_gradients():
+    palette = PaletteOccupancy(hues=12)
+    assert palette.feature_dim == 24
+    red, grey = torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.4)
+    red[:, 0] = 0.9  # (0.9, 0, 0): nearest to the vivid red anchor (hue 0)
+    half = torch.cat([red[..., :4], grey[..., 4:]], dim=-1).requires_grad_(True)
+    occ = palette(torch.cat([red, grey]))
+    assert occ[0, 0] > 0.9 and occ[0].argmax() == 0
+    assert occ[1].sum() < 0.05  # grey pixels go to the neutral anchors, not to a hue
+    out = palette(half)
+    assert out[0, 0].item() == pytest.approx(0.5, abs=0.05)
+    out[0, 0].backward()
+    assert half.grad.abs().sum() > 0
+    encoder = TinyImageEncoder(input_size=16, channels=[], color_bins=0, palette_hues=6)
+    assert encoder(torch.rand(2, 3, 20, 20)).shape == (2, encoder.feature_dim) and encoder.feature_dim == 10 + 12
+
+
+def test_linear_item_tower_with_feature_standardization():
+    model = make_model(hidden_dim=0, item_norm="batch")
+    assert len(model.item_tower) == 2 and isinstance(model.item_tower[0], torch.nn.BatchNorm1d)
+    images = torch.rand(6, 3, 16, 16, requires_grad=True)
+    model.train()(images, torch.arange(6) % 5).sum().backward()  # updates the running statistics
+    assert images.grad.abs().sum() > 0
+    model.eval()
+    # eval mode: fixed statistics, so a cover's score does not depend on the rest of the batch
+    assert torch.allclose(model(images[:1], torch.tensor([0])), model(images, torch.arange(6) % 5)[:1], atol=1e-5)
+    with pytest.raises(ValueError, match="item_norm"):
+        make_model(item_norm="group")
+    with pytest.raises(ValueError, match="hidden_dim"):
+        make_model(hidden_dim=-1)
+
+
+def test_user_penalty_is_the_squared_norm_of_the_id_rows():
+    model = make_model(cold_start_dropout=0.5).train()  # dropout must not reach the penalty
+    with torch.no_grad():
+        model.user_embedding_table.weight[2] = 1.0
+    penalty = model.user_penalty(torch.tensor([2, -1, 99]))
+    assert penalty.tolist() == pytest.approx([8.0, 0.0, 0.0])  # unseen users: the (zero) fallback row

@@ -114,3 +114,18 @@ def test_nan_loss_stops_with_step_and_batch(platform, tmp_path):
 def test_too_few_users_in_config_is_named(platform, tmp_path):
     with pytest.raises(ValueError, match=r"num_users=5.*30 users"):
         make_trainer(tmp_path, max_epochs=1).fit(make_stage(num_users=5), datamodule=make_datamodule(platform))
+
+
+def test_user_l2_shrinks_user_embeddings_and_scheduler_steps_per_epoch(platform, tmp_path):
+    norms = {}
+    for user_l2 in (0.0, 5.0):
+        stage = make_stage()
+        stage.user_l2 = user_l2
+        stage.scheduler = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        trainer = make_trainer(tmp_path, max_epochs=2, num_sanity_val_steps=0, limit_val_batches=0)
+        trainer.fit(stage, datamodule=make_datamodule(platform))
+        assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 0.5**2)  # once per epoch
+        norms[user_l2] = stage.model.user_embedding_table.weight[:30].norm().item()
+    assert norms[5.0] < 0.5 * norms[0.0], norms
+    with pytest.raises(ValueError, match="user_l2"):
+        PreferenceStage(make_stage().model, user_l2=-1.0)

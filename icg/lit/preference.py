@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from icg import ckpt
@@ -40,6 +40,11 @@ class PreferenceStage(LightningModule):
     Args:
         model: the click model (``icg.models.preference.PreferenceModel``), chosen in YAML.
         optimizer: optimizer factory applied to the trainable parameters (e.g. ``torch.optim.AdamW`` + ``lr``).
+        scheduler: optional learning-rate scheduler factory, stepped once per epoch (e.g.
+            ``torch.optim.lr_scheduler.CosineAnnealingLR`` with ``T_max`` = ``trainer.max_epochs``).
+        user_l2: weight of the mean squared norm of the batch's user ID embeddings added to the loss: a Gaussian
+            prior that shrinks users with few clicks towards the shared (population) part of the score, unlike
+            optimizer weight decay, which would also shrink the item tower.
         feature_cache: with a frozen image encoder, encode each dataset cover once and reuse its features across
             epochs (``ItemFeatureCache``); ignored when the encoder trains.
         top_k: cut-off of NDCG@k and Recall@k.
@@ -53,13 +58,19 @@ class PreferenceStage(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         feature_cache: bool = True,
         top_k: int = 10,
+        scheduler: LRSchedulerCallable | None = None,
+        user_l2: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(model, PreferenceModel):
             raise TypeError(f"{MODEL_KEY}: expected an icg.models.preference.PreferenceModel, got {type(model)}")
-        self.save_hyperparameters(ignore=["model", "optimizer"])
+        if user_l2 < 0:
+            raise ValueError(f"model.init_args.user_l2 must be >= 0, got {user_l2}")
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model
         self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.user_l2 = user_l2
         self.use_cache = feature_cache and model.freeze_encoder
         self.cache: ItemFeatureCache | None = None
         # Only what this model reads: with the cache full (filled at the start of every loop), covers need not be
@@ -107,8 +118,11 @@ class PreferenceStage(LightningModule):
     def on_test_start(self) -> None:
         self._fill_cache()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer([p for p in self.parameters() if p.requires_grad])
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "epoch"}}
 
     # ---------------------------------------------------------------------------------------------------- scoring
     def _logits(self, batch: dict[str, Any]) -> Tensor:
@@ -127,6 +141,8 @@ class PreferenceStage(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self._logits(batch)
         loss = F.binary_cross_entropy_with_logits(logits, batch["click"].float())
+        if self.user_l2 > 0:
+            loss = loss + self.user_l2 * self.model.user_penalty(batch["user_idx"].to(self.device)).mean()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"train/loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
@@ -150,10 +166,24 @@ class PreferenceStage(LightningModule):
         self._log_metrics("test", self.test_metrics)
 
     def _log_metrics(self, split: str, metrics: ClickMetrics) -> None:
-        if metrics.count.item() == 0:
+        # Under DDP every rank scored only its shard. The torchmetrics parts (AUC, GAUC, NDCG, Recall) gather all
+        # ranks' states in compute(); the log-loss sums are plain buffers, so they are summed here. Every rank takes
+        # the same branch (the count is global), so no rank waits on a collective that another skipped.
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        total = metrics.count.clone()
+        loss_sum = metrics.logloss_sum.clone()
+        if strategy is not None and self.trainer.world_size > 1:
+            total = strategy.reduce(total.to(self.device), reduce_op="sum").to(total)
+            loss_sum = strategy.reduce(loss_sum.to(self.device), reduce_op="sum").to(loss_sum)
+        if total.item() == 0:
+            metrics.reset()
             return
-        values = {f"{split}/{name}": value for name, value in metrics.compute().items()}
-        self.log_dict(values, prog_bar=split == "val")
+        values = metrics.compute()
+        values["logloss"] = (loss_sum / total).float()
+        # The values are already global (identical on every rank); sync_dist only averages identical numbers and
+        # keeps Lightning from logging one rank's view.
+        logged = {f"{split}/{name}": value.to(self.device) for name, value in values.items()}
+        self.log_dict(logged, prog_bar=split == "val", sync_dist=True)
         metrics.reset()
 
     # ------------------------------------------------------------------------------------------------ checkpoint

@@ -6,7 +6,8 @@ meta-token features with, and the personalized reward: its logit is differentiab
 Architecture (D = ``embed_dim``, F = the image encoder's ``feature_dim``)::
 
     user tower   u = E_user[user] (+ W_h . mean(image features of the user's clicked covers), history_type="mean")
-    item tower   v = MLP([image_encoder(cover) ; title features]) in R^D     (titles: title_type="hashed")
+    item tower   v = MLP(norm([image_encoder(cover) ; title features])) in R^D  (titles: title_type="hashed";
+                 hidden_dim=0: one linear map; norm: LayerNorm, or per-feature standardization with item_norm="batch")
     logit        = <u, v> + w_b . v + b_user[user] + b
 
 * The image encoder (``icg.models.image_encoders``) is chosen in config and frozen by default
@@ -34,6 +35,7 @@ from torch import nn
 from icg.ckpt import init_spec
 
 HISTORY_TYPES = ("none", "mean")
+ITEM_NORMS = ("layer", "batch")
 TITLE_TYPES = ("none", "hashed")
 _WORD = re.compile(r"\w+")
 
@@ -62,7 +64,8 @@ class PreferenceModel(nn.Module):
         image_encoder: cover encoder (``ClipVisionEncoder`` for real runs, ``TinyImageEncoder`` for tests/demo).
         num_users: size of the user vocabulary (``datamodule.num_users``); one fallback row is added.
         embed_dim: width D of the user and item embeddings.
-        hidden_dim: hidden width of the item-tower MLP.
+        hidden_dim: hidden width of the item-tower MLP; 0 makes the item tower one linear map (a bilinear click
+            model in the image features, which suits small data whose true click model is logistic in them).
         freeze_encoder: keep the image encoder frozen (eval mode, no gradients to its weights); pixels still get
             gradients. Required for the per-item feature cache.
         history_type: ``none`` or ``mean`` (add a projection of the mean image features of the user's click
@@ -71,6 +74,9 @@ class PreferenceModel(nn.Module):
         title_buckets: hash buckets of the title encoder.
         title_dim: width of the title features.
         cold_start_dropout: fraction of training examples whose user is replaced by the fallback row.
+        item_norm: input normalization of the item tower: ``layer`` (LayerNorm across features, per item) or
+            ``batch`` (each feature standardized by running statistics, ``BatchNorm1d`` without affine; fixed in
+            eval mode, so stage 2/3 scores do not depend on the batch).
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class PreferenceModel(nn.Module):
         title_buckets: int = 4096,
         title_dim: int = 16,
         cold_start_dropout: float = 0.0,
+        item_norm: str = "layer",
     ) -> None:
         super().__init__()
         self.spec = init_spec(self, locals())
@@ -92,6 +99,10 @@ class PreferenceModel(nn.Module):
             raise ValueError(f"history_type must be one of {HISTORY_TYPES}, got {history_type!r}")
         if title_type not in TITLE_TYPES:
             raise ValueError(f"title_type must be one of {TITLE_TYPES}, got {title_type!r}")
+        if item_norm not in ITEM_NORMS:
+            raise ValueError(f"item_norm must be one of {ITEM_NORMS}, got {item_norm!r}")
+        if hidden_dim < 0:
+            raise ValueError(f"hidden_dim must be >= 0 (0: linear item tower), got {hidden_dim}")
         if num_users < 1:
             raise ValueError(f"num_users must be >= 1, got {num_users}")
         if not 0.0 <= cold_start_dropout < 1.0:
@@ -116,10 +127,15 @@ class PreferenceModel(nn.Module):
         self.history_proj = nn.Linear(self.feature_dim, embed_dim) if history_type == "mean" else None
         self.title_encoder = HashedTitleEncoder(title_buckets, title_dim) if title_type == "hashed" else None
         item_in = self.feature_dim + (title_dim if self.title_encoder is not None else 0)
-        # LayerNorm first: CLIP embeddings and colour statistics live on very different scales.
-        self.item_tower = nn.Sequential(
-            nn.LayerNorm(item_in), nn.Linear(item_in, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, embed_dim)
-        )
+        # Normalize first: CLIP embeddings and colour statistics live on very different scales. LayerNorm mixes a
+        # cover's features into one scale; standardizing each feature keeps them comparable across covers.
+        norm = nn.LayerNorm(item_in) if item_norm == "layer" else nn.BatchNorm1d(item_in, affine=False)
+        if hidden_dim > 0:
+            self.item_tower = nn.Sequential(
+                norm, nn.Linear(item_in, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, embed_dim)
+            )
+        else:
+            self.item_tower = nn.Sequential(norm, nn.Linear(item_in, embed_dim))
         self.item_bias = nn.Linear(embed_dim, 1)
 
     def train(self, mode: bool = True) -> PreferenceModel:
@@ -143,6 +159,13 @@ class PreferenceModel(nn.Module):
             drop = torch.rand(rows.shape, device=rows.device) < self.cold_start_dropout
             rows = torch.where(drop, torch.full_like(rows, self.fallback_index), rows)
         return rows
+
+    def user_penalty(self, user_idx: torch.Tensor) -> torch.Tensor:
+        """Squared norm B of the users' ID embeddings (no cold-start dropout): the stage's ``user_l2`` term."""
+        user_idx = user_idx.long()
+        unseen = (user_idx < 0) | (user_idx >= self.num_users)
+        rows = torch.where(unseen, torch.full_like(user_idx, self.fallback_index), user_idx)
+        return self.user_embedding_table(rows).pow(2).sum(-1)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Image features B x F of covers in [0, 1]; differentiable w.r.t. the pixels even when frozen."""
