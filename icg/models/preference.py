@@ -25,19 +25,17 @@ Architecture (D = ``embed_dim``, F = the image encoder's ``feature_dim``)::
 
 from __future__ import annotations
 
-import re
-import zlib
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from icg.ckpt import init_spec
+from icg.models.title_tokens import hash_bucket, title_words
 
 HISTORY_TYPES = ("none", "mean")
 ITEM_NORMS = ("layer", "batch")
 TITLE_TYPES = ("none", "hashed")
-_WORD = re.compile(r"\w+")
 
 
 class HashedTitleEncoder(nn.Module):
@@ -52,7 +50,7 @@ class HashedTitleEncoder(nn.Module):
         ids, offsets = [], []
         for title in titles:
             offsets.append(len(ids))
-            ids += [zlib.crc32(w.encode()) % self.buckets for w in _WORD.findall(title.lower())]
+            ids += [hash_bucket(w, self.buckets) for w in title_words(title)]
         device = self.bag.weight.device
         return self.bag(torch.tensor(ids, dtype=torch.long, device=device), torch.tensor(offsets, device=device))
 
