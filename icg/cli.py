@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from icg.data.datamodule import ICGDataModule
@@ -42,7 +42,7 @@ Evaluation:
 class ICGLightningCLI(LightningCLI):
     """Lightning's CLI with the stage chosen as ``model`` (subclass mode) and the one shared DataModule."""
 
-    def __init__(self, args: list[str] | None) -> None:
+    def __init__(self, args: list[str] | None, run: bool = True) -> None:
         super().__init__(
             model_class=LightningModule,
             subclass_mode_model=True,
@@ -50,7 +50,20 @@ class ICGLightningCLI(LightningCLI):
             auto_configure_optimizers=False,  # stages apply their injected OptimizerCallable themselves
             save_config_kwargs={"overwrite": True},
             args=args,
+            run=run,
         )
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        """Every Trainer writes checkpoints atomically unless its config brings its own CheckpointIO."""
+        from lightning.pytorch.plugins.io import CheckpointIO
+
+        from icg.lit.checkpoint_io import AtomicCheckpointIO
+
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path`` resumes the same stage only: refuse another stage's checkpoint before Lightning reads it."""
