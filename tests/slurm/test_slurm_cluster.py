@@ -5,12 +5,16 @@ A session fixture installs SLURM if needed (``scripts/slurm/install.sh``), start
 be made) and always stops it again (``cluster_down.sh``). The tests then check the path a user takes on a cluster:
 ``srun`` places ranks on both nodes, gloo all-reduces across them with Lightning's SLURM rendezvous, the stage-1
 sbatch template trains with DDP and writes one set of logs and checkpoints, the DDP result equals a single-process
-run with the same global batch, and a SIGUSR1 preemption saves, requeues and resumes the job.
+run with the same global batch, and a SIGUSR1 preemption saves, requeues and resumes the job. The stage-2 and
+stage-3 templates then train the tiny configs on the same layout, chained to stage-1/2 checkpoints trained in-process
+(``tests/conftest.py``'s ``tiny_stage1_ckpt`` / ``tiny_stage2_ckpt``).
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import shutil
 import socket
@@ -27,8 +31,10 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts" / "slurm"
-STAGE1_SBATCH = REPO / "lightning_configs" / "slurm" / "stage1_preference.sbatch"
-TINY_STAGE1 = REPO / "lightning_configs" / "tiny" / "stage1_preference.yaml"
+SBATCH_DIR = REPO / "lightning_configs" / "slurm"
+TINY_DIR = REPO / "lightning_configs" / "tiny"
+STAGE1_SBATCH = SBATCH_DIR / "stage1_preference.sbatch"
+TINY_STAGE1 = TINY_DIR / "stage1_preference.yaml"
 ICG = [str(REPO / ".venv" / "bin" / "python"), "-m", "icg.cli"]
 JOB_TIMEOUT_S = 420
 # Weights of the 2-node DDP run and the single-process run after the same full-batch SGD steps: they differ only
@@ -132,8 +138,50 @@ def _stage1_job(cluster: Cluster, shared: Path, *args: str, env: dict[str, str] 
     return cluster.sbatch(STAGE1_SBATCH, *args, chdir=shared, env={**job_env, **(env or {})})
 
 
-def _job_log(shared: Path, job_id: str) -> str:
-    return (shared / f"icg-stage1_preference-{job_id}.out").read_text()
+def _stage_job(cluster: Cluster, stage: str, shared: Path, *args: str) -> str:
+    """Submit the shipped ``<stage>.sbatch`` with ``lightning_configs/tiny/<stage>.yaml``; returns the job id."""
+    job_env = {
+        "ICG_SHARED_DIR": str(shared),
+        "ICG_REPO": str(REPO),
+        "ICG_STAGE_CONFIG": str(TINY_DIR / f"{stage}.yaml"),
+    }
+    return cluster.sbatch(SBATCH_DIR / f"{stage}.sbatch", *args, chdir=shared, env=job_env)
+
+
+def _job_log(shared: Path, job_id: str, stage: str = "stage1_preference") -> str:
+    return (shared / f"icg-{stage}-{job_id}.out").read_text()
+
+
+def _csv_logger(shared: Path) -> list[str]:
+    """``icg fit`` arguments for a CSV logger under ``shared`` (the tiny configs log nothing; validation should)."""
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(shared / "csv")}}
+    return ["--trainer.logger", json.dumps(logger)]
+
+
+def _logged(shared: Path) -> dict[str, list[float]]:
+    """Every metric rank 0's CSV logger wrote, as name -> its non-empty values in order."""
+    files = list((shared / "csv" / "lightning_logs").glob("version_*/metrics.csv"))
+    assert len(files) == 1, files  # one logger version: rank 0 alone writes
+    rows = list(csv.DictReader(files[0].open()))
+    return {key: [float(row[key]) for row in rows if row[key]] for key in rows[0]}
+
+
+def _assert_stage_job(cluster: Cluster, stage: str, icg_stage: str, steps: int, shared: Path, job: str) -> None:
+    """The job completed on every rank and rank 0 alone wrote one checkpoint of ``icg_stage`` after ``steps`` steps."""
+    started = time.monotonic()
+    info = cluster.wait(job)
+    log = _job_log(shared, job, stage)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
+    sys.stderr.write(f"\n{stage} sbatch job on {info['NodeList']}: waited {time.monotonic() - started:.1f} s\n")
+    world = cluster.nodes * cluster.tasks_per_node
+    for rank in range(world):
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/{world}" in log, log[-3000:]
+    assert f"Starting with {world} processes" in log, log[-3000:]
+    checkpoints = sorted(shared.rglob("*.ckpt"))
+    assert len(checkpoints) == 1, checkpoints
+    checkpoint = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
+    assert checkpoint["icg"]["stage"] == icg_stage
+    assert checkpoint["global_step"] == steps, log[-3000:]  # no rank skipped an optimizer step
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -268,3 +316,40 @@ def test_sigusr1_saves_requeues_and_resumes(slurm_cluster: Cluster, synth_root: 
     assert f"Restored all states from the checkpoint at {hpc}" in log
     final = list(run_dir.glob("checkpoints/*.ckpt"))
     assert [p.name for p in final] == [f"epoch={max_epochs - 1}-step={max_epochs * steps_per_epoch}.ckpt"]
+
+
+def test_stage2_sbatch_trains_on_all_ranks(
+    slurm_cluster: Cluster, tiny_platform: Path, tiny_stage1_ckpt: Path, tmp_path: Path
+) -> None:
+    from icg.data.datamodule import ICGDataModule
+
+    job = _stage_job(
+        slurm_cluster, "stage2_rewards", tmp_path, *_csv_logger(tmp_path),
+        "--data.root", str(tiny_platform), "--model.init_args.preference_ckpt", str(tiny_stage1_ckpt),
+    )  # fmt: skip
+    # steps: each rank gets ceil(items / world) training items in batches of 16, at most limit_train_batches=3
+    data = ICGDataModule(root=tiny_platform, image_size=32)
+    data.setup("fit")
+    world = slurm_cluster.nodes * slurm_cluster.tasks_per_node
+    steps = min(3, math.ceil(math.ceil(len(data.dataset("train", "items")) / world) / 16))
+    _assert_stage_job(slurm_cluster, "stage2_rewards", "rewards", steps, tmp_path, job)
+    metrics = _logged(tmp_path)
+    # the epoch-end validation ran on both ranks (the AUC metrics all-gather across them) and logged finite values
+    for key in ("val/relevance_auc/relevance", "val/preference_auc", "val/reward/preference"):
+        assert len(metrics[key]) == 1 and math.isfinite(metrics[key][0]), (key, metrics.get(key))
+
+
+def test_stage3_sbatch_trains_on_all_ranks(
+    slurm_cluster: Cluster, tiny_platform: Path, tiny_stage1_ckpt: Path, tiny_stage2_ckpt: Path, tmp_path: Path
+) -> None:
+    job = _stage_job(
+        slurm_cluster, "stage3_alignment", tmp_path, *_csv_logger(tmp_path),
+        "--data.root", str(tiny_platform), "--model.init_args.preference_ckpt", str(tiny_stage1_ckpt),
+        "--model.init_args.rewards_ckpt", str(tiny_stage2_ckpt),
+        # validate after every step: the reward metrics are reduced across ranks (sync_dist) under DDP
+        "--trainer.val_check_interval", "1",
+    )  # fmt: skip
+    _assert_stage_job(slurm_cluster, "stage3_alignment", "alignment", 2, tmp_path, job)  # tiny stage 3: max_steps 2
+    metrics = _logged(tmp_path)
+    assert len(metrics["val/reward/total"]) == 2 and all(map(math.isfinite, metrics["val/reward/total"])), metrics
+    assert len(metrics["train/loss"]) == 2  # both steps back-propagated the rewards (none skipped as non-finite)
