@@ -222,12 +222,17 @@ class AlignmentStage(LightningModule):
         rewards = self.score(images, batch, users)
         bad = rewards.nonfinite()
         if bad or not bool(torch.isfinite(rewards.total.detach()).all()):
-            return self._skip_nonfinite(bad)
+            self._skip_nonfinite(bad)
+            # DDP cannot skip a step on one rank (Lightning raises): this rank contributes its regularizer only.
+            return self.hparams.reg_weight * reg if self.trainer_world_size() > 1 else None
         self.nonfinite_steps = 0
         loss = -rewards.total.mean() + self.hparams.reg_weight * reg
         self._log_rewards("train", rewards)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def trainer_world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
 
     def _skip_nonfinite(self, bad: dict[str, int]) -> None:
         self.nonfinite_steps += 1

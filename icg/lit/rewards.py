@@ -117,6 +117,17 @@ class RewardStage(LightningModule):
 
     # ------------------------------------------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
+        if (
+            stage == "fit"
+            and self._trainer is not None
+            and self.trainer.world_size > 1
+            and not any(p.requires_grad for reward in self.trainable for p in reward.parameters())
+        ):
+            raise ValueError(
+                f"this reward bundle has nothing to train (only normalization is fitted), which DDP cannot run on "
+                f"{self.trainer.world_size} processes: run stage 2 on one task (trainer.devices=1, "
+                "trainer.num_nodes=1; sbatch --nodes=1 --ntasks-per-node=1)"
+            )
         datamodule = self._datamodule()
         if datamodule is None:
             return
