@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from icg.ckpt import init_spec
 from icg.models.clip_loading import clip_image_settings, load_clip_vision
 from icg.models.image_ops import check_images, clip_preprocess
 from icg.models.rewards.base import Reward, RewardContext, require_path
+from icg.models.rewards.blip import RewardMLP
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +30,13 @@ HEAD_EXPECTED = (
 )
 
 
-class LaionAestheticHead(nn.Module):
-    """The LAION predictor's MLP, with its exact module layout so the published state dict loads strictly."""
+class LaionAestheticHead(RewardMLP):
+    """The LAION predictor's MLP: the same published layout as ImageReward's head (linear 768->1024->128->64->16->1,
+    no activations, dropout off in eval), so the published state dict (``layers.0/2/4/6/7``) loads strictly."""
 
     def __init__(self, input_size: int = 768) -> None:
-        super().__init__()
+        super().__init__(input_size)
         self.input_size = input_size
-        # No activations between the linear layers: the published predictor has them commented out.
-        self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, embeddings: Tensor) -> Tensor:
-        return self.layers(embeddings)
 
 
 def load_state_dict_file(path: Path, key: str) -> dict[str, Tensor]:
