@@ -164,3 +164,18 @@ def test_stage3_fit_and_predict_through_the_cli(tiny_platform, tiny_stage1_ckpt,
     for row in rows:
         assert (out / row["file"]).is_file()
         assert set(row["scores"]) >= {"total", "aesthetic", "relevance", "preference"}
+
+
+def test_frozen_prompter_reads_features_from_the_cache(tiny_stage1_ckpt, tiny_stage2_ckpt, pairs, tmp_path,
+                                                       monkeypatch):  # fmt: skip
+    stage = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, feature_cache_dir=str(tmp_path / "cache"))
+    stage.conditioner.prompter.meta_tokens.requires_grad_(False)
+    with torch.no_grad():
+        direct, _ = stage.condition(pairs)  # first pass computes and writes the cache
+        assert stage.frozen["cache"].misses == len(set(pairs["item_id"]))
+        monkeypatch.setattr(stage.conditioner.prompter.mllm, "forward", None)  # the MLLM must not run again
+        cached, _ = stage.condition(pairs)
+    torch.testing.assert_close(cached.encoder_hidden_states, direct.encoder_hidden_states)
+    loss = stage.training_step(pairs, 0)
+    loss.backward()
+    assert stage.conditioner.adapter.out_proj.weight.grad is not None

@@ -33,6 +33,7 @@ from icg.diffusion.sampler import denoising_loss, sample
 from icg.diffusion.source import DiffusionSource
 from icg.lit.preference import load_preference_model
 from icg.models.cover_conditioner import CoverConditioner
+from icg.models.feature_cache import MLLMFeatureCache
 from icg.models.rewards.base import RewardContext
 from icg.models.rewards.bundle import RewardOutput, load_reward_bundle
 
@@ -65,6 +66,8 @@ class AlignmentStage(LightningModule):
         reg_weight: lambda of the denoising-loss regularizer on reference covers.
         warmup_steps: first optimizer steps train on the denoising loss only.
         max_nonfinite_steps: consecutive steps with NaN/Inf rewards tolerated (each skipped) before aborting.
+        feature_cache_dir: with a fully frozen prompter (``freeze_meta_tokens: true``, no LoRA), per-item MLLM
+            features are cached here and the MLLM leaves the training step.
         seed: base seed of the per-step noise.
     """
 
@@ -88,6 +91,7 @@ class AlignmentStage(LightningModule):
         reg_weight: float = 1.0,
         warmup_steps: int = 0,
         max_nonfinite_steps: int = 5,
+        feature_cache_dir: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -172,6 +176,13 @@ class AlignmentStage(LightningModule):
         """The personalized conditioning of a batch of pairs, and the stage-1 user indices used for it."""
         users = self.stage1_users(batch["user_idx"])
         user_emb = self.frozen["users"].user_embedding(users)
+        prompter = self.conditioner.prompter
+        if self.hparams.feature_cache_dir and not any(p.requires_grad for p in prompter.parameters()):
+            # Nothing in the prompter trains: its features are a pure function of the item, read from disk.
+            if "cache" not in self.frozen:
+                self.frozen["cache"] = MLLMFeatureCache(self.hparams.feature_cache_dir, prompter.cache_key())
+            features = prompter.forward_cached(batch["item_id"], batch["title"], batch["image"], self.frozen["cache"])
+            return self.conditioner.condition(features, user_emb), users
         return self.conditioner(batch["title"], batch["image"], user_emb), users
 
     def generate(
