@@ -49,3 +49,13 @@ def test_real_stage3_fails_early_naming_the_missing_mllm(tmp_path, monkeypatch):
         run_cli("fit", "--config", REPO / "lightning_configs/real/stage3_alignment.yaml", "--data.root", tmp_path,
                 "--model.init_args.preference_ckpt", "x.ckpt", "--model.init_args.rewards_ckpt", "y.ckpt")  # fmt: skip
     assert "Qwen2-VL-2B-Instruct" in str(err.value)
+
+
+@pytest.mark.parametrize("tier", ["tiny", "demo", "real"])
+def test_stage3_user_width_matches_its_stage1(tier):
+    """Stages chain by checkpoint, so their widths must agree in the shipped configs (stage 3 checks it at setup)."""
+    stage1 = yaml.safe_load((REPO / f"lightning_configs/{tier}/stage1_preference.yaml").read_text())
+    stage3 = yaml.safe_load((REPO / f"lightning_configs/{tier}/stage3_alignment.yaml").read_text())
+    embed_dim = stage1["model"]["init_args"]["model"]["init_args"]["embed_dim"]
+    fusion = stage3["model"]["init_args"]["conditioner"]["init_args"]["fusion"]["init_args"]
+    assert fusion["user_dim"] == embed_dim
