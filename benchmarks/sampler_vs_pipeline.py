@@ -60,20 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     size, dtype = args.size or preset["size"], getattr(torch, args.dtype or preset["dtype"])
     device = torch.device(args.device)
 
-    from diffusers import StableDiffusionPipeline
-
     comps = DiffusionComponents.from_preset(args.preset, device=device, dtype=dtype)
-    pipe = StableDiffusionPipeline(
-        vae=comps.vae,
-        text_encoder=None,
-        tokenizer=None,
-        unet=comps.unet,
-        scheduler=comps.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = comps.reference_pipeline()
     g = torch.Generator().manual_seed(0)
     width = comps.cross_attention_dim
     cond = Conditioning(torch.randn(batch, preset["length"], width, generator=g).to(device, dtype))

@@ -47,19 +47,7 @@ class UNetSpy:
 # ------------------------------------------------------------------------------------------- pipeline parity
 @pytest.mark.parametrize("guidance", [1.0, 4.0])
 def test_sampler_matches_stable_diffusion_pipeline(comps, guidance):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=comps.vae,
-        text_encoder=None,
-        tokenizer=None,
-        unet=comps.unet,
-        scheduler=comps.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = comps.reference_pipeline()
     cond, uncond = _cond(seed=1), _cond(seed=2)
     with torch.no_grad():
         ref = pipe(

@@ -100,6 +100,26 @@ class DiffusionComponents:
             module.to(device=device, **kwargs)
         return self
 
+    def reference_pipeline(self):
+        """diffusers' ``StableDiffusionPipeline`` over these same components, for inference comparisons only.
+
+        No text encoder or tokenizer: call it with ``prompt_embeds`` / ``negative_prompt_embeds``.
+        """
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=None,
+            tokenizer=None,
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     # ------------------------------------------------------------------------------------------------ loaders
     @classmethod
     def from_pretrained_folder(
