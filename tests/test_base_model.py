@@ -52,7 +52,7 @@ def test_export_is_a_loadable_diffusers_folder(exported):
     from icg.diffusion.components import DiffusionComponents
     from icg.diffusion.conditioning import Conditioning
     from icg.diffusion.sampler import sample
-    from icg.lit.base_model import load_title_encoder
+    from icg.models.title_tokens import load_title_encoder
 
     components = DiffusionComponents.from_pretrained_folder(exported)
     assert (components.cross_attention_dim, components.vae_scale_factor, components.default_image_size) == (16, 2, 16)
@@ -95,8 +95,7 @@ def test_width_mismatch_names_both_keys():
 
 
 def test_title_encoder_round_trip(tmp_path):
-    from icg.lit.base_model import TITLE_ENCODER_DIR, export_title_encoder, load_title_encoder
-    from icg.models.title_tokens import TitleTokenEncoder
+    from icg.models.title_tokens import TITLE_ENCODER_DIR, TitleTokenEncoder, export_title_encoder, load_title_encoder
 
     torch.manual_seed(0)
     encoder = TitleTokenEncoder(num_buckets=32, dim=8, max_tokens=5, num_layers=1, num_heads=2).eval()

@@ -104,6 +104,34 @@ class Conditioning:
         pooled = torch.cat([p.pooled for p in parts]) if parts[0].pooled is not None else None
         return Conditioning(hs, mask, pooled)
 
+    @staticmethod
+    def join(parts: list[Conditioning]) -> Conditioning:
+        """Concatenate along the token axis (e.g. ``[prompt ; adapter tokens]``, as IP-Adapter appends its tokens).
+
+        If only some parts carry a mask, the others get an all-ones mask; at most one part may carry a pooled vector.
+        """
+        if not parts:
+            raise ConditioningError("Conditioning.join needs at least one part")
+        if len({p.batch_size for p in parts}) != 1 or len({p.width for p in parts}) != 1:
+            shapes = [tuple(p.encoder_hidden_states.shape) for p in parts]
+            raise ConditioningError(f"cannot join conditionings of different batch size or width: {shapes}")
+        pooled = [p.pooled for p in parts if p.pooled is not None]
+        if len(pooled) > 1:
+            raise ConditioningError("cannot join conditionings where more than one carries a pooled vector")
+        hs = torch.cat([p.encoder_hidden_states for p in parts], dim=1)
+        mask = None
+        if any(p.attention_mask is not None for p in parts):
+            mask = torch.cat(
+                [
+                    p.attention_mask.long()
+                    if p.attention_mask is not None
+                    else torch.ones(p.encoder_hidden_states.shape[:2], device=hs.device, dtype=torch.long)
+                    for p in parts
+                ],
+                dim=1,
+            )
+        return Conditioning(hs, mask, pooled[0] if pooled else None)
+
 
 def unet_cross_attention_dim(unet: nn.Module) -> int:
     """The single cross-attention width of a ``UNet2DConditionModel`` (a per-block list must be uniform)."""

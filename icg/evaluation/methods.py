@@ -5,9 +5,9 @@ A *method* is any callable ``method(batch) -> B x 3 x H x W covers in [0, 1]`` f
 each cover from the same per-pair noise (``icg.lit.alignment.pair_seed``), so the methods differ only in their
 conditioning:
 
-* ``TitleOnlyMethod``: the base diffusion model conditioned on the title alone through its own text encoder (the
-  demo's stand-in base model exports one as ``title_encoder/``; for SD 1.5 pass any ``titles -> (states, mask)``
-  encoder) -- the paper's "same diffusion model prompted with the title".
+* ``TitleOnlyMethod``: the base diffusion model conditioned on the title alone through its own text encoder
+  (``icg.diffusion.prompt_encoder.PromptEncoder``: CLIP for SD 1.5, ``title_encoder/`` for the demo stand-in) --
+  the paper's "same diffusion model prompted with the title".
 * ``AlignmentMethod``: a trained stage-3 checkpoint. ``user="own"`` is ICG; ``user="fallback"`` replaces every user
   by the stage-1 cold-start embedding, i.e. ICG without user refinement, without a second training run (an
   ablation checkpoint trained with ``fusion_type: none`` is evaluated with ``user="own"`` instead).
@@ -25,6 +25,7 @@ from torch import Tensor
 
 from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.conditioning import Conditioning
+from icg.diffusion.prompt_encoder import PromptEncoder
 from icg.diffusion.sampler import sample
 from icg.lit.alignment import AlignmentStage, load_alignment_stage, pair_seed
 
@@ -52,7 +53,7 @@ class TitleOnlyMethod:
 
     Args:
         components: the frozen base UNet/VAE/scheduler.
-        title_encoder: ``titles -> (states B x L x C, mask B x L, ...)``, the base model's text encoder.
+        title_encoder: ``titles -> Conditioning``, the base model's text encoder (a ``PromptEncoder``).
         num_steps: T, DDIM steps.
         image_size: side of the covers (None: the UNet's default).
         guidance_scale: classifier-free guidance (> 1 uses the empty title as the negative).
@@ -62,7 +63,7 @@ class TitleOnlyMethod:
     def __init__(
         self,
         components: DiffusionComponents,
-        title_encoder: Callable[[list[str]], tuple[Tensor, ...]],
+        title_encoder: Callable[[list[str]], Conditioning],
         num_steps: int = 20,
         image_size: int | None = None,
         guidance_scale: float = 1.0,
@@ -75,15 +76,12 @@ class TitleOnlyMethod:
 
     @classmethod
     def from_folder(cls, folder: str | Path, config_key: str = "base_model", **kwargs: Any) -> TitleOnlyMethod:
-        """From an exported stand-in base model (diffusers folder + ``title_encoder/``); see ``icg.lit.base_model``."""
-        from icg.lit.base_model import load_title_encoder
-
+        """From a local diffusers folder with its text encoder (SD 1.5, or the demo's stand-in base model)."""
         components = DiffusionComponents.from_pretrained_folder(folder, config_key=config_key)
-        return cls(components, load_title_encoder(folder, config_key), **kwargs)
+        return cls(components, PromptEncoder(str(folder), config_key=config_key), **kwargs)
 
     def _conditioning(self, titles: list[str]) -> Conditioning:
-        states, mask = self.title_encoder(titles)[:2]
-        return Conditioning(states, mask.long())
+        return self.title_encoder(titles)
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any]) -> Tensor:

@@ -482,7 +482,7 @@ def evaluate_checkpoints(
         data_root: the dataset folder.
         stage1_ckpt: stage-1 checkpoint.
         stage3_ckpt: stage-3 (alignment) checkpoint: ICG, and ICG with the cold-start user for everyone.
-        base_model: the base diffusion folder with ``title_encoder/`` (the stand-in base model's export).
+        base_model: the base diffusion folder with its text encoder (SD 1.5, or the stand-in base model export).
         out_dir: where report.json, report.md and gallery.html go.
         rewards_ckpt: stage-2 checkpoint (None: the one the stage-3 checkpoint recorded).
         no_user_ckpt: a stage-3 ablation checkpoint trained without user refinement (None: ICG with the cold-start

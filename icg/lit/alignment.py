@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import grad_norm
 from torch import Tensor
 
 from icg import ckpt
-from icg.diffusion.conditioning import Conditioning
+from icg.diffusion.conditioning import Conditioning, check_widths
 from icg.diffusion.sampler import denoising_loss, sample
 from icg.diffusion.source import DiffusionSource
 from icg.lit.preference import load_preference_model
@@ -116,6 +116,13 @@ class AlignmentStage(LightningModule):
         self.conditioner.adapter.check_unet(
             diffusion.unet, "model.init_args.diffusion", "model.init_args.conditioner.init_args.adapter.init_args"
         )
+        if self.conditioner.title_prompt is not None:
+            check_widths(
+                self.conditioner.title_prompt.width,
+                diffusion.unet,
+                "model.init_args.conditioner.init_args.title_prompt (its text encoder's width)",
+                "model.init_args.diffusion",
+            )
         fusion = self.conditioner.fusion
         if fusion.fusion_type != "none" and fusion.user_dim != users.embed_dim:
             raise ValueError(
@@ -182,7 +189,7 @@ class AlignmentStage(LightningModule):
             if "cache" not in self.frozen:
                 self.frozen["cache"] = MLLMFeatureCache(self.hparams.feature_cache_dir, prompter.cache_key())
             features = prompter.forward_cached(batch["item_id"], batch["title"], batch["image"], self.frozen["cache"])
-            return self.conditioner.condition(features, user_emb), users
+            return self.conditioner.condition(features, user_emb, batch["title"]), users
         return self.conditioner(batch["title"], batch["image"], user_emb), users
 
     def generate(

@@ -10,7 +10,6 @@ stock diffusers folder (``unet/``, ``vae/``, ``scheduler/``) that stage 3 loads 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,18 +19,16 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from icg import ckpt
 from icg.diffusion.components import SD_SCHEDULE
 from icg.diffusion.conditioning import Conditioning, predict_noise
 from icg.diffusion.sampler import encode
-from icg.models.title_tokens import TitleTokenEncoder
+from icg.models.title_tokens import TitleTokenEncoder, export_title_encoder
 
 log = logging.getLogger(__name__)
 STAGE = "base_model"
-TITLE_ENCODER_DIR = "title_encoder"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -202,22 +199,3 @@ def export_base_model(folder: str | Path, unet, vae, scheduler, title_encoder: T
     export_title_encoder(folder, title_encoder)
     log.info("stand-in base model written to %s", folder)
     return folder
-
-
-def export_title_encoder(folder: str | Path, title_encoder: TitleTokenEncoder) -> Path:
-    """``<folder>/title_encoder/``: the encoder's weights (safetensors) and its constructor spec (JSON)."""
-    path = Path(folder) / TITLE_ENCODER_DIR
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in title_encoder.state_dict().items()}, str(path / "model.safetensors"))
-    (path / "spec.json").write_text(json.dumps(title_encoder.spec, indent=2) + "\n")
-    return path
-
-
-def load_title_encoder(folder: str | Path, config_key: str = "base_model") -> TitleTokenEncoder:
-    """The base model's frozen title encoder from an exported folder."""
-    path = Path(folder) / TITLE_ENCODER_DIR
-    if not (path / "spec.json").is_file():
-        raise FileNotFoundError(f"{config_key}: {path}/spec.json does not exist (a stand-in base model export)")
-    encoder = ckpt.instantiate(json.loads((path / "spec.json").read_text()))
-    encoder.load_state_dict(load_file(str(path / "model.safetensors")))
-    return ckpt.freeze(encoder)

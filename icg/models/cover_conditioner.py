@@ -3,8 +3,10 @@
 The three trained parts of ICG (Bian et al., EMNLP 2025) in one plain module: the MLLM reads the title and the
 reference image through learnable meta tokens (``MetaTokenPrompter``, MetaQuery-style), the stage-1 user embedding
 refines the meta-token features (``UserFusion``), and a connector maps them to the UNet's cross-attention inputs
-(``ConditioningAdapter``). Only what trains is exported (``trained_state_dict``): meta tokens (and LoRA), fusion and
-adapter; the MLLM stays the stock checkpoint named in the spec.
+(``ConditioningAdapter``). Optionally the base model's own prompt of the title comes first and the adapter tokens
+are appended to it (``title_prompt``, IP-Adapter style; see ``icg.diffusion.prompt_encoder``). Only what trains is
+exported (``trained_state_dict``): meta tokens (and LoRA), fusion and adapter; the MLLM and the text encoder stay the
+stock checkpoints named in the spec.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 
 from icg import ckpt
 from icg.diffusion.conditioning import Conditioning
+from icg.diffusion.prompt_encoder import PromptEncoder
 from icg.models.adapter import ConditioningAdapter
 from icg.models.fusion import UserFusion
 from icg.models.meta_prompt import MetaTokenPrompter
@@ -26,9 +29,17 @@ class CoverConditioner(nn.Module):
         prompter: the MLLM with learnable meta tokens (B x N x D features).
         fusion: user refinement of the features (``fusion_type`` none | user_token | film).
         adapter: connector to the UNet's conditioning (widths checked against the loaded UNet).
+        title_prompt: the base model's frozen text encoder; when set, the conditioning is ``[its states of the title ;
+            the adapter tokens]``, so the adapter adds to the base model's prompt instead of replacing it.
     """
 
-    def __init__(self, prompter: MetaTokenPrompter, fusion: UserFusion, adapter: ConditioningAdapter) -> None:
+    def __init__(
+        self,
+        prompter: MetaTokenPrompter,
+        fusion: UserFusion,
+        adapter: ConditioningAdapter,
+        title_prompt: PromptEncoder | None = None,
+    ) -> None:
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
         if fusion.feature_dim != prompter.hidden_size:
@@ -41,9 +52,15 @@ class CoverConditioner(nn.Module):
                 f"adapter.init_args.in_dim={adapter.in_dim} must equal the MLLM hidden size {prompter.hidden_size} "
                 "(prompter.init_args.mllm_path / tiny_config)"
             )
+        if title_prompt is not None and title_prompt.width != adapter.cross_attention_dim:
+            raise ValueError(
+                f"title_prompt gives states of width {title_prompt.width} but "
+                f"adapter.init_args.cross_attention_dim={adapter.cross_attention_dim}; both must equal the UNet's"
+            )
         self.prompter = prompter
         self.fusion = fusion
         self.adapter = adapter
+        self.title_prompt = title_prompt
 
     def item_features(self, titles: list[str], images: Tensor) -> Tensor:
         """B x N x D meta-token features of the items (user-independent; cacheable when the prompter is frozen)."""
@@ -57,11 +74,16 @@ class CoverConditioner(nn.Module):
             images: B x 3 x H x W reference covers in [0, 1].
             user_emb: B x U stage-1 user embeddings (None only with ``fusion_type="none"``).
         """
-        return self.condition(self.item_features(titles, images), user_emb)
+        return self.condition(self.item_features(titles, images), user_emb, titles)
 
-    def condition(self, features: Tensor, user_emb: Tensor | None) -> Conditioning:
-        """Fusion + adapter on precomputed item features."""
-        return self.adapter(self.fusion(features, user_emb))
+    def condition(self, features: Tensor, user_emb: Tensor | None, titles: list[str] | None = None) -> Conditioning:
+        """Fusion + adapter on precomputed item features (after the title prompt, when ``title_prompt`` is set)."""
+        tokens = self.adapter(self.fusion(features, user_emb))
+        if self.title_prompt is None:
+            return tokens
+        if titles is None:
+            raise ValueError("this conditioner has a title_prompt: condition() needs the titles")
+        return Conditioning.join([self.title_prompt(titles), tokens])
 
     def trained_state_dict(self) -> dict[str, Tensor]:
         """Only the trained weights: meta tokens (+ LoRA), fusion and adapter (what an export holds)."""

@@ -8,15 +8,19 @@ per process, which would scramble the buckets between runs.
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from icg import ckpt
 
 WORD = re.compile(r"\w+")
+TITLE_ENCODER_DIR = "title_encoder"  # where a stand-in base model export keeps its title encoder
 
 
 def title_words(title: str) -> list[str]:
@@ -76,3 +80,22 @@ class TitleTokenEncoder(nn.Module):
         states = self.norm(self.encoder(self.words(ids) + self.positions, src_key_padding_mask=~mask))
         weights = mask.unsqueeze(-1).to(states.dtype)
         return states, mask, (states * weights).sum(1) / weights.sum(1)
+
+
+def export_title_encoder(folder: str | Path, title_encoder: TitleTokenEncoder) -> Path:
+    """``<folder>/title_encoder/``: the encoder's weights (safetensors) and its constructor spec (JSON)."""
+    path = Path(folder) / TITLE_ENCODER_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in title_encoder.state_dict().items()}, str(path / "model.safetensors"))
+    (path / "spec.json").write_text(json.dumps(title_encoder.spec, indent=2) + "\n")
+    return path
+
+
+def load_title_encoder(folder: str | Path, config_key: str = "base_model") -> TitleTokenEncoder:
+    """The base model's frozen title encoder from an exported folder."""
+    path = Path(folder) / TITLE_ENCODER_DIR
+    if not (path / "spec.json").is_file():
+        raise FileNotFoundError(f"{config_key}: {path}/spec.json does not exist (a stand-in base model export)")
+    encoder = ckpt.instantiate(json.loads((path / "spec.json").read_text()))
+    encoder.load_state_dict(load_file(str(path / "model.safetensors")))
+    return ckpt.freeze(encoder)
