@@ -203,14 +203,18 @@ def test_methods_share_per_pair_noise_and_differ_by_user(tiny_platform, tiny_met
 
 @pytest.mark.slow
 def test_evaluate_end_to_end_on_tiny_models(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tiny_methods, tmp_path):
+    from icg.evaluation.lpips import LPIPS
     from icg.evaluation.run import evaluate
+    from tests.test_lpips import save_backbone
 
+    save_backbone(tmp_path / "alexnet.pth")
     report = evaluate(
         tiny_platform,
         tiny_stage1_ckpt,
         tiny_methods,
         tmp_path,
         rewards=tiny_stage2_ckpt,
+        lpips=LPIPS(tmp_path / "alexnet.pth"),
         image_size=32,
         eval_candidates=10,
         num_users=6,
@@ -227,14 +231,15 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_platform, tiny_stage1_ckpt, tin
     for row in data["methods"].values():
         assert set(row) == set(METRICS)
         for key in ("aesthetic", "relevance", "true_click_prob", "evaluator_click_prob", "ssim_reference",
-                    "downstream_auc", "diversity", "title_match_acc", "history_similarity"):  # fmt: skip
+                    "downstream_auc", "diversity", "title_match_acc", "history_similarity", "lpips_reference"):  # fmt: skip
             assert isinstance(row[key], float), (key, row[key])
-        for key in ("imagereward", "clip_title", "clip_reference", "lpips_reference"):
+        for key in ("imagereward", "clip_title", "clip_reference"):
             assert row[key] is None and key in data["unavailable"]
     lift = data["lift"]
     assert lift["ci_low"] <= lift["true_click_prob"] <= lift["ci_high"]
     assert isinstance(data["relevance_drop"], float)
     assert data["reference_covers"]["ssim_reference"] == pytest.approx(1.0, abs=1e-4)
+    assert data["reference_covers"]["lpips_reference"] == pytest.approx(0.0, abs=1e-6)
     assert data["reference_covers"]["diversity"] == pytest.approx(0.0, abs=1e-4)  # one cover for every user
     assert set(data["stage1"]) >= {"auc", "gauc", "oracle_auc", "popularity_auc"}
     assert data["sample"]["held_out_pairs"] == 6 and data["minutes"] > 0

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from icg.data.datamodule import ICGDataModule
 from icg.data.oracle import Oracle
+from icg.evaluation.lpips import LPIPS
 from icg.evaluation.methods import AlignmentMethod, CoverMethod, TitleOnlyMethod
 from icg.evaluation.metrics import (
     bootstrap_lift,
@@ -189,7 +190,7 @@ def _unavailable(bundle, names, clip, lpips, oracle, have_relevance) -> dict[str
         reason = "no CLIP weights given (clip_path)"
         missing["clip_title"] = missing["clip_reference"] = reason
     if lpips is None:
-        missing["lpips_reference"] = "no LPIPS backbone weights given (lpips); nothing is downloaded"
+        missing["lpips_reference"] = "no LPIPS backbone weights given (lpips_backbone); nothing is downloaded"
     if oracle is None:
         missing["true_click_prob"] = "no hidden truth: only the synthetic platform has an oracle"
     return missing
@@ -468,6 +469,7 @@ def evaluate_checkpoints(
     no_user_ckpt: str | None = None,
     evaluator_ckpt: str | None = None,
     clip_path: str | None = None,
+    lpips_backbone: str | None = None,
     baseline_guidance_scale: float = 1.0,
     image_size: int | None = None,
     num_users: int = 40,
@@ -489,6 +491,8 @@ def evaluate_checkpoints(
             user embedding for everyone).
         evaluator_ckpt: separately trained click model to grade with (None: trained here).
         clip_path: local CLIP folder for the CLIP metrics.
+        lpips_backbone: torchvision's AlexNet checkpoint (``alexnet-owt-7be5be79.pth``) for LPIPS to the reference
+            (``icg.evaluation.lpips``; None: LPIPS unavailable).
         baseline_guidance_scale: classifier-free guidance of the title-only baseline.
         image_size: side the reference covers are decoded at (None: the stage-3 cover size, as its training data).
         num_users: held-out users sampled.
@@ -515,6 +519,7 @@ def evaluate_checkpoints(
         rewards=rewards_ckpt or icg.stage.frozen["rewards"],
         evaluator_ckpt=evaluator_ckpt,
         clip_path=clip_path,
+        lpips=LPIPS(lpips_backbone) if lpips_backbone else None,
         image_size=image_size or icg.image_size,
         num_users=num_users,
         downstream_users=downstream_users,
