@@ -184,3 +184,17 @@ def test_nonfinite_scores_are_reported_by_name():
     assert out.nonfinite() == {"b": 2}
     with pytest.raises(NonFiniteRewardError, match="'b': 2 of 2"):
         out.check_finite("step 7")
+
+
+def test_reweight_changes_only_the_named_weights(tmp_path):
+    bundle = make_bundle(tmp_path)
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32)
+    out = bundle(images, context())
+    bundle.reweight({"relevance": 5.0}, "model.init_args.reward_weights")
+    assert bundle.weights == [0.5, 5.0, 2.0]
+    again = bundle(images, context())
+    expected = out.total + 4.0 * out.normalized["relevance"]
+    torch.testing.assert_close(again.total, expected)
+    with pytest.raises(ValueError, match=r"model.init_args.reward_weights: unknown rewards \['clicks'\]"):
+        bundle.reweight({"clicks": 1.0}, "model.init_args.reward_weights")

@@ -179,3 +179,12 @@ def test_frozen_prompter_reads_features_from_the_cache(tiny_stage1_ckpt, tiny_st
     loss = stage.training_step(pairs, 0)
     loss.backward()
     assert stage.conditioner.adapter.out_proj.weight.grad is not None
+
+
+def test_reward_weights_override_the_bundle(tiny_stage1_ckpt, tiny_stage2_ckpt):
+    default = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt).frozen["rewards"]
+    names = list(default.rewards)
+    stage = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, reward_weights={names[0]: 7.0})
+    assert stage.frozen["rewards"].weights == [7.0, *default.weights[1:]]
+    with pytest.raises(ValueError, match="model.init_args.reward_weights: unknown rewards"):
+        build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, reward_weights={"nope": 1.0})

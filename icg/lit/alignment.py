@@ -63,6 +63,8 @@ class AlignmentStage(LightningModule):
         gradient_checkpointing: recompute the UNet inside the gradient window during backward.
         guidance_scale: classifier-free guidance at inference (predict); training samples without guidance.
         image_size: side of generated covers in pixels (None: the UNet's configured size).
+        reward_weights: reward name -> weight, replacing the stage-2 bundle's weights for those rewards (None: the
+            bundle's own weights).
         reg_weight: lambda of the denoising-loss regularizer on reference covers.
         warmup_steps: first optimizer steps train on the denoising loss only.
         max_nonfinite_steps: consecutive steps with NaN/Inf rewards tolerated (each skipped) before aborting.
@@ -88,6 +90,7 @@ class AlignmentStage(LightningModule):
         gradient_checkpointing: bool = False,
         guidance_scale: float = 1.0,
         image_size: int | None = None,
+        reward_weights: dict[str, float] | None = None,
         reg_weight: float = 1.0,
         warmup_steps: int = 0,
         max_nonfinite_steps: int = 5,
@@ -112,6 +115,8 @@ class AlignmentStage(LightningModule):
             return
         users, user_ids = load_preference_model(self.hparams.preference_ckpt, "model.init_args.preference_ckpt")
         bundle = load_reward_bundle(self.hparams.rewards_ckpt, "model.init_args.rewards_ckpt")
+        if self.hparams.reward_weights:
+            bundle.reweight(dict(self.hparams.reward_weights), "model.init_args.reward_weights")
         diffusion = self.diffusion_source.load("model.init_args.diffusion.path")
         self.conditioner.adapter.check_unet(
             diffusion.unet, "model.init_args.diffusion", "model.init_args.conditioner.init_args.adapter.init_args"

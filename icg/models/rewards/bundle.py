@@ -116,6 +116,16 @@ class RewardBundle(nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.register_buffer("weight_tensor", torch.tensor(weights), persistent=False)
 
+    def reweight(self, weights: dict[str, float], config_key: str = "weights") -> None:
+        """Replace the weights of the named rewards (the others keep theirs), e.g. stage 3's ``reward_weights``."""
+        unknown = sorted(set(weights) - set(self.rewards))
+        if unknown:
+            raise ValueError(f"{config_key}: unknown rewards {unknown}; the bundle has {list(self.rewards)}")
+        if not all(math.isfinite(float(w)) for w in weights.values()):
+            raise ValueError(f"{config_key}: weights must be finite, got {weights}")
+        self.weights = [float(weights.get(name, w)) for name, w in zip(self.rewards, self.weights, strict=True)]
+        self.weight_tensor.copy_(torch.tensor(self.weights))
+
     @property
     def spec(self) -> dict[str, Any]:
         """``{"class_path", "init_args"}`` that rebuilds the bundle: every reward's current spec and the weights.
