@@ -231,7 +231,8 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_platform, tiny_stage1_ckpt, tin
     for row in data["methods"].values():
         assert set(row) == set(METRICS)
         for key in ("aesthetic", "relevance", "true_click_prob", "evaluator_click_prob", "ssim_reference",
-                    "lpips_reference", "downstream_auc", "diversity", "title_match_acc", "history_similarity"):  # fmt: skip
+                    "lpips_reference", "downstream_auc", "diversity", "title_match_acc",
+                    "history_similarity"):  # fmt: skip
             assert isinstance(row[key], float), (key, row[key])
         for key in ("imagereward", "clip_title", "clip_reference"):
             assert row[key] is None and key in data["unavailable"]
