@@ -84,3 +84,17 @@ def test_synth_then_validate(tmp_path, capsys):
     out = tmp_path / "synth"
     assert main(["data", "synth", "--out", str(out), "--users", "20", "--items", "30", "--image-size", "16"]) == 0
     assert main(["data", "validate", str(out)]) == 0
+
+
+def test_synth_clicks_per_user_option(tmp_path, capsys):
+    out = tmp_path / "synth"
+    args = ["data", "synth", "--out", str(out), "--users", "8", "--items", "300", "--image-size", "16"]
+    assert main([*args, "--clicks-per-user", "4", "6"]) == 0
+    clicks = pd.read_parquet(out / "interactions.parquet").groupby("user_id").size()
+    assert len(clicks) == 8 and clicks.between(4, 6).all()
+    assert json.loads((out / "meta.json").read_text())["extra"]["clicks_per_user"] == [4, 6]
+    capsys.readouterr()
+    assert main([*args, "--overwrite", "--clicks-per-user", "7", "3"]) == 2
+    assert "clicks_per_user must be (min, max) with 1 <= min <= max, got (7, 3)" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--clicks-per-user", "0", "3"]) == 2
+    assert main([*args, "--overwrite", "--clicks-per-user", "3"]) == 2  # argparse: MIN and MAX both needed

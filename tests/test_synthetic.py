@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from icg.data.schema import DatasetMeta, read_dataset, write_dataset
 from icg.data.synthetic import (
     BACKGROUNDS,
+    CLICKS_PER_USER,
     PALETTE,
     SHAPES,
     STYLES,
@@ -57,13 +58,43 @@ def test_dataset_is_readable_and_well_formed(platform):
     assert not interactions.duplicated(["user_id", "item_id"]).any()
     per_user = interactions.groupby("user_id")
     assert per_user.timestamp.apply(lambda t: t.is_monotonic_increasing and t.is_unique).all()
-    # 10-40 clicks per user, fewer only when the user has been shown the whole catalogue
-    shown = np.bincount(load_file(str(platform / "truth" / "tables.safetensors"))["impression_user"].numpy())
-    for user, clicks in per_user.size().items():
-        assert clicks <= 40 and (clicks >= 10 or shown[int(user[1:])] == SMALL["items"]), user
+    _assert_clicks_within(platform, CLICKS_PER_USER, SMALL["items"])
     for path in items.image:
         with Image.open(platform / path) as image:
             assert image.size == (SMALL["image_size"],) * 2 and image.mode == "RGB"
+
+
+def _assert_clicks_within(root, clicks_per_user, items):
+    """Each user's clicks lie in the quota range, fewer only when the user was shown the whole catalogue."""
+    _, interactions, _ = read_dataset(root)
+    low, high = clicks_per_user
+    shown = np.bincount(load_file(str(root / "truth" / "tables.safetensors"))["impression_user"].numpy())
+    for user, clicks in interactions.groupby("user_id").size().items():
+        assert clicks <= high and (clicks >= low or shown[int(user[1:])] == items), (user, clicks)
+    return interactions.groupby("user_id").size()
+
+
+def test_clicks_per_user_is_honoured(tmp_path):
+    # 300 items at a mean click probability of 0.2: a user shown everything has ~60 clicks, so 5-15 is always reached
+    roomy = generate_platform(tmp_path / "roomy", **{**SMALL, "items": 300, "clicks_per_user": (5, 15)})
+    counts = _assert_clicks_within(roomy, (5, 15), 300)
+    assert counts.min() >= 5 and counts.max() <= 15 and counts.nunique() > 1
+    assert read_dataset(roomy)[2].extra["clicks_per_user"] == [5, 15]
+    exact_root = generate_platform(tmp_path / "exact", **{**SMALL, "clicks_per_user": (3, 3)})
+    exact = _assert_clicks_within(exact_root, (3, 3), SMALL["items"])
+    assert (exact == 3).all()
+    # a quota the 40-item catalogue cannot give: every user is shown all items and keeps the clicks they made
+    scarce = generate_platform(tmp_path / "scarce", **{**SMALL, "clicks_per_user": (35, 40)})
+    shown = np.bincount(load_file(str(scarce / "truth" / "tables.safetensors"))["impression_user"].numpy())
+    assert (shown == SMALL["items"]).all()
+    _assert_clicks_within(scarce, (35, 40), SMALL["items"])
+
+
+@pytest.mark.parametrize("bad", [(0, 5), (6, 5), (-1, -1), (5,), (1, 2, 3)])
+def test_bad_clicks_per_user_is_rejected(tmp_path, bad):
+    with pytest.raises(ValueError, match="clicks_per_user"):
+        generate_platform(tmp_path / "x", **{**SMALL, "clicks_per_user": bad})
+    assert not (tmp_path / "x").exists()
 
 
 def test_titles_name_the_cover_attributes_with_variety(platform):

@@ -27,6 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--items", type=int, default=300, help="number of items")
     synth.add_argument("--seed", type=int, default=0, help="random seed")
     synth.add_argument("--image-size", type=int, default=64, help="cover size in pixels")
+    synth.add_argument(
+        "--clicks-per-user",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=None,
+        help="range of each user's click quota (default: the platform's, icg.data.synthetic.CLICKS_PER_USER); "
+        "a user shown the whole catalogue first ends with fewer",
+    )
     synth.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic platform in --out")
 
     validate = commands.add_parser("validate", help="check a dataset; non-zero exit and one report of every problem")
@@ -56,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from icg.data.synthetic import generate_platform  # the generator pulls in rendering code: load it only here
+    # the generator pulls in rendering code: load it only here
+    from icg.data.synthetic import CLICKS_PER_USER, generate_platform
 
     out = generate_platform(
         args.out,
@@ -65,6 +75,7 @@ def _synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         image_size=args.image_size,
         overwrite=args.overwrite,
+        clicks_per_user=tuple(args.clicks_per_user) if args.clicks_per_user else CLICKS_PER_USER,
     )
     sys.stdout.write(f"wrote synthetic platform to {out}\n")
     return 0

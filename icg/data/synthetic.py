@@ -17,9 +17,11 @@ click a *new* cover; this platform does, because its click model is known. It wr
   occupancy, brightness, colourfulness, contrast, edge energy). ``bias`` is set so that the mean click probability
   over all (user, item) pairs is ``TARGET_CTR``. A personalised cover (same shape, recoloured to the user's colour,
   on the user's background tone) raises the probability while keeping the item recognisable.
-* **Clicks**: each user wants 10-40 clicks; the platform shows them items one at a time in a uniformly random order
-  (without repeats), at increasing integer timestamps (exponential gaps), and the user clicks with exactly the
-  oracle's probability on the rendered cover, until the quota is reached or the catalogue is exhausted.
+* **Clicks**: each user wants ``clicks_per_user`` clicks (default ``CLICKS_PER_USER``: 40-80, drawn uniformly); the
+  platform shows them items one at a time in a uniformly random order (without repeats), at increasing integer
+  timestamps (exponential gaps), and the user clicks with exactly the oracle's probability on the rendered cover,
+  until the quota is reached or the catalogue is exhausted (300 items at a mean click probability of 0.2 give a
+  user about 60 clicks: on the default platform about half of the users see every item and end with 40-76 clicks).
   Exposure is uniform, so the oracle's probability is the best score any click model can reach on this data.
   Only clicks are written (``implicit: true``); the full impression log (shown and not clicked) is in the truth.
 * **Truth** ``truth/``: ``oracle.safetensors`` (the click model's tensors), ``tables.safetensors`` (the U x I
@@ -71,7 +73,7 @@ TAU = 0.02  # occupancy temperature: palette colours sit >= 0.1 apart in squared
 ANALYSIS_SIZE = 64
 TARGET_CTR = 0.2
 STRENGTH = 1.0
-CLICKS_PER_USER = (10, 40)
+CLICKS_PER_USER = (40, 80)  # per-user click quota; a user shown all items first has fewer (docs/data.md)
 START_TIME = 1_600_000_000  # 2020-09-13, an arbitrary fixed epoch so timestamps look like real ones
 MEAN_GAP_S = 900.0
 TABLES = "tables.safetensors"
@@ -327,6 +329,7 @@ def generate_platform(
     seed: int = 0,
     image_size: int = 64,
     overwrite: bool = False,
+    clicks_per_user: tuple[int, int] = CLICKS_PER_USER,
 ) -> Path:
     """Write a synthetic platform dataset (tables, covers, meta.json) and its hidden truth under ``out``.
 
@@ -337,6 +340,8 @@ def generate_platform(
         seed: seed of every random draw; the same seed gives identical files.
         image_size: side of the square PNG covers in pixels.
         overwrite: replace an earlier synthetic platform in ``out``.
+        clicks_per_user: ``(min, max)`` of each user's click quota, drawn uniformly (inclusive). A user stops at
+            the quota or when the whole catalogue has been shown, so a low-CTR user can end below ``min``.
 
     Returns:
         The dataset folder.
@@ -347,6 +352,9 @@ def generate_platform(
         raise ValueError(f"items must be >= 2, got {items}")
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if len(clicks_per_user) != 2 or not 1 <= int(clicks_per_user[0]) <= int(clicks_per_user[1]):
+        raise ValueError(f"clicks_per_user must be (min, max) with 1 <= min <= max, got {tuple(clicks_per_user)}")
+    low, high = int(clicks_per_user[0]), int(clicks_per_user[1])
     out = Path(out)
     _prepare_output(out, overwrite)
     item_rng, user_rng, click_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
@@ -392,7 +400,7 @@ def generate_platform(
     log_user, log_item, log_click, log_time = [], [], [], []
     prob = click_prob.double().numpy()
     for u in range(users):
-        quota = int(click_rng.integers(CLICKS_PER_USER[0], CLICKS_PER_USER[1] + 1))
+        quota = int(click_rng.integers(low, high + 1))
         order = click_rng.permutation(items)
         clicked = click_rng.random(items) < prob[u, order]
         reached = np.flatnonzero(np.cumsum(clicked) >= quota)
@@ -418,7 +426,14 @@ def generate_platform(
     items_frame = pd.DataFrame(
         {"item_id": item_ids, "title": titles, "image": [f"{IMAGES_DIR}/{i}.png" for i in item_ids]}
     )
-    clicks_per_user = np.bincount(log_user[positive], minlength=users)
+    user_clicks = np.bincount(log_user[positive], minlength=users)
+    short = user_clicks[user_clicks < low]  # users shown the whole catalogue who clicked fewer than the minimum quota
+    if short.size:
+        logger.warning(
+            "synthetic platform: %d of %d users were shown all %d items and ended below the minimum click quota %d "
+            "(%d-%d clicks)",
+            *(short.size, users, items, low, short.min(), short.max()),
+        )
     meta = DatasetMeta(
         source="synthetic",
         implicit=True,
@@ -430,6 +445,7 @@ def generate_platform(
             "image_size": image_size,
             "impressions": int(log_user.size),
             "clicks": int(positive.sum()),
+            "clicks_per_user": [low, high],
             "truth": f"{TRUTH_DIR}/",
         },
     )
@@ -481,7 +497,7 @@ def generate_platform(
     (truth / TRUTH_JSON).write_text(json.dumps(info, indent=1) + "\n")
     logger.info(
         "synthetic platform: %d users, %d items, %d impressions, %d clicks (%d-%d per user) -> %s",
-        *(users, items, log_user.size, positive.sum(), clicks_per_user.min(), clicks_per_user.max(), out),
+        *(users, items, log_user.size, positive.sum(), user_clicks.min(), user_clicks.max(), out),
     )
     return out
 
