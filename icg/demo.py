@@ -24,6 +24,7 @@ STAGE1_CKPT = RUNS / "stage1/checkpoints/last.ckpt"
 STAGE3_CKPT = RUNS / "stage3/checkpoints/last.ckpt"
 NO_USER_DIR = RUNS / "stage3_no_user"
 NO_USER_CKPT = NO_USER_DIR / "checkpoints/last.ckpt"
+HOLDOUT = 3  # = data.holdout of every lightning_configs/demo/stage*.yaml (tests/test_config_hub.py checks)
 
 
 def say(text: str) -> None:
@@ -47,7 +48,7 @@ def stage1_table() -> None:
     from icg.lit.preference import compare_click_models, load_preference_model
 
     model, _ = load_preference_model(STAGE1_CKPT, "demo stage-1 checkpoint")
-    datamodule = ICGDataModule(root=str(DATA), image_size=64, eval_candidates=20, seed=0)
+    datamodule = ICGDataModule(root=str(DATA), image_size=64, holdout=HOLDOUT, eval_candidates=20, seed=0)
     datamodule.setup("test")
     table = compare_click_models(datamodule, model, Oracle.from_dataset(DATA), split="test")
     say(f"  {'test':<11}{'AUC':>8}{'GAUC':>8}{'NDCG@10':>9}")
@@ -63,7 +64,7 @@ def evaluation(started_at: float) -> None:
 
     report = evaluate_checkpoints(
         str(DATA), str(STAGE1_CKPT), str(STAGE3_CKPT), str(RUNS / "base_model"), out_dir=str(RUNS),
-        no_user_ckpt=str(NO_USER_CKPT), started_at=started_at,
+        no_user_ckpt=str(NO_USER_CKPT), holdout=HOLDOUT, started_at=started_at,
     )  # fmt: skip
     say(format_markdown(report))
 

@@ -59,3 +59,12 @@ def test_stage3_user_width_matches_its_stage1(tier):
     embed_dim = stage1["model"]["init_args"]["model"]["init_args"]["embed_dim"]
     fusion = stage3["model"]["init_args"]["conditioner"]["init_args"]["fusion"]["init_args"]
     assert fusion["user_dim"] == embed_dim
+
+
+def test_demo_stages_share_one_split():
+    """Every demo stage, the stage-1 table and the evaluation hold out the same clicks per user."""
+    from icg.demo import HOLDOUT
+
+    for stage in ("stage1_preference", "stage2_rewards", "stage3_alignment"):
+        config = yaml.safe_load((REPO / f"lightning_configs/demo/{stage}.yaml").read_text())
+        assert config["data"].get("holdout", 1) == HOLDOUT, stage

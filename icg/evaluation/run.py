@@ -215,6 +215,7 @@ def evaluate(
     clip_path: str | Path | None = None,
     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     image_size: int = 64,
+    holdout: int = 1,
     eval_candidates: int = 20,
     num_users: int = 40,
     grid_users: int = 4,
@@ -246,6 +247,7 @@ def evaluate(
         clip_path: a local CLIP folder for CLIP image-title / image-reference similarity (None: unavailable).
         lpips: ``(images, reference) -> B`` LPIPS distances with locally supplied weights (None: unavailable).
         image_size: side the reference covers are decoded at.
+        holdout: interactions per user held out for test (and val); must equal the stages' ``data.holdout``.
         eval_candidates: sampled negatives per held-out positive (must match stage 1's for its AUC to compare).
         num_users: held-out users sampled (seeded); each contributes its held-out pairs.
         grid_users: users of the gallery grid (also the diversity sample).
@@ -271,7 +273,7 @@ def evaluate(
         raise ValueError("evaluate: methods is empty; give at least one cover generator")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dm = ICGDataModule(str(data_root), image_size=image_size, eval_candidates=eval_candidates, seed=0)
+    dm = ICGDataModule(str(data_root), image_size=image_size, holdout=holdout, eval_candidates=eval_candidates, seed=0)
     dm.setup("test")
     try:
         oracle = Oracle.from_dataset(data_root)
@@ -472,6 +474,7 @@ def evaluate_checkpoints(
     lpips_backbone: str | None = None,
     baseline_guidance_scale: float = 1.0,
     image_size: int | None = None,
+    holdout: int = 1,
     num_users: int = 40,
     downstream_users: int = 10,
     downstream_negatives: int = 4,
@@ -495,6 +498,7 @@ def evaluate_checkpoints(
             (``icg.evaluation.lpips``; None: LPIPS unavailable).
         baseline_guidance_scale: classifier-free guidance of the title-only baseline.
         image_size: side the reference covers are decoded at (None: the stage-3 cover size, as its training data).
+        holdout: interactions per user held out for test (and val); must equal the stages' ``data.holdout``.
         num_users: held-out users sampled.
         downstream_users: users of the downstream AUC/GAUC sample.
         downstream_negatives: negatives per held-out positive in that sample.
@@ -521,6 +525,7 @@ def evaluate_checkpoints(
         clip_path=clip_path,
         lpips=LPIPS(lpips_backbone) if lpips_backbone else None,
         image_size=image_size or icg.image_size,
+        holdout=holdout,
         num_users=num_users,
         downstream_users=downstream_users,
         downstream_negatives=downstream_negatives,
