@@ -127,7 +127,7 @@ class TinyImageEncoder(nn.Module):
     Architecture: resize to ``input_size``; (a) ``ColorStatistics(color_bins)``; (b) with ``palette_hues > 0``,
     ``PaletteOccupancy(palette_hues)``; (c) conv 3x3 stride 2 + GELU per entry of ``channels``, global average
     pooling. ``feature_dim = 10 + color_bins**3 + 2 * palette_hues + channels[-1]`` (``channels=[]`` keeps only the
-    colour part). Few, well-chosen features matter on small data: on the demo platform (~25 clicks per user) the
+    colour part). Few, well-chosen features matter on small data: on the demo platform (then ~25 clicks per user) the
     click model learns more from 10 statistics + 24 hue occupancies than from 64 histogram cells + 32 random conv
     features (docs/stage1.md). Random conv weights are fine frozen for colour tastes; set the
     preference model's ``freeze_encoder: false`` to train them for shape/texture tastes.
