@@ -70,12 +70,7 @@ def evaluation(started_at: float) -> None:
 
 
 def steps(quick: bool, started_at: float) -> list[tuple[str, Callable[[], None]]]:
-    no_user = (
-        "--model.init_args.conditioner.init_args.fusion.init_args.fusion_type", "none",
-        "--trainer.default_root_dir", str(NO_USER_DIR),
-        "--trainer.logger.init_args.save_dir", str(NO_USER_DIR),
-        "--trainer.callbacks.init_args.dirpath", str(NO_USER_DIR / "checkpoints"),
-    )  # fmt: skip
+    no_user = ("--config", str(CONFIGS / "stage3_no_user.yaml"))
     short = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2") if quick else ()
     return [
         ("synthetic platform", lambda: _ok(icg(["data", "synth", "--out", str(DATA), "--overwrite"]))),

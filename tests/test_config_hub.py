@@ -11,7 +11,10 @@ import yaml
 from tests.conftest import REPO, run_cli
 
 CONFIGS = sorted((REPO / "lightning_configs").glob("*/*.yaml"))
-STAGE_CONFIGS = [p for p in CONFIGS if p.parent.name in ("tiny", "demo", "real") and "sdxl" not in p.name]
+FRAGMENTS = ("real/stage3_alignment_sdxl", "demo/stage3_no_user")  # stacked after a stage config, tested so
+STAGE_CONFIGS = [
+    p for p in CONFIGS if p.parent.name in ("tiny", "demo", "real") and f"{p.parent.name}/{p.stem}" not in FRAGMENTS
+]
 
 
 def print_config(*configs: Path) -> dict:
@@ -57,8 +60,10 @@ def test_stage3_user_width_matches_its_stage1(tier):
     stage1 = yaml.safe_load((REPO / f"lightning_configs/{tier}/stage1_preference.yaml").read_text())
     stage3 = yaml.safe_load((REPO / f"lightning_configs/{tier}/stage3_alignment.yaml").read_text())
     embed_dim = stage1["model"]["init_args"]["model"]["init_args"]["embed_dim"]
-    fusion = stage3["model"]["init_args"]["conditioner"]["init_args"]["fusion"]["init_args"]
-    assert fusion["user_dim"] == embed_dim
+    conditioner = stage3["model"]["init_args"]["conditioner"]["init_args"]
+    assert conditioner["fusion"]["init_args"]["user_dim"] == embed_dim
+    if conditioner.get("user_offset"):
+        assert conditioner["user_offset"]["init_args"]["user_dim"] == embed_dim
 
 
 def test_demo_stages_share_one_split():
@@ -68,3 +73,11 @@ def test_demo_stages_share_one_split():
     for stage in ("stage1_preference", "stage2_rewards", "stage3_alignment"):
         config = yaml.safe_load((REPO / f"lightning_configs/demo/{stage}.yaml").read_text())
         assert config["data"].get("holdout", 1) == HOLDOUT, stage
+
+
+def test_demo_ablation_fragment_drops_every_user_path():
+    parsed = print_config(REPO / "lightning_configs/demo/stage3_alignment.yaml",
+                          REPO / "lightning_configs/demo/stage3_no_user.yaml")  # fmt: skip
+    conditioner = parsed["model"]["init_args"]["conditioner"]["init_args"]
+    assert conditioner["fusion"]["init_args"]["fusion_type"] == "none" and conditioner["user_offset"] is None
+    assert parsed["trainer"]["default_root_dir"] == "runs/demo/stage3_no_user"

@@ -155,3 +155,25 @@ def test_adapter_rebuilds_from_spec_and_checks_args(feats):
         ConditioningAdapter(D, 24, num_heads=5)
     with pytest.raises(ValueError, match="in_dim"):
         adapter(torch.zeros(B, N, D + 1))
+
+
+def test_user_offset_starts_as_a_no_op_and_learns_per_user():
+    from icg.models.fusion import UserOffset
+
+    torch.manual_seed(0)
+    offset = UserOffset(user_dim=6, num_tokens=3, width=8)
+    tokens, users = torch.randn(4, 3, 8), torch.randn(4, 6)
+    torch.testing.assert_close(offset(tokens, users), tokens, rtol=0, atol=0)
+    target = torch.randn(4, 3, 8)
+    optimizer = torch.optim.Adam(offset.parameters(), lr=0.05)
+    for _ in range(50):
+        optimizer.zero_grad()
+        ((offset(tokens, users) - tokens - target) ** 2).mean().backward()
+        optimizer.step()
+    moved = offset(tokens, users) - tokens
+    assert not torch.allclose(moved[0], moved[1], atol=1e-3)  # different users, different offsets
+    assert ((moved - target) ** 2).mean() < (target**2).mean()
+    with pytest.raises(ValueError, match="tokens must be B x 3 x 8"):
+        offset(torch.randn(4, 2, 8), users)
+    with pytest.raises(ValueError, match="user_emb must be 4 x 6"):
+        offset(tokens, None)

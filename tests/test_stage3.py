@@ -12,18 +12,19 @@ from icg.diffusion.source import DiffusionSource
 from icg.lit.alignment import AlignmentStage, NonFiniteRewardAbort
 from icg.models.adapter import ConditioningAdapter
 from icg.models.cover_conditioner import CoverConditioner
-from icg.models.fusion import UserFusion
+from icg.models.fusion import UserFusion, UserOffset
 from icg.models.meta_prompt import MetaTokenPrompter
 from icg.models.rewards.bundle import RewardOutput
 from tests.conftest import TINY, only_ckpt, run_cli
 
 
-def build_stage(s1, s2, fusion_type="user_token", **overrides) -> AlignmentStage:
+def build_stage(s1, s2, fusion_type="user_token", user_offset=False, **overrides) -> AlignmentStage:
     torch.manual_seed(0)
     conditioner = CoverConditioner(
         MetaTokenPrompter(tiny_config={}, num_meta_tokens=4, image_size=56),
         UserFusion(32, 8, fusion_type),
         ConditioningAdapter(32, 32, num_layers=1, num_heads=4, num_tokens=8),
+        user_offset=UserOffset(8, 8, 32) if user_offset else None,
     )
     settings = dict(num_steps=4, k=2, image_size=32) | overrides
     stage = AlignmentStage(
@@ -42,12 +43,12 @@ def pairs(tiny_platform):
 
 
 def test_gradients_reach_trained_parts_only(tiny_stage1_ckpt, tiny_stage2_ckpt, pairs):
-    stage = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt)
+    stage = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, user_offset=True)
     loss = stage.training_step(pairs, 0)
     loss.backward()
     cond = stage.conditioner
     assert cond.prompter.meta_tokens.grad is not None and cond.prompter.meta_tokens.grad.abs().sum() > 0
-    for part in (cond.fusion, cond.adapter):
+    for part in (cond.fusion, cond.adapter, cond.user_offset):
         grads = [p.grad for p in part.parameters()]
         assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
     frozen = [
@@ -87,8 +88,9 @@ def test_a_few_steps_raise_the_total_reward(tiny_stage1_ckpt, tiny_stage2_ckpt, 
     assert after > before + 0.0025, (before, after)
 
 
-def test_export_onto_stock_unet_reproduces_outputs(tiny_stage1_ckpt, tiny_stage2_ckpt, pairs, tmp_path):
-    stage = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, fusion_type="film")
+@pytest.mark.parametrize("user_offset", [False, True])
+def test_export_onto_stock_unet_reproduces_outputs(tiny_stage1_ckpt, tiny_stage2_ckpt, pairs, tmp_path, user_offset):
+    stage = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, fusion_type="film", user_offset=user_offset)
     with torch.no_grad():  # move the trained parts away from their init so the test means something
         for p in stage.conditioner.parameters():
             if p.requires_grad:

@@ -128,6 +128,12 @@ class AlignmentStage(LightningModule):
                 "model.init_args.conditioner.init_args.title_prompt (its text encoder's width)",
                 "model.init_args.diffusion",
             )
+        offset = self.conditioner.user_offset
+        if offset is not None and offset.user_dim != users.embed_dim:
+            raise ValueError(
+                f"model.init_args.conditioner.init_args.user_offset.init_args.user_dim={offset.user_dim} but the "
+                f"stage-1 model in model.init_args.preference_ckpt has user embeddings of width {users.embed_dim}"
+            )
         fusion = self.conditioner.fusion
         if fusion.fusion_type != "none" and fusion.user_dim != users.embed_dim:
             raise ValueError(

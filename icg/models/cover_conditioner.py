@@ -18,7 +18,7 @@ from icg import ckpt
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.prompt_encoder import PromptEncoder
 from icg.models.adapter import ConditioningAdapter
-from icg.models.fusion import UserFusion
+from icg.models.fusion import UserFusion, UserOffset
 from icg.models.meta_prompt import MetaTokenPrompter
 
 
@@ -31,6 +31,8 @@ class CoverConditioner(nn.Module):
         adapter: connector to the UNet's conditioning (widths checked against the loaded UNet).
         title_prompt: the base model's frozen text encoder; when set, the conditioning is ``[its states of the title ;
             the adapter tokens]``, so the adapter adds to the base model's prompt instead of replacing it.
+        user_offset: a per-user additive offset on the adapter's output tokens (``icg.models.fusion.UserOffset``),
+            the user's direct path past the adapter's shared output LayerNorm; None: none.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class CoverConditioner(nn.Module):
         fusion: UserFusion,
         adapter: ConditioningAdapter,
         title_prompt: PromptEncoder | None = None,
+        user_offset: UserOffset | None = None,
     ) -> None:
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
@@ -57,10 +60,19 @@ class CoverConditioner(nn.Module):
                 f"title_prompt gives states of width {title_prompt.width} but "
                 f"adapter.init_args.cross_attention_dim={adapter.cross_attention_dim}; both must equal the UNet's"
             )
+        if user_offset is not None and (user_offset.num_tokens, user_offset.width) != (
+            adapter.num_tokens,
+            adapter.cross_attention_dim,
+        ):
+            raise ValueError(
+                f"user_offset.init_args.(num_tokens, width)=({user_offset.num_tokens}, {user_offset.width}) must equal "
+                f"the adapter's (num_tokens, cross_attention_dim)=({adapter.num_tokens}, {adapter.cross_attention_dim})"
+            )
         self.prompter = prompter
         self.fusion = fusion
         self.adapter = adapter
         self.title_prompt = title_prompt
+        self.user_offset = user_offset
 
     def item_features(self, titles: list[str], images: Tensor) -> Tensor:
         """B x N x D meta-token features of the items (user-independent; cacheable when the prompter is frozen)."""
@@ -79,6 +91,9 @@ class CoverConditioner(nn.Module):
     def condition(self, features: Tensor, user_emb: Tensor | None, titles: list[str] | None = None) -> Conditioning:
         """Fusion + adapter on precomputed item features (after the title prompt, when ``title_prompt`` is set)."""
         tokens = self.adapter(self.fusion(features, user_emb))
+        if self.user_offset is not None:
+            states = self.user_offset(tokens.encoder_hidden_states, user_emb)
+            tokens = Conditioning(states, tokens.attention_mask, tokens.pooled)
         if self.title_prompt is None:
             return tokens
         if titles is None:
@@ -88,19 +103,22 @@ class CoverConditioner(nn.Module):
     def trained_state_dict(self) -> dict[str, Tensor]:
         """Only the trained weights: meta tokens (+ LoRA), fusion and adapter (what an export holds)."""
         state = {f"prompter.{k}": v for k, v in self.prompter.trained_state_dict().items()}
-        for name in ("fusion", "adapter"):
+        for name in self._trained_modules():
             state.update({f"{name}.{k}": v.detach().clone() for k, v in getattr(self, name).state_dict().items()})
         return state
 
     def load_trained_state_dict(self, state: dict[str, Tensor]) -> None:
         """Inverse of ``trained_state_dict`` (strict: every trained tensor, nothing else)."""
-        parts: dict[str, dict[str, Tensor]] = {"prompter": {}, "fusion": {}, "adapter": {}}
+        parts: dict[str, dict[str, Tensor]] = {"prompter": {}} | {name: {} for name in self._trained_modules()}
         for key, value in state.items():
             head, _, rest = key.partition(".")
             if head not in parts:
-                raise KeyError(f"unexpected key {key!r} in trained weights (expected prompter./fusion./adapter.)")
+                raise KeyError(f"unexpected key {key!r} in trained weights (expected one of {sorted(parts)})")
             parts[head][rest] = value
         self.prompter.load_trained_state_dict(parts["prompter"])
         with torch.no_grad():
-            self.fusion.load_state_dict(parts["fusion"], strict=True)
-            self.adapter.load_state_dict(parts["adapter"], strict=True)
+            for name in self._trained_modules():
+                getattr(self, name).load_state_dict(parts[name], strict=True)
+
+    def _trained_modules(self) -> tuple[str, ...]:
+        return ("fusion", "adapter") + (("user_offset",) if self.user_offset is not None else ())

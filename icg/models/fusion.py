@@ -9,6 +9,11 @@ The paper's abstract does not say how; ``fusion_type`` chooses among our options
   through a tanh gate that starts at zero (Flamingo-style gating), so training starts from the unpersonalised
   model exactly and the gate opens only as far as the rewards ask.
 * ``none``: features pass through unchanged: the "ICG without user refinement" baseline.
+
+:class:`UserOffset` refines on the other side of the adapter: a per-user additive offset on the adapter's output
+tokens. Alignment tends to drive the adapter's residual stream to a large shared component that its output
+LayerNorm turns into the same tokens for every user (docs/stage3.md); the offset bypasses that LayerNorm, so the
+user-specific part of the reward gradient has a direct path to the UNet's conditioning.
 """
 
 from __future__ import annotations
@@ -87,3 +92,36 @@ class UserFusion(nn.Module):
         scale, shift = self.film(u).unsqueeze(1).chunk(2, dim=-1)
         gate = torch.tanh(self.gate(u)).unsqueeze(1)
         return features + gate * (features * scale + shift)
+
+
+class UserOffset(nn.Module):
+    """A per-user additive offset on the adapter's L output tokens: ``tokens + W LayerNorm(user)``.
+
+    ``W`` (bias-free) starts at zero, so a new offset changes nothing until the rewards move it; bias-free, so it
+    holds nothing that is shared by all users beyond what the normalized embeddings share.
+
+    Args:
+        user_dim: width of the stage-1 user embeddings (its ``embed_dim``).
+        num_tokens: L, the adapter's ``num_tokens``.
+        width: C, the adapter's ``cross_attention_dim``.
+    """
+
+    def __init__(self, user_dim: int, num_tokens: int, width: int) -> None:
+        super().__init__()
+        self.spec = ckpt.init_spec(self, locals())
+        if min(user_dim, num_tokens, width) < 1:
+            raise ValueError(f"user_dim, num_tokens and width must be >= 1, got {user_dim}, {num_tokens}, {width}")
+        self.user_dim, self.num_tokens, self.width = user_dim, num_tokens, width
+        self.user_norm = nn.LayerNorm(user_dim)
+        self.proj = nn.Linear(user_dim, num_tokens * width, bias=False)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, tokens: Tensor, user_emb: Tensor) -> Tensor:
+        """``tokens`` (B x L x C) plus each row's user offset."""
+        if tokens.shape[1:] != (self.num_tokens, self.width):
+            raise ValueError(f"tokens must be B x {self.num_tokens} x {self.width}, got {tuple(tokens.shape)}")
+        if user_emb is None or user_emb.shape != (tokens.shape[0], self.user_dim):
+            got = None if user_emb is None else tuple(user_emb.shape)
+            raise ValueError(f"user_emb must be {tokens.shape[0]} x {self.user_dim}, got {got}")
+        offset = self.proj(self.user_norm(user_emb.to(tokens.dtype)))
+        return tokens + offset.view(tokens.shape)
