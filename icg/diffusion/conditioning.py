@@ -91,16 +91,7 @@ class Conditioning:
         if len(has_pooled) != 1:
             raise ConditioningError("cannot concatenate conditionings where only some carry a pooled vector")
         hs = torch.cat([p.encoder_hidden_states for p in parts])
-        mask = None
-        if any(p.attention_mask is not None for p in parts):
-            mask = torch.cat(
-                [
-                    p.attention_mask
-                    if p.attention_mask is not None
-                    else torch.ones(p.encoder_hidden_states.shape[:2], device=hs.device, dtype=torch.long)
-                    for p in parts
-                ]
-            )
+        mask = _joined_mask(parts, dim=0)
         pooled = torch.cat([p.pooled for p in parts]) if parts[0].pooled is not None else None
         return Conditioning(hs, mask, pooled)
 
@@ -119,18 +110,23 @@ class Conditioning:
         if len(pooled) > 1:
             raise ConditioningError("cannot join conditionings where more than one carries a pooled vector")
         hs = torch.cat([p.encoder_hidden_states for p in parts], dim=1)
-        mask = None
-        if any(p.attention_mask is not None for p in parts):
-            mask = torch.cat(
-                [
-                    p.attention_mask.long()
-                    if p.attention_mask is not None
-                    else torch.ones(p.encoder_hidden_states.shape[:2], device=hs.device, dtype=torch.long)
-                    for p in parts
-                ],
-                dim=1,
-            )
+        mask = _joined_mask(parts, dim=1)
         return Conditioning(hs, mask, pooled[0] if pooled else None)
+
+
+def _joined_mask(parts: list[Conditioning], dim: int) -> Tensor | None:
+    """The parts' masks concatenated along ``dim`` (a part without one attends to all its tokens), or None."""
+    if all(p.attention_mask is None for p in parts):
+        return None
+    return torch.cat(
+        [
+            p.attention_mask.long()
+            if p.attention_mask is not None
+            else torch.ones(p.encoder_hidden_states.shape[:2], device=p.encoder_hidden_states.device, dtype=torch.long)
+            for p in parts
+        ],
+        dim=dim,
+    )
 
 
 def unet_cross_attention_dim(unet: nn.Module) -> int:
