@@ -53,6 +53,20 @@ class ICGLightningCLI(LightningCLI):
             run=run,
         )
 
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="fit: start over in checkpoint folders that hold an earlier run's checkpoints (deleted first); "
+            "without it such a fit is refused, so later stages never chain a stale last.ckpt",
+        )
+
+    def before_fit(self) -> None:
+        from icg.lit.run_folders import prepare_run_folders
+
+        prepare_run_folders(self.trainer, self.config.fit.get("ckpt_path"), bool(self.config.fit.get("overwrite")))
+
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         """Every Trainer writes checkpoints atomically unless its config brings its own CheckpointIO."""
         from lightning.pytorch.plugins.io import CheckpointIO

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     start = time.time()
+    if RUNS.exists():  # every stage starts over: no stage may chain a checkpoint of an earlier demo run
+        say(f"removing the previous demo run in {RUNS} (the demo always starts from scratch)")
+        shutil.rmtree(RUNS)
     plan = steps(args.quick, start)
     for number, (title, run) in enumerate(plan, 1):
         say(f"\n[{number}/{len(plan)}] {title}")

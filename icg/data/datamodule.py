@@ -311,7 +311,10 @@ class ICGDataModule(pl.LightningDataModule):
             )
         if on_bad_record not in ("error", "skip"):
             raise ValueError(f"ICGDataModule.on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
-        self.save_hyperparameters()
+        # Recorded in checkpoints but not sent to the logger: Lightning refuses to log two values under one key, and
+        # data.seed / data.image_size may legitimately differ from a stage's own seed / image_size. The CLI's
+        # config.yaml beside the logs holds every setting.
+        self.save_hyperparameters(logger=False)
         self.root = Path(root)
         self.image_size, self.batch_size, self.eval_batch_size = image_size, batch_size, eval_batch_size
         self.num_workers, self.holdout = num_workers, holdout
