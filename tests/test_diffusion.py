@@ -86,6 +86,66 @@ def test_sampler_matches_stable_diffusion_pipeline(comps, guidance):
     assert not torch.allclose(other, ref, atol=1e-3)
 
 
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_reference_guided_sampler_matches_img2img_pipeline(comps, guidance):
+    """strength < 1 starts from the noised reference latent as StableDiffusionImg2ImgPipeline does, per-image seeds."""
+    pipe = comps.reference_pipeline("img2img")
+    cond, uncond = _cond(seed=1), _cond(seed=2)
+    reference = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in (11, 12)]
+
+    with torch.no_grad():
+        ref = pipe(
+            prompt_embeds=cond.encoder_hidden_states,
+            negative_prompt_embeds=uncond.encoder_hidden_states,
+            image=reference,
+            strength=0.6,
+            guidance_scale=guidance,
+            num_inference_steps=5,
+            generator=gens(),
+            output_type="pt",
+        ).images
+        ours = sample(comps, cond, uncond=uncond, guidance_scale=guidance, num_steps=5, reference=reference,
+                      strength=0.6, height=SIZE, generator=gens())  # fmt: skip
+        # Per-image generators: a pair's cover does not depend on the batch it is in.
+        alone = sample(comps, Conditioning(cond.encoder_hidden_states[1:]), guidance_scale=guidance,
+                       uncond=Conditioning(uncond.encoder_hidden_states[1:]), num_steps=5, reference=reference[1:],
+                       strength=0.6, height=SIZE, generator=gens()[1:])  # fmt: skip
+        full = sample(comps, cond, uncond=uncond, guidance_scale=guidance, num_steps=5, height=SIZE,
+                      generator=gens())  # fmt: skip
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone, ours[1:], atol=1e-5, rtol=1e-5)
+    # Not vacuous: the reference matters, and strength 1 is a different (pure-noise) chain.
+    assert not torch.allclose(full, ours, atol=1e-3)
+    with torch.no_grad():
+        other = sample(comps, cond, uncond=uncond, guidance_scale=guidance, num_steps=5, reference=1 - reference,
+                       strength=0.6, height=SIZE, generator=gens())  # fmt: skip
+    assert not torch.allclose(other, ours, atol=1e-3)
+
+
+def test_reference_guided_gradient_window_counts_the_steps_that_run(comps):
+    cond = _cond(grad=True)
+    reference = torch.rand(2, 3, SIZE, SIZE)
+    spy = UNetSpy(comps.unet)
+    try:
+        images = sample(comps, cond, num_steps=10, strength=0.5, reference=reference, grad_window="last_k", k=2,
+                        height=SIZE, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    finally:
+        spy.close()
+    assert len(spy.outputs) == 5 and spy.outputs == [False, False, False, True, True]
+    images.mean().backward()
+    assert cond.encoder_hidden_states.grad is not None
+    with pytest.raises(ValueError, match="needs `reference`"):
+        sample(comps, cond, num_steps=10, strength=0.5, height=SIZE)
+    with pytest.raises(ValueError, match="number of steps that run"):
+        sample(comps, cond, num_steps=10, strength=0.5, reference=reference, grad_window="random_step",
+               random_step_range=(2, 6), height=SIZE)  # fmt: skip
+    with pytest.raises(ValueError, match="strength must be in"):
+        sample(comps, cond, num_steps=10, strength=0.0, reference=reference, height=SIZE)
+
+
 # ------------------------------------------------------------------------------------------- gradient window
 def test_last_k_keeps_graph_only_inside_window(comps):
     cond = _cond(grad=True)

@@ -181,8 +181,8 @@ def tiny_methods(tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory):
     title_only = TitleOnlyMethod.from_folder(folder, num_steps=3, image_size=32, seed=0)
     return {
         "title_only": title_only,
-        "icg_no_user": AlignmentMethod(stage, user="fallback"),
-        "icg": AlignmentMethod(stage),
+        "icg_no_user": AlignmentMethod(stage.generator, user="fallback"),
+        "icg": AlignmentMethod(stage.generator),
     }
 
 

@@ -100,14 +100,18 @@ class DiffusionComponents:
             module.to(device=device, **kwargs)
         return self
 
-    def reference_pipeline(self):
-        """diffusers' ``StableDiffusionPipeline`` over these same components, for inference comparisons only.
+    def reference_pipeline(self, mode: str = "text2img"):
+        """diffusers' ``StableDiffusionPipeline`` (or, ``mode="img2img"``, ``StableDiffusionImg2ImgPipeline``) over
+        these same components, for inference comparisons only.
 
         No text encoder or tokenizer: call it with ``prompt_embeds`` / ``negative_prompt_embeds``.
         """
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline(
+        pipelines = {"text2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline}
+        if mode not in pipelines:
+            raise ValueError(f"mode must be one of {sorted(pipelines)}, got {mode!r}")
+        pipe = pipelines[mode](
             vae=self.vae,
             text_encoder=None,
             tokenizer=None,

@@ -30,10 +30,20 @@ GradWindow = Literal["none", "last_k", "random_step"]
 GRAD_WINDOWS = ("none", "last_k", "random_step")
 
 
-def encode(vae: nn.Module, images_01: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Images in [0, 1] (B x 3 x H x W) to scaled VAE latents (a sample of the posterior), as diffusers trainers do."""
+def encode(
+    vae: nn.Module, images_01: Tensor, generator: torch.Generator | list[torch.Generator] | str | None = None
+) -> Tensor:
+    """Images in [0, 1] (B x 3 x H x W) to scaled VAE latents, as diffusers trainers and img2img pipelines do.
+
+    Args:
+        vae: the frozen ``AutoencoderKL``.
+        images_01: the images.
+        generator: draws the posterior sample (one generator, or one per image); ``"mode"`` takes the posterior's
+            mode instead (deterministic).
+    """
     x = (images_01 * 2 - 1).to(vae.dtype)
-    z = vae.encode(x).latent_dist.sample(generator)
+    posterior = vae.encode(x).latent_dist
+    z = posterior.mode() if isinstance(generator, str) and generator == "mode" else posterior.sample(generator)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (z - shift) * vae.config.scaling_factor
 
@@ -108,14 +118,20 @@ def sample(
     x0_shortcut: bool | None = None,
     gradient_checkpointing: bool = False,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     latents: Tensor | None = None,
+    reference: Tensor | None = None,
+    strength: float = 1.0,
     height: int | None = None,
     width: int | None = None,
     decode: bool = True,
     autocast_dtype: torch.dtype | str | None = "auto",
 ) -> Tensor:
     """Sample images with DDIM, keeping the autograd graph only inside the gradient window.
+
+    With ``strength < 1`` the chain is reference-guided (SDEdit, Meng et al. 2022; diffusers' img2img pipelines):
+    it starts from the reference cover's latent noised to the level of step ``T - int(T * strength)`` and runs only the
+    remaining ``int(T * strength)`` steps, so the item's layout is kept and the conditioning decides the rest.
 
     Args:
         components: frozen UNet, VAE and DDIM scheduler.
@@ -131,9 +147,15 @@ def sample(
             later steps could carry no gradient), False otherwise. ``random_step`` with False is an error.
         gradient_checkpointing: recompute the UNet inside the window during backward (same gradient, less memory).
         eta: DDIM eta (0 = deterministic).
-        generator: draws the initial noise (``diffusers.utils.torch_utils.randn_tensor``, as the pipelines), the
-            random step and any DDIM noise.
-        latents: initial noise B x C x h x w instead of drawing it.
+        generator: draws the reference's VAE posterior sample (reference-guided only), the initial noise
+            (``diffusers.utils.torch_utils.randn_tensor``), the random step and any DDIM noise, in that order, as
+            diffusers' pipelines do. A list of B generators gives each image its own stream (per-pair seeds: the
+            result of a pair does not depend on the batch it is in), exactly as the pipelines treat such a list.
+        latents: initial noise B x C x h x w instead of drawing it (reference-guided: the noise added to the
+            reference's latent).
+        reference: B x 3 x H x W reference images in [0, 1] that a reference-guided chain starts from.
+        strength: 1 starts from pure noise; 0 < strength < 1 starts from the reference noised to that level and runs
+            ``int(T * strength)`` steps. Gradient-window step indices count the steps that run.
         height: image height in pixels (default: the UNet's configured size); must be a multiple of the VAE factor.
         width: image width in pixels (default as ``height``).
         decode: return decoded images in [0, 1] (B x 3 x H x W); False returns the final latents.
@@ -142,12 +164,20 @@ def sample(
     Returns:
         B x 3 x H x W images in [0, 1], or B x C x h x w latents when ``decode=False``.
     """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    run_steps = min(int(num_steps * strength), num_steps)  # the steps that run (diffusers' img2img get_timesteps)
+    if run_steps < 1:
+        raise ValueError(f"strength={strength} with num_steps={num_steps} runs no step; raise either")
+    if strength < 1.0 and reference is None:
+        raise ValueError("strength < 1 (reference-guided) needs `reference`, the images the chain starts from")
     if grad_window == "random_step":
         # Validated now, drawn after the initial noise so that the noise matches the pipeline's for one generator.
         lo, hi = random_step_range
-        if not 0 <= lo <= hi < num_steps:
+        if not 0 <= lo <= hi < run_steps:
             raise ValueError(
-                f"random_step_range={tuple(random_step_range)} must satisfy 0 <= low <= high < num_steps={num_steps}"
+                f"random_step_range={tuple(random_step_range)} must satisfy 0 <= low <= high < {run_steps}, the "
+                f"number of steps that run (num_steps={num_steps}, strength={strength})"
             )
         steps_with_grad = None
         if x0_shortcut is False:
@@ -157,7 +187,7 @@ def sample(
             )
         x0_shortcut = True
     else:
-        steps_with_grad = gradient_steps(num_steps, grad_window, k)
+        steps_with_grad = gradient_steps(run_steps, grad_window, k)
     x0_shortcut = bool(x0_shortcut)
     if guidance_scale > 1.0 and uncond is None:
         raise ValueError("guidance_scale > 1 needs `uncond` (the adapter's unconditional Conditioning)")
@@ -173,13 +203,33 @@ def sample(
     cond = cond.to(device)
 
     shape = (batch, components.latent_channels, height // factor, width // factor)
+    if isinstance(generator, list) and len(generator) != batch:
+        raise ValueError(f"a list of generators needs one per image: got {len(generator)} for {batch} images")
+    scheduler.set_timesteps(num_steps, device=device)
+    timesteps = scheduler.timesteps
+    start_latents = None
+    if strength < 1.0:
+        if reference.shape[0] != batch or tuple(reference.shape[-2:]) != (height, width):
+            raise ValueError(f"reference must be {batch} x 3 x {height} x {width}, got {tuple(reference.shape)}")
+        t_start = num_steps - run_steps
+        timesteps = timesteps[t_start * scheduler.order :]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start * scheduler.order)
+        with torch.no_grad(), _autocast(device, autocast_dtype):
+            posterior = generator if generator is not None or latents is None else "mode"
+            start_latents = encode(vae, reference.to(device), posterior).float()
     if latents is None:
         latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
     elif tuple(latents.shape) != shape:
         raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-    latents = latents.to(device=device, dtype=torch.float32) * scheduler.init_noise_sigma
+    latents = latents.to(device=device, dtype=torch.float32)
+    if start_latents is None:
+        latents = latents * scheduler.init_noise_sigma
+    else:  # the reference's latent noised to the first step that runs
+        latents = scheduler.add_noise(start_latents, latents, timesteps[:1].repeat(batch))
     if steps_with_grad is None:
-        steps_with_grad = gradient_steps(num_steps, grad_window, k, random_step_range, generator)
+        first = generator[0] if isinstance(generator, list) else generator
+        steps_with_grad = gradient_steps(run_steps, grad_window, k, random_step_range, first)
 
     do_cfg = guidance_scale > 1.0
     unet_cond = cond
@@ -189,8 +239,6 @@ def sample(
             uncond = uncond.repeat(batch)
         unet_cond = Conditioning.cat([uncond, cond])  # [uncond, cond] order, as diffusers' pipelines
 
-    scheduler.set_timesteps(num_steps, device=device)
-    timesteps = scheduler.timesteps
     last = max(steps_with_grad) if (x0_shortcut and steps_with_grad) else len(timesteps) - 1
     unet_dtype = unet.dtype  # diffusers walks all submodules for this: once per call, not per step
     grad_on = torch.is_grad_enabled()

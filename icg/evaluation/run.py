@@ -481,7 +481,8 @@ def evaluate_checkpoints(
     seed: int = 0,
     started_at: float | None = None,
 ) -> dict[str, Any]:
-    """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG.
+    """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG (and, when ICG is
+    reference-guided, ICG from pure noise); every method in ICG's mode.
 
     Args:
         data_root: the dataset folder.
@@ -507,20 +508,25 @@ def evaluate_checkpoints(
     """
     icg = AlignmentMethod.from_checkpoint(stage3_ckpt)
     no_user = AlignmentMethod.from_checkpoint(no_user_ckpt, "own", "no_user_ckpt") if no_user_ckpt else None
-    no_user = no_user or AlignmentMethod(icg.stage, user="fallback")
+    no_user = no_user or AlignmentMethod(icg.generator, user="fallback")
     title_only = TitleOnlyMethod.from_folder(
         base_model,
         num_steps=icg.num_steps,
         image_size=icg.image_size,
         guidance_scale=baseline_guidance_scale,
+        strength=icg.mode_strength,  # every method in the table runs in the same mode
         seed=icg.seed,
     )
+    methods = {"title_only": title_only, "icg_no_user": no_user, "icg": icg}
+    if icg.mode_strength < 1:  # reference-guided: also show what ICG does from pure noise
+        methods["icg_from_noise"] = AlignmentMethod(icg.generator, strength=1.0)
+    rewards = rewards_ckpt or icg.generator.provenance.get("rewards_ckpt")
     return evaluate(
         data_root,
         stage1_ckpt,
-        {"title_only": title_only, "icg_no_user": no_user, "icg": icg},
+        methods,
         out_dir,
-        rewards=rewards_ckpt or icg.stage.frozen["rewards"],
+        rewards=rewards,
         evaluator_ckpt=evaluator_ckpt,
         clip_path=clip_path,
         lpips=LPIPS(lpips_backbone) if lpips_backbone else None,

@@ -14,8 +14,6 @@ checkpoint's state dict (they are rebuilt from their own paths), so checkpoints 
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +29,8 @@ from icg import ckpt
 from icg.diffusion.conditioning import Conditioning, check_widths
 from icg.diffusion.sampler import denoising_loss, sample
 from icg.diffusion.source import DiffusionSource
+from icg.generation.generator import CoverGenerator, SamplerSettings
+from icg.generation.users import UserTable
 from icg.lit.preference import load_preference_model
 from icg.models.cover_conditioner import CoverConditioner
 from icg.models.feature_cache import MLLMFeatureCache
@@ -62,6 +62,10 @@ class AlignmentStage(LightningModule):
         x0_shortcut: decode the predicted x0 of the last gradient step (None: the mode's default).
         gradient_checkpointing: recompute the UNet inside the gradient window during backward.
         guidance_scale: classifier-free guidance at inference (predict); training samples without guidance.
+        strength: 1 samples every cover from pure noise; 0 < strength < 1 is reference-guided (SDEdit): training and
+            generation start from the item's reference cover noised to that level and run ``int(num_steps *
+            strength)`` steps, so the layout of the item stays and the conditioning decides the rest; the gradient
+            window's step indices count those steps.
         image_size: side of generated covers in pixels (None: the UNet's configured size).
         reward_weights: reward name -> weight, replacing the stage-2 bundle's weights for those rewards (None: the
             bundle's own weights).
@@ -89,6 +93,7 @@ class AlignmentStage(LightningModule):
         x0_shortcut: bool | None = None,
         gradient_checkpointing: bool = False,
         guidance_scale: float = 1.0,
+        strength: float = 1.0,
         image_size: int | None = None,
         reward_weights: dict[str, float] | None = None,
         reg_weight: float = 1.0,
@@ -100,12 +105,15 @@ class AlignmentStage(LightningModule):
         super().__init__()
         if grad_window not in GRAD_WINDOWS:
             raise ValueError(f"model.init_args.grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"model.init_args.strength must be in (0, 1], got {strength}")
         self.save_hyperparameters(ignore=["conditioner", "optimizer", "diffusion"])
         self.conditioner = conditioner
         self.diffusion_source = diffusion or DiffusionSource()
         self.optimizer_factory = optimizer
         # Frozen parts live in a plain dict: not registered, so never in the state dict or the optimizer.
         self.frozen: dict[str, Any] = {}
+        self.generator: CoverGenerator | None = None  # built in setup(): validation, predict and export use it
         self.nonfinite_steps = 0
         self.skipped_steps = 0
 
@@ -114,9 +122,11 @@ class AlignmentStage(LightningModule):
         if self.frozen:
             return
         users, user_ids = load_preference_model(self.hparams.preference_ckpt, "model.init_args.preference_ckpt")
-        bundle = load_reward_bundle(self.hparams.rewards_ckpt, "model.init_args.rewards_ckpt")
-        if self.hparams.reward_weights:
-            bundle.reweight(dict(self.hparams.reward_weights), "model.init_args.reward_weights")
+        if stage != "predict":  # making covers needs no reward weights
+            bundle = load_reward_bundle(self.hparams.rewards_ckpt, "model.init_args.rewards_ckpt")
+            if self.hparams.reward_weights:
+                bundle.reweight(dict(self.hparams.reward_weights), "model.init_args.reward_weights")
+            self.frozen["rewards"] = bundle
         diffusion = self.diffusion_source.load("model.init_args.diffusion.path")
         self.conditioner.adapter.check_unet(
             diffusion.unet, "model.init_args.diffusion", "model.init_args.conditioner.init_args.adapter.init_args"
@@ -152,21 +162,18 @@ class AlignmentStage(LightningModule):
                 unknown,
                 len(dm_users),
             )
-        self.frozen.update(
-            users=users,
-            stage1_user_ids=user_ids,
-            rewards=bundle,
-            diffusion=diffusion,
-            user_map=user_map,
-            user_ids=dm_users,
-        )
+        self.frozen.update(users=users, stage1_user_ids=user_ids, diffusion=diffusion, user_map=user_map,
+                           user_ids=dm_users)  # fmt: skip
+        settings = SamplerSettings(**{k: self.hparams[k] for k in asdict(SamplerSettings())})
+        self.generator = CoverGenerator(self.conditioner, diffusion, UserTable.from_preference_model(users, user_ids),
+                                        settings, source=self.diffusion_source)  # fmt: skip
 
     def _place_frozen(self) -> None:
         for name in ("users", "rewards"):
-            self.frozen[name].to(self.device)
-        diffusion = self.frozen["diffusion"]
-        diffusion.unet.to(self.device)  # device only: diffusers warns on dtype-less .to(device, dtype=None)
-        diffusion.vae.to(self.device)
+            if name in self.frozen:
+                self.frozen[name].to(self.device)
+        self.frozen["diffusion"].to(self.device)
+        self.generator.users.to(self.device)
         self.frozen["user_map"] = self.frozen["user_map"].to(self.device)
 
     def on_fit_start(self) -> None:
@@ -210,17 +217,20 @@ class AlignmentStage(LightningModule):
         generator: torch.Generator | None = None,
         latents: Tensor | None = None,
         grad_window: str = "none",
-        guidance_scale: float = 1.0,
-        uncond: Conditioning | None = None,
+        reference: Tensor | None = None,
     ) -> Tensor:
-        """Covers in [0, 1] from the stock sampler under this stage's settings."""
-        size = self.hparams.image_size
+        """Training covers in [0, 1] from the stock sampler, with the graph kept in the gradient window only.
+
+        Validation, predict and export sample through ``self.generator`` (per-pair seeds) instead.
+        """
+        size = self.hparams.image_size or self.frozen["diffusion"].default_image_size
+        strength = self.hparams.strength
         return sample(
             self.frozen["diffusion"],
             cond,
             num_steps=self.hparams.num_steps,
-            guidance_scale=guidance_scale,
-            uncond=uncond,
+            reference=reference if strength < 1 else None,
+            strength=strength,
             grad_window=grad_window,
             k=self.hparams.k,
             random_step_range=tuple(self.hparams.random_step_range),
@@ -247,7 +257,9 @@ class AlignmentStage(LightningModule):
         self.log("train/denoise_loss", reg, prog_bar=True)
         if self.global_step < self.hparams.warmup_steps or self.hparams.grad_window == "none":
             return self.hparams.reg_weight * reg
-        images = self.generate(cond, generator=generator, grad_window=self.hparams.grad_window)
+        images = self.generate(
+            cond, generator=generator, grad_window=self.hparams.grad_window, reference=batch["image"]
+        )
         rewards = self.score(images, batch, users)
         bad = rewards.nonfinite()
         if bad or not bool(torch.isfinite(rewards.total.detach()).all()):
@@ -302,24 +314,29 @@ class AlignmentStage(LightningModule):
         if "grad_2.0_norm_total" in norms:
             self.log("train/grad_norm", norms["grad_2.0_norm_total"])
 
+    def batch_seeds(self, batch: dict[str, Any]) -> list[int]:
+        """The per-(user, item) seeds of a batch of pairs (``icg.generation.seeds.pair_seed``)."""
+        return self.generator.seeds(batch["user_id"], batch["item_id"])
+
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         cond, users = self.condition(batch)
-        images = self.generate(cond, generator=self._generator(10_000 + batch_idx))
+        images = self.generator.sample(cond, self.batch_seeds(batch), batch["image"], guidance_scale=1.0)
         self._log_rewards("val", self.score(images, batch, users))
 
     test_step = validation_step
 
     @torch.no_grad()
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Covers for a batch of pairs with per-pair deterministic seeds (independent of batching)."""
+        """Covers for a batch of pairs with per-pair deterministic seeds (independent of batching); reward scores
+        only where the bundle is loaded (``icg test`` / ``validate``; ``predict`` makes covers only)."""
         cond, users = self.condition(batch)
-        seeds = [pair_seed(self.hparams.seed, u, i) for u, i in zip(batch["user_id"], batch["item_id"], strict=True)]
-        latents = torch.cat([self.initial_latents(s) for s in seeds])
-        uncond = self.unconditional(len(seeds)) if self.hparams.guidance_scale > 1 else None
-        images = self.generate(cond, latents=latents, guidance_scale=self.hparams.guidance_scale, uncond=uncond)
-        rewards = self.score(images, batch, users)
-        scores = {name: raw.float().cpu() for name, raw in rewards.raw.items()} | {"total": rewards.total.cpu()}
+        seeds = self.batch_seeds(batch)
+        images = self.generator.sample(cond, seeds, batch["image"])
+        scores = {}
+        if "rewards" in self.frozen:
+            rewards = self.score(images, batch, users)
+            scores = {name: raw.float().cpu() for name, raw in rewards.raw.items()} | {"total": rewards.total.cpu()}
         return {
             "images": images.cpu(),
             "user_id": list(batch["user_id"]),
@@ -327,23 +344,6 @@ class AlignmentStage(LightningModule):
             "seed": seeds,
             "scores": scores,
         }
-
-    def initial_latents(self, seed: int) -> Tensor:
-        """The starting noise of one cover, drawn from its own seed (so results do not depend on the batch)."""
-        diffusion = self.frozen["diffusion"]
-        size = self.hparams.image_size or diffusion.default_image_size
-        side = size // diffusion.vae_scale_factor
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn(1, diffusion.latent_channels, side, side, generator=generator)
-        return noise.to(self.device) * diffusion.scheduler.init_noise_sigma
-
-    def unconditional(self, batch_size: int) -> Conditioning:
-        """Classifier-free guidance's negative: empty title, blank reference, the cold-start user."""
-        blank = torch.zeros(
-            1, 3, self.conditioner.prompter.image_size, self.conditioner.prompter.image_size, device=self.device
-        )
-        user = self.frozen["users"].user_embedding(torch.full((1,), -1, device=self.device, dtype=torch.long))
-        return self.conditioner([""], blank, user).repeat(batch_size)
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def _frozen_keys(self) -> set[str]:
@@ -357,10 +357,11 @@ class AlignmentStage(LightningModule):
             "stage": STAGE,
             "version": ckpt.ICG_CKPT_VERSION,
             "specs": {"conditioner": self.conditioner.spec},
-            "diffusion": asdict(self.diffusion_source),
+            # Absolute paths: the checkpoint is read from other folders (evaluation, export) than training ran in.
+            "diffusion": asdict(self.diffusion_source) | {"path": _absolute(self.diffusion_source.path)},
             "user_ids": list(self.frozen.get("user_ids", [])),
-            "preference_ckpt": str(self.hparams.preference_ckpt),
-            "rewards_ckpt": str(self.hparams.rewards_ckpt),
+            "preference_ckpt": _absolute(self.hparams.preference_ckpt),
+            "rewards_ckpt": _absolute(self.hparams.rewards_ckpt),
             "skipped_steps": self.skipped_steps,
         }
 
@@ -373,52 +374,11 @@ class AlignmentStage(LightningModule):
             checkpoint["state_dict"].setdefault(key, own[key])
         self.skipped_steps = int(checkpoint[ckpt.ICG_KEY].get("skipped_steps", 0))
 
-    def export(self, folder: str | Path) -> Path:
-        """Write only the trained weights + the user embeddings + a JSON config (see ``icg.ckpt.export_adapter``)."""
-        users = self.frozen["users"]
-        table = users.user_embedding(torch.arange(-1, users.num_users, device=self.device)).detach()
-        return ckpt.export_adapter(
-            folder,
-            self.conditioner,
-            user_embeddings=torch.cat([table[1:], table[:1]]),  # stage-1 order, fallback last
-            user_ids=list(self.frozen["stage1_user_ids"]),
-            extra={
-                "diffusion": asdict(self.diffusion_source),
-                "sampler": {k: self.hparams[k] for k in ("num_steps", "guidance_scale", "image_size", "seed")},
-            },
-        )
+    def export(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """The export folder of this stage's generator (``icg.generation.export``; ``icg export`` from a checkpoint)."""
+        return self.generator.save_pretrained(folder, provenance={"preference_ckpt": _absolute(
+            self.hparams.preference_ckpt), "global_step": self.global_step}, overwrite=overwrite)  # fmt: skip
 
 
-def pair_seed(base: int, user_id: str, item_id: str) -> int:
-    """A stable 63-bit seed per (user, item), independent of batching, rank and Python's hash randomization."""
-    digest = hashlib.sha256(f"{base}:{user_id}:{item_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**63 - 1)
-
-
-def load_alignment_stage(path: str | Path, config_key: str = "stage3_ckpt", device: str = "cpu") -> AlignmentStage:
-    """A ready-to-generate stage 3 from its checkpoint alone (no Trainer): for evaluation, demos and notebooks.
-
-    The conditioner is rebuilt from its spec (stock MLLM from its path) with the trained weights; stage-1 users,
-    the reward bundle and the stock diffusion model come from the paths the checkpoint recorded.
-    """
-    checkpoint = ckpt.load_stage_checkpoint(path, STAGE, config_key)
-    block = checkpoint[ckpt.ICG_KEY]
-    conditioner = ckpt.instantiate(block["specs"]["conditioner"])
-    prefix = "conditioner."
-    conditioner.load_trained_state_dict(
-        {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    )
-    hparams = dict(checkpoint.get("hyper_parameters", {}))
-    known = set(inspect.signature(AlignmentStage.__init__).parameters) - {
-        "self",
-        "conditioner",
-        "diffusion",
-        "optimizer",
-    }
-    stage = AlignmentStage(
-        conditioner, diffusion=DiffusionSource(**block["diffusion"]), **{k: v for k, v in hparams.items() if k in known}
-    )
-    stage.setup("predict")
-    stage.to(device)
-    stage._place_frozen()
-    return stage.eval()
+def _absolute(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())

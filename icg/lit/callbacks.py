@@ -86,8 +86,8 @@ class CoverGrid(Callback):
             return
         device_batch = {k: v.to(module.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         cond, _ = module.condition(device_batch)
-        latents = torch.cat([module.initial_latents(1000 + i % self.num_items) for i in range(cond.batch_size)])
-        images = module.generate(cond, latents=latents).cpu()
+        seeds = [1000 + i % self.num_items for i in range(cond.batch_size)]  # one noise per item column
+        images = module.generator.sample(cond, seeds, device_batch["image"], guidance_scale=1.0).cpu()
         reference = torch.nn.functional.interpolate(batch["reference"], size=images.shape[-2:], mode="bilinear")
         grid = image_grid(torch.cat([reference, images]), rows=batch["rows"] + 1)
         trainer.logger.experiment.add_image("covers/users_x_items", grid, global_step=trainer.global_step)

@@ -1,0 +1,299 @@
+"""``icg export``: a stage-3 checkpoint becomes one self-contained folder that ``CoverGenerator`` loads.
+
+ICG (Bian et al., EMNLP 2025) trains only a small part -- meta tokens, user fusion, adapter -- on a stock MLLM and a
+stock diffusion model, so that is all an export holds, plus what generation needs from the earlier stages:
+
+``icg_config.json``
+    format and version; the conditioner's spec (it names the stock MLLM and the base model's text encoder by
+    absolute path); the diffusion source (base model folder, variant, dtype); the sampler defaults (steps, guidance,
+    strength, cover size, seed); the user table's size; provenance (the checkpoints it came from).
+``conditioner.safetensors``
+    the trained tensors (meta tokens and LoRA if any, fusion, adapter, user offset).
+``users.safetensors`` + ``users.json``
+    the stage-1 user embeddings with their ids, the cold-start fallback as the last row.
+``negative.safetensors``
+    classifier-free guidance's negative conditioning (empty title, blank reference, cold-start user), so guidance
+    needs nothing else.
+
+Generating needs no stage-1 or stage-2 file and no reward weights. The base model and MLLM paths can be overridden
+when loading (``CoverGenerator.from_pretrained(folder, base_model=..., mllm=...)``), e.g. on a cluster with another
+weights root. Folders are written beside the target and renamed into place: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from icg import ckpt
+from icg.diffusion.conditioning import Conditioning
+from icg.diffusion.source import DTYPES, DiffusionSource
+from icg.errors import UserError
+from icg.generation.generator import CoverGenerator, SamplerSettings
+from icg.generation.users import USERS_IDS, USERS_WEIGHTS, UserTable
+
+EXPORT_FORMAT = "icg-cover-generator"
+EXPORT_VERSION = 1
+CONFIG = "icg_config.json"
+WEIGHTS = "conditioner.safetensors"
+NEGATIVE = "negative.safetensors"
+EXPORT_FILES = (CONFIG, WEIGHTS, USERS_WEIGHTS, USERS_IDS, NEGATIVE)
+ALIGNMENT_STAGE = "alignment"  # = icg.lit.alignment.STAGE (not imported: inference code does not import training code)
+
+
+class ExportError(UserError, FileNotFoundError):
+    """An export folder is missing, incomplete or not an icg export; the message names the file."""
+
+
+@dataclass
+class ExportParts:
+    """Everything an export holds, before it is written or loaded onto a diffusion model."""
+
+    conditioner: torch.nn.Module
+    users: UserTable
+    settings: SamplerSettings
+    source: DiffusionSource
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _paths(spec: dict[str, Any]) -> tuple[dict | None, dict | None]:
+    """The init_args of the conditioner spec's prompter and title prompt (None where absent)."""
+    args = spec["init_args"]
+    prompter = (args.get("prompter") or {}).get("init_args")
+    title = (args.get("title_prompt") or {}).get("init_args")
+    return prompter, title
+
+
+def with_paths(
+    spec: dict[str, Any],
+    source: DiffusionSource,
+    base_model: str | None = None,
+    mllm: str | None = None,
+    config_key: str = "export",
+) -> tuple[dict[str, Any], DiffusionSource]:
+    """Absolute paths in a conditioner spec and diffusion source, with the base model and MLLM optionally replaced.
+
+    The title prompt follows ``base_model`` when it was read from the base model's own folder.
+    """
+    spec = copy.deepcopy(spec)
+    prompter, title = _paths(spec)
+    old_base = _absolute(source.path)
+    new_base = _absolute(base_model) if base_model is not None else old_base
+    if base_model is not None and source.path is None:
+        raise UserError(f"{config_key}: base_model={base_model!r} given, but the diffusion model is a tiny one built "
+                        "from config (no folder to replace)")  # fmt: skip
+    if title is not None and title.get("path") is not None:
+        title_path = _absolute(title["path"])
+        title["path"] = new_base if (base_model is not None and title_path == old_base) else title_path
+    if prompter is not None:
+        if mllm is not None:
+            if prompter.get("mllm_path") is None:
+                raise UserError(f"{config_key}: mllm={mllm!r} given, but the MLLM is a tiny one built from config "
+                                "(tiny_config); there is no folder to replace")  # fmt: skip
+            prompter["mllm_path"] = _absolute(mllm)
+        elif prompter.get("mllm_path") is not None:
+            prompter["mllm_path"] = _absolute(prompter["mllm_path"])
+    return spec, DiffusionSource(**{**asdict(source), "path": new_base})
+
+
+# ------------------------------------------------------------------------------------------------ from stage 3
+def checkpoint_parts(
+    stage3_ckpt: str | Path,
+    preference_ckpt: str | None = None,
+    base_model: str | None = None,
+    mllm: str | None = None,
+    config_key: str = "stage3_ckpt",
+) -> ExportParts:
+    """What a stage-3 checkpoint exports: its trained conditioner, the stage-1 user table, the sampler settings.
+
+    Args:
+        stage3_ckpt: the alignment stage's checkpoint (another stage's is refused, naming both).
+        preference_ckpt: the stage-1 checkpoint (None: the path the stage-3 checkpoint recorded).
+        base_model: replaces the recorded base diffusion folder.
+        mllm: replaces the recorded MLLM folder.
+        config_key: the key that named ``stage3_ckpt``, quoted in errors.
+    """
+    from icg.lit.preference import load_preference_model
+
+    checkpoint = ckpt.load_stage_checkpoint(stage3_ckpt, ALIGNMENT_STAGE, config_key)
+    block = checkpoint[ckpt.ICG_KEY]
+    spec, source = with_paths(
+        block["specs"]["conditioner"], DiffusionSource(**block["diffusion"]), base_model, mllm, config_key
+    )
+    conditioner = ckpt.instantiate(spec)
+    prefix = "conditioner."
+    conditioner.load_trained_state_dict(
+        {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    )
+    stage1 = preference_ckpt or block["preference_ckpt"]
+    model, user_ids = load_preference_model(stage1, "preference_ckpt (recorded in the stage-3 checkpoint)")
+    hparams = checkpoint.get("hyper_parameters", {})
+    settings = SamplerSettings(**{k: hparams[k] for k in asdict(SamplerSettings()) if k in hparams})
+    provenance = {"stage3_ckpt": _absolute(str(stage3_ckpt)), "preference_ckpt": _absolute(str(stage1)),
+                  "rewards_ckpt": block.get("rewards_ckpt"), "global_step": checkpoint.get("global_step")}  # fmt: skip
+    return ExportParts(ckpt.freeze(conditioner), UserTable.from_preference_model(model, user_ids), settings, source,
+                       provenance)  # fmt: skip
+
+
+def export_checkpoint(
+    stage3_ckpt: str | Path,
+    folder: str | Path,
+    preference_ckpt: str | None = None,
+    base_model: str | None = None,
+    mllm: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """``icg export``: write the export folder of a stage-3 checkpoint (see the module docstring)."""
+    parts = checkpoint_parts(stage3_ckpt, preference_ckpt, base_model, mllm)
+    return write_parts(parts, folder, overwrite=overwrite)
+
+
+def generator_from_checkpoint(
+    stage3_ckpt: str | Path,
+    preference_ckpt: str | None = None,
+    base_model: str | None = None,
+    mllm: str | None = None,
+    device: torch.device | str = "cpu",
+    config_key: str = "stage3_ckpt",
+) -> CoverGenerator:
+    """A ready generator straight from a stage-3 checkpoint (evaluation; no export folder needed)."""
+    parts = checkpoint_parts(stage3_ckpt, preference_ckpt, base_model, mllm, config_key)
+    return _assemble(parts, device=device, dtype=None, config_key=f"{config_key} (diffusion)")
+
+
+# ------------------------------------------------------------------------------------------------ the folder
+def write_export(generator: CoverGenerator, folder: str | Path, provenance: dict | None = None,
+                 overwrite: bool = False) -> Path:  # fmt: skip
+    """Write a generator's export folder (``CoverGenerator.save_pretrained``)."""
+    if generator.source is None:
+        raise ValueError("this generator does not know where its diffusion model came from (source=None)")
+    parts = ExportParts(generator.conditioner, generator.users, generator.settings, generator.source,
+                        dict(provenance or {}))  # fmt: skip
+    return write_parts(parts, folder, overwrite=overwrite)
+
+
+def write_parts(parts: ExportParts, folder: str | Path, overwrite: bool = False) -> Path:
+    """Write an export folder atomically: into a temporary folder beside it, then renamed into place."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        if not overwrite:
+            raise ExportError(f"export folder {folder} exists and is not empty; pass --overwrite true to replace it")
+        if not (folder / CONFIG).is_file():
+            raise ExportError(f"export folder {folder} holds files but no {CONFIG}: not an icg export, left as is")
+    spec, source = with_paths(parts.conditioner.spec, parts.source)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in parts.conditioner.trained_state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS))
+        parts.users.save(tmp)
+        with torch.no_grad():
+            generator = CoverGenerator(parts.conditioner, _NoDiffusion(), parts.users, parts.settings)
+            negative = generator.unconditional(1)
+        save_file(_conditioning_tensors(negative), str(tmp / NEGATIVE))
+        config = {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "conditioner": spec,
+            "diffusion": asdict(source),
+            "sampler": asdict(parts.settings),
+            "users": {"count": len(parts.users), "embed_dim": parts.users.embed_dim, "fallback": "last row"},
+            "provenance": parts.provenance,
+        }
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+class _NoDiffusion:
+    """Stands in for the diffusion components where only the conditioner is used (writing an export)."""
+
+    device = torch.device("cpu")
+
+
+def _conditioning_tensors(cond: Conditioning) -> dict[str, torch.Tensor]:
+    tensors = {"encoder_hidden_states": cond.encoder_hidden_states}
+    if cond.attention_mask is not None:
+        tensors["attention_mask"] = cond.attention_mask
+    if cond.pooled is not None:
+        tensors["pooled"] = cond.pooled
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def read_config(folder: str | Path, config_key: str = "export folder") -> dict[str, Any]:
+    """The export's ``icg_config.json`` after checking that every file of the format is there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"{config_key}: {folder} is not a folder (expected an `icg export` folder)")
+    missing = [name for name in EXPORT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ExportError(f"{config_key}: {folder} lacks {', '.join(missing)} (an `icg export` folder holds "
+                          f"{', '.join(EXPORT_FILES)})")  # fmt: skip
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+    except json.JSONDecodeError as err:
+        raise ExportError(f"{config_key}: {folder / CONFIG} is not valid JSON ({err})") from err
+    if config.get("format") != EXPORT_FORMAT:
+        raise ExportError(f"{config_key}: {folder / CONFIG} is not an icg export (format {config.get('format')!r})")
+    if int(config.get("version", 0)) > EXPORT_VERSION:
+        raise ExportError(f"{config_key}: {folder} is export version {config['version']}; this icg reads up to "
+                          f"{EXPORT_VERSION}")  # fmt: skip
+    return config
+
+
+def load_export(
+    folder: str | Path,
+    base_model: str | None = None,
+    mllm: str | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> CoverGenerator:
+    """``CoverGenerator.from_pretrained``: rebuild the generator of an export folder (see the module docstring)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    spec, source = with_paths(config["conditioner"], DiffusionSource(**config["diffusion"]), base_model, mllm,
+                              f"export {folder}")  # fmt: skip
+    conditioner = ckpt.instantiate(spec)
+    conditioner.load_trained_state_dict(load_file(str(folder / WEIGHTS)))
+    negative = load_file(str(folder / NEGATIVE))
+    parts = ExportParts(ckpt.freeze(conditioner), UserTable.load(folder), SamplerSettings(**config["sampler"]), source,
+                        config.get("provenance", {}))  # fmt: skip
+    generator = _assemble(parts, device=device, dtype=dtype, config_key="base_model")
+    generator.negative = Conditioning(
+        negative["encoder_hidden_states"], negative.get("attention_mask"), negative.get("pooled")
+    ).to(generator.device)
+    return generator
+
+
+def _assemble(parts: ExportParts, device: torch.device | str, dtype: torch.dtype | str | None,
+              config_key: str) -> CoverGenerator:  # fmt: skip
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise UserError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
+        dtype = DTYPES[dtype]
+    diffusion = parts.source.load(config_key)
+    generator = CoverGenerator(parts.conditioner, diffusion, parts.users, parts.settings, source=parts.source,
+                               provenance=parts.provenance)  # fmt: skip
+    return generator.to(device, dtype)

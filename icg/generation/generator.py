@@ -1,0 +1,357 @@
+"""``CoverGenerator``: a trained ICG as one object that turns (user, title, reference image) into covers.
+
+ICG (Bian et al., EMNLP 2025) ends in covers: for the items a platform is about to show, for each user. This is the
+inference half, apart from training: load once from an export folder (``icg export``), then call::
+
+    gen = CoverGenerator.from_pretrained("runs/demo/export", device="cuda")
+    covers = gen(["u0001", "u0002"], ["Red star on a dark backdrop"] * 2, [Image.open("i00042.png")] * 2, seed=0)
+    covers.images[0].save("cover.png")
+
+It holds the trained conditioner (meta tokens + user fusion + adapter, on the stock MLLM and the base model's text
+encoder), the user table (stage-1 embeddings, cold-start fallback), the stock UNet/VAE/scheduler and the sampler
+settings. Covers are deterministic per (user, item, seed) whatever the batch (``icg.generation.seeds``). Stage 3's
+validation and predict, the evaluation and ``icg generate`` all sample through :meth:`CoverGenerator.sample`.
+
+``strength < 1`` is reference-guided generation (SDEdit; diffusers' img2img): the chain starts from the item's
+reference cover noised to that level, so the item's layout stays and ICG personalizes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from icg.diffusion.components import DiffusionComponents
+from icg.diffusion.conditioning import Conditioning
+from icg.diffusion.sampler import sample
+from icg.diffusion.source import DiffusionSource
+from icg.generation.seeds import content_key, pair_generators, pair_seed
+from icg.generation.users import UserTable
+
+log = logging.getLogger(__name__)
+
+ImageInput = Tensor | Sequence[Image.Image | str | Path]
+
+
+@dataclass
+class SamplerSettings:
+    """A generator's sampling defaults; each can be overridden per call.
+
+    Args:
+        num_steps: T, DDIM steps of a pure-noise chain (a reference-guided chain runs ``int(T * strength)`` of them).
+        guidance_scale: classifier-free guidance; > 1 uses the export's negative conditioning (empty title, blank
+            reference, cold-start user).
+        strength: 1 generates from pure noise; 0 < strength < 1 starts from the reference cover (SDEdit).
+        image_size: cover side in pixels (None: the UNet's configured size).
+        seed: base of the per-(user, item) seeds.
+    """
+
+    num_steps: int = 20
+    guidance_scale: float = 1.0
+    strength: float = 1.0
+    image_size: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class GeneratedCovers:
+    """What a call returns, one entry per (user, item) in the order given.
+
+    Args:
+        images: PIL images (``output_type="pil"``) or a B x 3 x H x W tensor in [0, 1] (``"pt"``).
+        user_ids: the users.
+        item_keys: the item ids given, or content keys (title + reference pixels) where none were.
+        seeds: each cover's seed (``icg.generation.seeds.pair_seed``).
+        fallback: True where the user is unknown to the export and got the cold-start fallback embedding.
+    """
+
+    images: list[Image.Image] | Tensor
+    user_ids: list[str]
+    item_keys: list[str]
+    seeds: list[int]
+    fallback: list[bool] = field(default_factory=list)
+
+
+def reference_batch(images: ImageInput, size: int, device: torch.device | str = "cpu") -> Tensor:
+    """Reference covers as a B x 3 x size x size tensor in [0, 1].
+
+    A tensor (B x 3 x H x W in [0, 1]) is resized with antialiased bicubic interpolation if needed; PIL images and
+    paths are center-cropped to a square and resized exactly as the DataModule decodes covers (``ImageOps.fit``,
+    bicubic), so a dataset's item gives the same reference either way.
+    """
+    if isinstance(images, Tensor):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be B x 3 x H x W in [0, 1], got shape {tuple(images.shape)}")
+        x = images.float()
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        return x.to(device)
+    tensors = []
+    for image in images:
+        if isinstance(image, str | Path):
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+        tensors.append(torch.from_numpy(np.asarray(fitted, dtype=np.uint8).copy()).permute(2, 0, 1))
+    return (torch.stack(tensors).float() / 255.0).to(device)
+
+
+def to_pil(images: Tensor) -> list[Image.Image]:
+    """B x 3 x H x W in [0, 1] -> PIL images (rounded to 8 bits as diffusers' ``numpy_to_pil``)."""
+    array = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in array]
+
+
+def sample_covers(
+    diffusion: DiffusionComponents,
+    cond: Conditioning,
+    seeds: Sequence[int],
+    references: ImageInput | None = None,
+    *,
+    num_steps: int,
+    guidance_scale: float = 1.0,
+    strength: float = 1.0,
+    image_size: int | None = None,
+    uncond: Conditioning | None = None,
+) -> Tensor:
+    """Covers (B x 3 x H x W in [0, 1]) for a conditioning, each from its own seed: the one inference sampling path.
+
+    ICG's generator and the evaluation's baselines all sample here, so methods differ only in their conditioning.
+    Every cover starts from its own seed's noise (reference-guided: and its own VAE posterior sample), so a cover
+    does not depend on the batch it is in.
+    """
+    if len(seeds) != cond.batch_size:
+        raise ValueError(f"{len(seeds)} seeds for a conditioning of {cond.batch_size} covers")
+    size = int(image_size or diffusion.default_image_size)
+    if strength < 1:
+        if references is None:
+            raise ValueError(f"strength={strength} (reference-guided) needs the reference covers")
+        references = reference_batch(references, size, diffusion.device)
+    return sample(
+        diffusion,
+        cond,
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        uncond=uncond,
+        generator=pair_generators(seeds),
+        reference=references if strength < 1 else None,
+        strength=strength,
+        height=size,
+        width=size,
+    )
+
+
+class CoverGenerator:
+    """A trained ICG: ``(user ids, titles, reference images) -> covers``.
+
+    Args:
+        conditioner: the trained ``CoverConditioner`` (meta-token prompter, user fusion, adapter, title prompt).
+        diffusion: the stock UNet, VAE and DDIM scheduler.
+        users: the user table (stage-1 embeddings and the cold-start fallback).
+        settings: sampling defaults.
+        negative: the classifier-free guidance negative (1 row); None computes it from the conditioner when needed
+            (during training the conditioner changes, so it is never cached then).
+        source: where ``diffusion`` came from (recorded by :meth:`save_pretrained`).
+        provenance: where the trained weights came from (checkpoint paths, step), as an export records it.
+    """
+
+    def __init__(
+        self,
+        conditioner: torch.nn.Module,
+        diffusion: DiffusionComponents,
+        users: UserTable,
+        settings: SamplerSettings | None = None,
+        negative: Conditioning | None = None,
+        source: DiffusionSource | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        self.conditioner = conditioner
+        self.diffusion = diffusion
+        self.users = users
+        self.settings = settings or SamplerSettings()
+        self.negative = negative
+        self.source = source
+        self.provenance = dict(provenance or {})
+
+    # ------------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        base_model: str | None = None,
+        mllm: str | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str | None = None,
+    ) -> CoverGenerator:
+        """Load an ``icg export`` folder.
+
+        Args:
+            folder: the export folder.
+            base_model: the base diffusion folder, overriding the path recorded at export (the title prompt's text
+                encoder is read from it too when it was read from the base model at export).
+            mllm: the MLLM folder, overriding the path recorded at export.
+            device: where the generator runs.
+            dtype: UNet/VAE dtype (``torch.bfloat16``, ``"float16"``...); None keeps the export's.
+        """
+        from icg.generation.export import load_export
+
+        return load_export(folder, base_model=base_model, mllm=mllm, device=device, dtype=dtype)
+
+    def save_pretrained(
+        self, folder: str | Path, provenance: dict[str, Any] | None = None, overwrite: bool = False
+    ) -> Path:
+        """Write an export folder (see ``icg.generation.export``) that :meth:`from_pretrained` loads."""
+        from icg.generation.export import write_export
+
+        return write_export(self, folder, provenance=provenance, overwrite=overwrite)
+
+    # ----------------------------------------------------------------------------------------------- plumbing
+    @property
+    def device(self) -> torch.device:
+        return self.diffusion.device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.settings.image_size or self.diffusion.default_image_size)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CoverGenerator:
+        """Move (and optionally cast the UNet/VAE) in place; returns self."""
+        self.diffusion.to(device, dtype)
+        self.conditioner.to(device)
+        self.users.to(device)
+        if self.negative is not None:
+            self.negative = self.negative.to(device)
+        return self
+
+    def conditioning(self, user_emb: Tensor, titles: Sequence[str], references: Tensor) -> Conditioning:
+        """The personalized conditioning of B pairs from user embeddings, titles and references."""
+        return self.conditioner(list(titles), references.to(self.device), user_emb.to(self.device))
+
+    def unconditional(self, batch_size: int = 1) -> Conditioning:
+        """Classifier-free guidance's negative: empty title, blank reference, the cold-start user."""
+        negative = self.negative
+        if negative is None:
+            side = self.conditioner.prompter.image_size
+            blank = torch.zeros(1, 3, side, side, device=self.device)
+            negative = self.conditioner([""], blank, self.users.fallback(1).to(self.device))
+        return negative.to(self.device).repeat(batch_size)
+
+    def seeds(self, user_ids: Sequence[str], item_keys: Sequence[str], seed: int | None = None) -> list[int]:
+        base = self.settings.seed if seed is None else seed
+        return [pair_seed(base, str(u), str(i)) for u, i in zip(user_ids, item_keys, strict=True)]
+
+    def sample(
+        self,
+        cond: Conditioning,
+        seeds: Sequence[int],
+        references: Tensor | None = None,
+        *,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        strength: float | None = None,
+        uncond: Conditioning | None = None,
+    ) -> Tensor:
+        """Covers (B x 3 x H x W in [0, 1]) for a batch's conditioning, one seed per cover.
+
+        The one sampling path of inference: every cover starts from its own seed's noise (and, reference-guided,
+        its own VAE posterior sample), so a cover does not depend on the batch it is in.
+        """
+        s = self.settings
+        guidance_scale = s.guidance_scale if guidance_scale is None else guidance_scale
+        if guidance_scale > 1 and uncond is None:
+            uncond = self.unconditional(1)
+        return sample_covers(
+            self.diffusion,
+            cond,
+            seeds,
+            references,
+            num_steps=s.num_steps if num_steps is None else num_steps,
+            guidance_scale=guidance_scale,
+            strength=s.strength if strength is None else strength,
+            image_size=self.image_size,
+            uncond=uncond,
+        )
+
+    # ------------------------------------------------------------------------------------------------ calling
+    @torch.no_grad()
+    def __call__(
+        self,
+        user_ids: Sequence[str],
+        titles: Sequence[str],
+        images: ImageInput,
+        *,
+        item_ids: Sequence[str] | None = None,
+        seed: int | None = None,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        strength: float | None = None,
+        output_type: str = "pil",
+    ) -> GeneratedCovers:
+        """Covers for B (user, item) pairs.
+
+        Args:
+            user_ids: B user ids; an id unknown to the export gets the cold-start fallback (warned, and flagged in
+                the result's ``fallback``).
+            titles: B item titles.
+            images: B reference covers: PIL images, file paths, or a B x 3 x H x W tensor in [0, 1].
+            item_ids: B item ids for the per-pair seeds; None derives a key from each title and reference.
+            seed: base seed (None: the export's).
+            num_steps: DDIM steps (None: the export's).
+            guidance_scale: classifier-free guidance (None: the export's).
+            strength: 1 = from pure noise, < 1 = reference-guided (None: the export's).
+            output_type: ``"pil"`` (list of PIL images) or ``"pt"`` (tensor in [0, 1]).
+        """
+        user_ids, titles = [str(u) for u in user_ids], [str(t) for t in titles]
+        references = reference_batch(images, self.image_size, self.device)
+        if not len(user_ids) == len(titles) == references.shape[0]:
+            raise ValueError(f"got {len(user_ids)} users, {len(titles)} titles and {references.shape[0]} images")
+        if output_type not in ("pil", "pt"):
+            raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
+        if item_ids is None:
+            keys = [content_key(t, r) for t, r in zip(titles, references, strict=True)]
+        else:
+            keys = [str(i) for i in item_ids]
+            if len(keys) != len(user_ids):
+                raise ValueError(f"got {len(keys)} item ids for {len(user_ids)} pairs")
+        user_emb, known = self.users.lookup(user_ids)
+        unknown = sorted({u for u, k in zip(user_ids, known, strict=True) if not k})
+        if unknown:
+            log.warning(
+                "%d user(s) unknown to this export get the cold-start fallback embedding: %s",
+                len(unknown),
+                ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""),
+            )
+        seeds = self.seeds(user_ids, keys, seed)
+        cond = self.conditioning(user_emb, titles, references)
+        images_out = self.sample(
+            cond, seeds, references, num_steps=num_steps, guidance_scale=guidance_scale, strength=strength
+        )
+        return GeneratedCovers(
+            images=to_pil(images_out) if output_type == "pil" else images_out.cpu(),
+            user_ids=user_ids,
+            item_keys=keys,
+            seeds=seeds,
+            fallback=[not k for k in known],
+        )
+
+    def config(self) -> dict[str, Any]:
+        """What an export's ``icg_config.json`` records of this generator (besides weights)."""
+        return {
+            "conditioner": self.conditioner.spec,
+            "diffusion": asdict(self.source) if self.source is not None else None,
+            "sampler": asdict(self.settings),
+            "users": {"count": len(self.users), "embed_dim": self.users.embed_dim, "fallback": "last row"},
+        }
+
+    def __repr__(self) -> str:
+        return f"CoverGenerator({json.dumps(asdict(self.settings))}, users={len(self.users)}, device={self.device})"

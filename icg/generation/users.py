@@ -1,0 +1,103 @@
+"""The users a trained ICG can personalize for: string ids -> stage-1 user embeddings, plus the cold-start fallback.
+
+ICG (Bian et al., EMNLP 2025) refines an item's features with the user's embedding from the stage-1 click model.
+Generation needs only that table, not the click model: an export carries it (``users.safetensors`` +
+``users.json``), a user missing from it gets the fallback row (the stage-1 model's cold-start embedding), and new
+users can be added later without retraining (``extend``, e.g. from a fold-in of their click history).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+USERS_WEIGHTS = "users.safetensors"
+USERS_IDS = "users.json"
+
+
+class UserTable:
+    """``user_ids[i]`` -> ``embeddings[i]``; the last row of ``embeddings`` is the cold-start fallback.
+
+    Args:
+        user_ids: N distinct string ids.
+        embeddings: (N + 1) x D float tensor, fallback last.
+    """
+
+    def __init__(self, user_ids: Sequence[str], embeddings: Tensor) -> None:
+        self.user_ids = [str(u) for u in user_ids]
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(self.user_ids) + 1:
+            raise ValueError(
+                f"embeddings must be (N + 1) x D for N={len(self.user_ids)} users plus the fallback row, got "
+                f"{tuple(embeddings.shape)}"
+            )
+        self.index = {u: i for i, u in enumerate(self.user_ids)}
+        if len(self.index) != len(self.user_ids):
+            raise ValueError("user ids must be distinct")
+        self.embeddings = embeddings.detach().float()
+
+    @classmethod
+    def from_preference_model(cls, model: torch.nn.Module, user_ids: Sequence[str]) -> UserTable:
+        """The ID embeddings of a stage-1 ``PreferenceModel`` (as stage 3 reads them), fallback last."""
+        with torch.no_grad():
+            rows = torch.arange(len(user_ids), device=model.user_embedding_table.weight.device)
+            table = model.user_embedding(torch.cat([rows, rows.new_tensor([-1])]))
+        return cls(list(user_ids), table.cpu())
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.device
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def __contains__(self, user_id: object) -> bool:
+        return str(user_id) in self.index
+
+    def rows(self, user_ids: Sequence[str]) -> tuple[Tensor, list[bool]]:
+        """Row index per user (the fallback row for unknown ids) and whether each id is known."""
+        fallback = len(self.user_ids)
+        rows = [self.index.get(str(u), fallback) for u in user_ids]
+        return torch.tensor(rows, dtype=torch.long, device=self.device), [r != fallback for r in rows]
+
+    def lookup(self, user_ids: Sequence[str]) -> tuple[Tensor, list[bool]]:
+        """B x D embeddings of ``user_ids`` (unknown ids: the fallback) and whether each id is known."""
+        rows, known = self.rows(user_ids)
+        return self.embeddings[rows], known
+
+    def fallback(self, batch_size: int = 1) -> Tensor:
+        """``batch_size`` x D copies of the cold-start fallback embedding."""
+        return self.embeddings[-1:].expand(batch_size, -1)
+
+    def extend(self, user_ids: Sequence[str], embeddings: Tensor) -> UserTable:
+        """A new table with more users (e.g. folded in from their clicks); an existing id is replaced."""
+        new_ids = [str(u) for u in user_ids]
+        if embeddings.shape != (len(new_ids), self.embed_dim):
+            raise ValueError(f"embeddings must be {len(new_ids)} x {self.embed_dim}, got {tuple(embeddings.shape)}")
+        rows = dict(zip(self.user_ids, self.embeddings[:-1], strict=True))
+        rows.update(zip(new_ids, embeddings.detach().float().to(self.device), strict=True))
+        ids = list(rows)
+        return UserTable(ids, torch.cat([torch.stack([rows[u] for u in ids]), self.embeddings[-1:]]))
+
+    def to(self, device: torch.device | str) -> UserTable:
+        self.embeddings = self.embeddings.to(device)
+        return self
+
+    def save(self, folder: str | Path) -> None:
+        """``users.safetensors`` (the (N + 1) x D table) and ``users.json`` (the N ids, in row order)."""
+        folder = Path(folder)
+        save_file({"embeddings": self.embeddings.cpu().contiguous()}, str(folder / USERS_WEIGHTS))
+        (folder / USERS_IDS).write_text(json.dumps(self.user_ids) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> UserTable:
+        folder = Path(folder)
+        return cls(json.loads((folder / USERS_IDS).read_text()), load_file(str(folder / USERS_WEIGHTS))["embeddings"])

@@ -1,0 +1,99 @@
+"""``icg export`` + ``CoverGenerator``: a stage-3 checkpoint becomes a folder that alone makes covers (issue 12)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from icg.ckpt import CheckpointError
+from icg.cli import main
+from icg.errors import UserError
+from icg.generation import CoverGenerator
+from icg.generation.export import CONFIG, EXPORT_FILES, USERS_IDS, ExportError
+from tests.conftest import TINY, only_ckpt, run_cli
+
+
+@pytest.fixture(scope="module")
+def stage3_ckpt(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage3")
+    run_cli("fit", "--config", TINY / "stage3_alignment.yaml", "--data.root", tiny_platform,
+            "--model.init_args.preference_ckpt", tiny_stage1_ckpt, "--model.init_args.rewards_ckpt", tiny_stage2_ckpt,
+            "--model.init_args.guidance_scale", "2.0", "--model.init_args.strength", "0.5",
+            "--trainer.default_root_dir", out)  # fmt: skip
+    return only_ckpt(out)
+
+
+@pytest.fixture(scope="module")
+def exported(stage3_ckpt, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export") / "icg"
+    run_cli("export", "--stage3_ckpt", stage3_ckpt, "--out", folder)
+    return folder
+
+
+def test_export_folder_is_self_contained(exported, stage3_ckpt, tiny_platform, tiny_stage1_ckpt):
+    assert sorted(p.name for p in exported.iterdir()) == sorted(EXPORT_FILES)
+    config = json.loads((exported / CONFIG).read_text())
+    assert config["sampler"] == {"num_steps": 4, "guidance_scale": 2.0, "strength": 0.5, "image_size": 32, "seed": 0}
+    assert config["users"]["count"] == len(json.loads((exported / USERS_IDS).read_text())) == 30
+    assert config["provenance"]["stage3_ckpt"] == str(stage3_ckpt.resolve())
+    # Nothing of stage 1 or 2 is needed to generate: hide both and load.
+    hidden = tiny_stage1_ckpt.with_suffix(".hidden")
+    shutil.move(tiny_stage1_ckpt, hidden)
+    try:
+        gen = CoverGenerator.from_pretrained(exported)
+        users = json.loads((exported / USERS_IDS).read_text())[:2]
+        refs = sorted((tiny_platform / "images").glob("*.png"))[:2]
+        covers = gen(users, ["Red star on a dark backdrop", "Blue circle, striped"], refs, seed=3)
+    finally:
+        shutil.move(hidden, tiny_stage1_ckpt)
+    assert len(covers.images) == 2 and covers.images[0].size == (32, 32)
+    assert covers.fallback == [False, False]
+    again = gen(users[::-1], ["Blue circle, striped", "Red star on a dark backdrop"], refs[::-1], seed=3)
+    assert list(again.images[1].getdata()) == list(covers.images[0].getdata())  # per pair, whatever the order
+
+
+def test_unknown_user_gets_the_fallback_and_says_so(exported, tiny_platform, caplog):
+    gen = CoverGenerator.from_pretrained(exported)
+    refs = sorted((tiny_platform / "images").glob("*.png"))[:1]
+    with caplog.at_level("WARNING"):
+        covers = gen(["someone-new"], ["A title"], refs, output_type="pt")
+    assert covers.fallback == [True] and "someone-new" in caplog.text
+    assert covers.images.shape == (1, 3, 32, 32)
+
+
+def test_export_refuses_other_stages_and_incomplete_folders(exported, stage3_ckpt, tiny_stage1_ckpt, tmp_path):
+    with pytest.raises(CheckpointError, match="'preference' stage.*'alignment' stage checkpoint"):
+        main(["export", "--stage3_ckpt", str(tiny_stage1_ckpt), "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    (broken / "negative.safetensors").unlink()
+    with pytest.raises(ExportError, match="lacks negative.safetensors"):
+        CoverGenerator.from_pretrained(broken)
+    with pytest.raises(ExportError, match="exists and is not empty.*--overwrite"):
+        main(["export", "--stage3_ckpt", str(stage3_ckpt), "--out", str(exported)])
+    with pytest.raises(UserError, match="tiny one built from config"):
+        CoverGenerator.from_pretrained(exported, mllm=str(tmp_path))
+
+
+def test_overwrite_replaces_an_export_and_never_a_foreign_folder(stage3_ckpt, exported, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    before = (copy / "conditioner.safetensors").read_bytes()
+    run_cli("export", "--stage3_ckpt", stage3_ckpt, "--out", copy, "--overwrite", "true")
+    assert (copy / "conditioner.safetensors").read_bytes() == before
+    assert not list(tmp_path.glob(".copy*"))  # no temporary folder left behind
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not an icg export"):
+        main(["export", "--stage3_ckpt", str(stage3_ckpt), "--out", str(foreign), "--overwrite", "true"])
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_export_onto_another_base_model_folder(stage3_ckpt, tmp_path):
+    """base_model= replaces the recorded diffusion folder; a tiny (folderless) base refuses with the key named."""
+    with pytest.raises(UserError, match="base_model=.*tiny one built from config"):
+        main(["export", "--stage3_ckpt", str(stage3_ckpt), "--out", str(tmp_path / "e"), "--base_model", "/x"])
+    assert torch.load(stage3_ckpt, weights_only=True)["icg"]["diffusion"]["path"] is None
