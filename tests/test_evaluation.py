@@ -131,9 +131,9 @@ def test_gallery_references_existing_images(tmp_path):
     write_report(report, tmp_path, grid=grid, tensorboard=False)
     page = (tmp_path / "gallery.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) == 2 * 3 * 3  # users x items x (reference + 2 methods)
+    assert len(sources) == 3 + 2 * 3 * 2  # one reference per item + users x items x 2 methods
     assert all((tmp_path / s).is_file() for s in sources)
-    assert page.count("<tr>") == 1 + 2  # header + one row per user
+    assert page.count("<tr>") == 2 + 2  # two header rows + one row per user
     assert "title &lt;0&gt;" in page  # titles are escaped
 
 

@@ -50,7 +50,7 @@ def test_every_gallery_image_loads_in_chromium(tmp_path):
     report, grid = _fake_report(tmp_path)
     write_report(report, tmp_path / "run", grid=grid, tensorboard=False)
     states = load_states(tmp_path / "run" / "gallery.html", tmp_path)
-    assert len(states) == 2 * 3 * 3
+    assert len(states) == 3 + 2 * 3 * 2  # a reference per item + users x items x methods
     assert all(state == "yes" for _, state in states), [src for src, state in states if state != "yes"]
 
 

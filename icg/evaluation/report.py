@@ -33,6 +33,8 @@ METRIC_TABLE = (
     ("diversity", "personalization", ""),
     ("downstream_auc", "recommendation", "+"),
     ("downstream_gauc", "recommendation", "+"),
+    ("downstream_auc_logged", "recommendation", ""),
+    ("downstream_gauc_logged", "recommendation", ""),
 )
 METRICS = tuple(key for key, _, _ in METRIC_TABLE)
 REQUIRED_KEYS = ("stage1", "methods", "lift", "relevance_drop", "minutes")
@@ -84,7 +86,9 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"Sample: {sample['held_out_pairs']} held-out pairs of {sample['users']} users; diversity on a "
             f"{sample['grid'][0]} users x {sample['grid'][1]} items grid; downstream AUC/GAUC on "
             f"{sample['downstream_rows']} candidates of {sample['downstream_users']} users "
-            f"({sample['downstream_negatives_per_positive']} negatives per positive)."
+            f"({sample['downstream_negatives_per_positive']} negatives per positive), clicks drawn from the oracle "
+            f"on the covers shown ({sample.get('downstream_impressions', '?')} impressions each; *_logged: the logged "
+            "clicks on the original covers)."
         )
     if report.get("unavailable"):
         lines += ["", "Unavailable:"] + [f"- {key}: {why}" for key, why in report["unavailable"].items()]

@@ -11,8 +11,14 @@ scores them and writes ``report.json``, ``report.md``, ``gallery.html`` and Tens
   the stage-1 model that served as reward (so the optimized model is not the grader); on the synthetic platform the
   oracle's true click probability; the stage-2 preference reward (the optimized one, shown for reference);
   similarity to the user's clicked covers; diversity across users for the same item;
-* downstream recommendation: AUC/GAUC of the evaluator when each candidate's cover is replaced by the method's cover
-  for that (user, candidate) -- on a sample of users and candidates, since every candidate needs a generated cover.
+* downstream recommendation: AUC/GAUC of the evaluator (the platform's click model, trained on the logged data) when
+  each candidate's cover is the method's cover for that (user, candidate) -- on a sample of users and candidates,
+  since every candidate needs a generated cover. The labels are the clicks the user would make on the covers shown:
+  on the synthetic platform each (user, candidate, cover) is shown ``downstream_impressions`` times and clicks are
+  drawn from the oracle (counterfactual, ``downstream_auc``/``gauc``). Logged clicks were caused by the *original*
+  covers (a held-out positive is an item whose original cover the user clicked), so against them every regenerated
+  cover can only lose signal; they are reported apart (``downstream_auc_logged``/``gauc_logged``) as a measure of
+  fidelity to the original cover, and are all that real data offers (docs/evaluation.md, "Downstream").
 
 A metric whose weights are absent is ``null`` in JSON with a reason under ``unavailable``; it is never faked.
 """
@@ -193,6 +199,9 @@ def _unavailable(bundle, names, clip, lpips, oracle, have_relevance) -> dict[str
         missing["lpips_reference"] = "no LPIPS backbone weights given (lpips_backbone); nothing is downloaded"
     if oracle is None:
         missing["true_click_prob"] = "no hidden truth: only the synthetic platform has an oracle"
+        missing["downstream_auc"] = missing["downstream_gauc"] = (
+            "needs the clicks users would make on the covers shown (the synthetic platform's oracle); see *_logged"
+        )
     return missing
 
 
@@ -222,6 +231,7 @@ def evaluate(
     grid_items: int = 4,
     downstream_users: int = 10,
     downstream_negatives: int = 4,
+    downstream_impressions: int = 20,
     treatment: str = "icg",
     baseline: str = "title_only",
     reward_names: tuple[str, str, str] = ("aesthetic", "relevance", "preference"),
@@ -231,6 +241,7 @@ def evaluate(
     seed: int = 0,
     started_at: float | None = None,
     tensorboard: bool = True,
+    mode: str = "",
 ) -> dict[str, Any]:
     """Score every method on held-out pairs and write ``report.json``, ``report.md``, ``gallery.html``.
 
@@ -254,6 +265,8 @@ def evaluate(
         grid_items: items of the gallery grid (each generated for every grid user).
         downstream_users: users whose test candidates get generated covers for the downstream AUC/GAUC.
         downstream_negatives: sampled negatives per held-out positive kept for the downstream AUC/GAUC.
+        downstream_impressions: times each downstream (user, candidate, cover) is shown to the oracle's simulated
+            user (clicks drawn with common random numbers across methods, seeded).
         treatment: the method whose lift is reported (ICG).
         baseline: the method the lift and the relevance drop are relative to (title-only).
         reward_names: names of the aesthetic, relevance and preference rewards in the bundle.
@@ -263,6 +276,7 @@ def evaluate(
         seed: seed of the user sample, the evaluator and the bootstrap.
         started_at: ``time.time()`` when the whole run began (``minutes`` counts from it; default: this call).
         tensorboard: also write the table as TensorBoard hparams under ``out_dir/tensorboard``.
+        mode: one sentence for the gallery's legend on how the methods start their covers.
 
     Returns:
         the report dict (see docs/evaluation.md): ``stage1``, ``evaluator``, ``methods``, ``reference_covers``,
@@ -357,6 +371,8 @@ def evaluate(
     batch_down = pairs_batch(dm, down_pairs)
     down_click = torch.tensor([float(r["click"]) for r in down_rows])
     down_group = torch.tensor([int(r["user_idx"]) for r in down_rows])
+    # One uniform draw per (impression, candidate), shared by every method: click = draw < P(click | cover).
+    impressions = torch.rand(downstream_impressions, len(down_rows), generator=torch.Generator().manual_seed(seed + 2))
     table, per_pair, grid_scores = {}, {}, {}
     for name in ["reference", *methods]:
         images = covers_of(name, main_pairs, batch_main)
@@ -375,12 +391,8 @@ def evaluate(
         if len(grid_u) >= 2:
             by_item = [grid_images[[k for k, (_, i) in enumerate(grid_pairs) if i == item]] for item in grid_i]
             row["diversity"] = float(np.mean([mean_pairwise_dissimilarity(x) for x in by_item]))
-        metrics = ClickMetrics()
-        with torch.no_grad():
-            logits = evaluator(covers_of(name, down_pairs, batch_down), evaluator_users[batch_down["user_idx"]])
-        metrics.update(logits, down_click, down_group)
-        values = metrics.compute()
-        row["downstream_auc"], row["downstream_gauc"] = float(values["auc"]), float(values["gauc"])
+        row.update(_downstream(evaluator, evaluator_users, oracle, covers_of(name, down_pairs, batch_down), batch_down,
+                               down_click, down_group, impressions))  # fmt: skip
         table[name] = {metric: row.get(metric) for metric in METRICS}
 
     unavailable = _unavailable(bundle, names, clip, lpips, oracle, relevance_score is not None)
@@ -420,6 +432,7 @@ def evaluate(
             "downstream_users": len(users[:downstream_users]),
             "downstream_rows": len(down_rows),
             "downstream_negatives_per_positive": min(per_row, 1 + downstream_negatives) - 1,
+            "downstream_impressions": downstream_impressions if oracle is not None else 0,
             "seed": seed,
         },
         "generation_seconds": timings,
@@ -433,9 +446,52 @@ def evaluate(
         "pairs": grid_pairs,
         "covers": {name: covers_of(name, grid_pairs, batch_grid) for name in ["reference", *methods]},
         "scores": grid_scores,
+        "user_notes": _user_notes(data_root),
+        "mode": mode,
     }
     write_report(report, out, grid=grid, tensorboard=tensorboard)
     return report
+
+
+@torch.no_grad()
+def _downstream(evaluator, evaluator_users, oracle, covers, batch, logged_click, group, impressions) -> dict:
+    """Downstream AUC/GAUC of the evaluator on these covers: against logged clicks, and (with an oracle) against the
+    clicks the user would make on these very covers (``impressions``: R x N uniform draws)."""
+    logits = evaluator(covers, evaluator_users[batch["user_idx"]])
+    metrics = ClickMetrics()
+    metrics.update(logits, logged_click, group)
+    logged = metrics.compute()
+    out = {"downstream_auc_logged": float(logged["auc"]), "downstream_gauc_logged": float(logged["gauc"])}
+    if oracle is not None:
+        probs = oracle(covers, oracle.user_index(batch["user_id"], "fallback")).float().cpu()
+        clicks = (impressions < probs).float()  # R x N
+        repeats = clicks.shape[0]
+        metrics = ClickMetrics()
+        metrics.update(logits.repeat(repeats), clicks.reshape(-1), group.repeat(repeats))
+        values = metrics.compute()
+        out |= {"downstream_auc": float(values["auc"]), "downstream_gauc": float(values["gauc"])}
+    return out
+
+
+def _user_notes(data_root: str | Path) -> dict[str, dict[str, Any]]:
+    """Each user's hidden taste in words and colours, for the gallery (synthetic platform only; else empty)."""
+    import json
+
+    from icg.data.oracle import TRUTH_DIR, TRUTH_JSON
+
+    path = Path(data_root) / TRUTH_DIR / TRUTH_JSON
+    if not path.is_file():
+        return {}
+    truth = json.loads(path.read_text())
+    rgb = {c["name"]: c["rgb"] for c in truth.get("palette", [])}
+    return {
+        u["user_id"]: {
+            "likes": [(c, rgb.get(c, [0.5] * 3)) for c in u.get("likes", [])],
+            "dislikes": [(c, rgb.get(c, [0.5] * 3)) for c in u.get("dislikes", [])],
+            "brightness": u.get("brightness"),
+        }
+        for u in truth.get("users", [])
+    }
 
 
 def _history_features(dm: ICGDataModule, evaluator: PreferenceModel, history: torch.Tensor):
@@ -521,6 +577,14 @@ def evaluate_checkpoints(
     if icg.mode_strength < 1:  # reference-guided: also show what ICG does from pure noise
         methods["icg_from_noise"] = AlignmentMethod(icg.generator, strength=1.0)
     rewards = rewards_ckpt or icg.generator.provenance.get("rewards_ckpt")
+    strength = icg.mode_strength
+    mode = (
+        f"Every method starts each cover from the item's reference cover noised to strength {strength:g} "
+        "(reference-guided), with the same noise per (user, item)"
+        + ("; ICG from noise starts from pure noise." if strength < 1 else ".")
+        if strength < 1
+        else "Every method starts each cover from pure noise, the same noise per (user, item)."
+    )
     return evaluate(
         data_root,
         stage1_ckpt,
@@ -537,6 +601,7 @@ def evaluate_checkpoints(
         downstream_negatives=downstream_negatives,
         seed=seed,
         started_at=started_at,
+        mode=mode,
     )
 
 
