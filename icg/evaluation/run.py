@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from icg.data.datamodule import ICGDataModule
 from icg.data.oracle import Oracle
+from icg.evaluation.covers import write_held_out_covers
 from icg.evaluation.lpips import LPIPS
 from icg.evaluation.methods import AlignmentMethod, CoverMethod, TitleOnlyMethod
 from icg.evaluation.metrics import (
@@ -47,6 +48,7 @@ from icg.models.image_encoders import TinyImageEncoder
 from icg.models.preference import PreferenceModel
 from icg.models.rewards.base import RewardContext
 from icg.models.rewards.bundle import RewardBundle, load_reward_bundle
+from icg.study.results import attach_user_appeal
 
 log = logging.getLogger(__name__)
 Pair = tuple[int, int]  # (user_idx, item_idx) in the DataModule's vocabularies
@@ -231,6 +233,7 @@ def evaluate(
     seed: int = 0,
     started_at: float | None = None,
     tensorboard: bool = True,
+    study_db: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score every method on held-out pairs and write ``report.json``, ``report.md``, ``gallery.html``.
 
@@ -263,6 +266,8 @@ def evaluate(
         seed: seed of the user sample, the evaluator and the bootstrap.
         started_at: ``time.time()`` when the whole run began (``minutes`` counts from it; default: this call).
         tensorboard: also write the table as TensorBoard hparams under ``out_dir/tensorboard``.
+        study_db: a blind pairwise study's database (``icg study``): its Bradley-Terry scores become the
+            ``user_appeal`` row (None: unavailable).
 
     Returns:
         the report dict (see docs/evaluation.md): ``stage1``, ``evaluator``, ``methods``, ``reference_covers``,
@@ -434,6 +439,8 @@ def evaluate(
         "covers": {name: covers_of(name, grid_pairs, batch_grid) for name in ["reference", *methods]},
         "scores": grid_scores,
     }
+    report["cover_manifest"] = str(write_held_out_covers(out / "covers", dm, main_pairs, covers))
+    attach_user_appeal(report, study_db)
     write_report(report, out, grid=grid, tensorboard=tensorboard)
     return report
 
@@ -480,6 +487,7 @@ def evaluate_checkpoints(
     downstream_negatives: int = 4,
     seed: int = 0,
     started_at: float | None = None,
+    study_db: str | None = None,
 ) -> dict[str, Any]:
     """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG.
 
@@ -504,6 +512,7 @@ def evaluate_checkpoints(
         downstream_negatives: negatives per held-out positive in that sample.
         seed: seed of the sample.
         started_at: ``time.time()`` when the whole run began (the report's ``minutes`` counts from it).
+        study_db: a blind pairwise study's database over this evaluation's covers (``user_appeal`` row).
     """
     icg = AlignmentMethod.from_checkpoint(stage3_ckpt)
     no_user = AlignmentMethod.from_checkpoint(no_user_ckpt, "own", "no_user_ckpt") if no_user_ckpt else None
@@ -531,6 +540,7 @@ def evaluate_checkpoints(
         downstream_negatives=downstream_negatives,
         seed=seed,
         started_at=started_at,
+        study_db=study_db,
     )
 
 
