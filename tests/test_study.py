@@ -22,7 +22,7 @@ from icg.cover_manifest import ManifestError, read_manifest, resolve_manifest, w
 from icg.lit.callbacks import save_png
 from icg.study.design import StudyDesign, StudyInputError
 from icg.study.results import bradley_terry, study_results
-from icg.study.store import StudyDatabaseError, StudyStore
+from icg.study.store import StudyDatabaseError
 from tests.study_fixtures import METHODS_BEST_FIRST, oracle_means, recoloured_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,9 +177,13 @@ def test_results_count_ties_as_halves_and_resample_raters(study_run, tiny_platfo
     assert 0.0 <= pair["ci_low"] <= pair["a_win_rate"] <= pair["ci_high"] <= 0.5
     assert result["study"]["raters"] == 3 and result["study"]["no_preference_share"] == pytest.approx(1 / 3)
     assert result["bradley_terry"][c.method_b]["rank"] < result["bradley_terry"][c.method_a]["rank"]
-    single = StudyStore(tmp_path / "one.db")
-    load(study_run, tiny_platform, single.path).answer("solo", 1, "left")
-    assert study_results(single.path)["pairs"][0]["ci_low"] is None  # one rater: no CI over raters
+    single = load(study_run, tiny_platform, tmp_path / "one.db")
+    with pytest.raises(StudyDatabaseError, match="no answers yet"):
+        study_results(tmp_path / "one.db")
+    single.answer("solo", single.queue("solo")[0], "left")
+    lone = study_results(tmp_path / "one.db")
+    assert sum(p["answers"] for p in lone["pairs"]) == 1
+    assert all(entry["ci_low"] is None for entry in [*lone["pairs"], *lone["bradley_terry"].values()])  # 1 rater
 
 
 # ------------------------------------------------------------------------------------------------ simulated raters
@@ -298,3 +302,54 @@ def test_a_killed_server_loses_nothing_and_raters_resume(study_run, tiny_platfor
     finally:
         server.terminate()
         server.wait(30)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation side
+def test_evaluation_writes_every_held_out_cover_with_a_manifest(tiny_platform, tmp_path):
+    from icg.data.datamodule import ICGDataModule
+    from icg.evaluation.covers import write_held_out_covers
+
+    dm = ICGDataModule(str(tiny_platform), image_size=32)
+    dm.setup()
+    pairs = [(0, 3), (1, 3), (2, 7)]
+    covers = {"reference": None, **{m: {p: torch.rand(3, 32, 32) for p in pairs} for m in ("title_only", "icg")}}
+    manifest = write_held_out_covers(tmp_path / "covers", dm, pairs, covers)
+    entries = read_manifest(tmp_path)
+    assert manifest == tmp_path / "covers" / "manifest.jsonl" and len(entries) == 2 * 3
+    first = entries[0]
+    assert (first.user_id, first.item_id, first.method) == (dm.user_ids[0], dm.catalogue.item_ids[3], "title_only")
+    assert first.title == dm.catalogue.titles[3]
+    stored = torch.from_numpy(np.asarray(__import__("PIL.Image").Image.open(first.file), dtype=np.float32) / 255)
+    torch.testing.assert_close(stored.permute(2, 0, 1), covers["title_only"][(0, 3)], atol=1 / 255, rtol=0)
+    assert len(StudyDesign.from_manifest(tmp_path).comparisons) == 3  # one per pair: title_only vs icg
+
+
+def test_user_appeal_row_in_the_evaluation_report(tiny_platform, tmp_path):
+    from icg.evaluation.report import format_markdown, write_report
+    from icg.study.results import attach_user_appeal
+    from tests.test_evaluation import _fake_report
+
+    rows = [({"user_id": f"u000{k}", "item_id": "i00001", "method": m}, torch.rand(3, 8, 8)) for k in range(3)
+            for m in ("title_only", "icg")]  # fmt: skip
+    manifest = write_manifest_folder(tmp_path / "run" / "covers", rows, save_png)
+    s = load(tmp_path / "run", tiny_platform, tmp_path / "s.db")
+    for rater in ("r1", "r2"):
+        for cid in s.queue(rater):
+            left, _ = s.design.sides(rater, cid)
+            s.answer(rater, cid, "left" if left == "icg" else "right")  # everyone prefers icg
+
+    report, grid = _fake_report(tmp_path)
+    attach_user_appeal(report, None)
+    assert "study database" in report["unavailable"]["user_appeal"]
+    report["cover_manifest"] = str(manifest)
+    attach_user_appeal(report, tmp_path / "s.db")
+    assert report["methods"]["icg"]["user_appeal"] > 0 > report["methods"]["title_only"]["user_appeal"]
+    assert report["user_appeal"]["same_covers"] is True and report["user_appeal"]["answers"] == 6
+    write_report(report, tmp_path / "out", grid=grid, tensorboard=False)
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["methods"]["icg"]["user_appeal"] == report["methods"]["icg"]["user_appeal"]
+    row = next(line for line in format_markdown(report).splitlines() if "| user_appeal" in line)
+    assert row.startswith("| user appeal | user_appeal ↑ | -1.2") and "| 1.2" in row  # title_only, icg columns
+    save_png(torch.rand(3, 8, 8), next((tmp_path / "run" / "covers" / "icg").iterdir()))  # other covers now
+    attach_user_appeal(report, tmp_path / "s.db")
+    assert report["user_appeal"]["same_covers"] is False

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from icg.study.store import StudyStore
+from icg.study.store import StudyDatabaseError, StudyStore
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "study_results"
@@ -96,6 +96,8 @@ def study_results(
     meta = store.meta()
     methods = json.loads(meta["methods"])
     answers = store.answers()
+    if not answers:
+        raise StudyDatabaseError(f"{db}: no answers yet; run the study (icg study serve) or simulate raters first")
     raters, wins, ties = tally(answers, methods)
     points = wins + 0.5 * ties  # R x M x M
     games = wins + np.swapaxes(wins, 1, 2) + ties
@@ -146,7 +148,7 @@ def study_results(
             "comparisons": store.comparison_count(),
             "answers": len(answers),
             "raters": len(raters),
-            "no_preference_share": float(np.mean([a["choice"] == "none" for a in answers])) if answers else None,
+            "no_preference_share": float(np.mean([a["choice"] == "none" for a in answers])),
         },
         "settings": {"bootstrap_samples": bootstrap_samples, "confidence": confidence, "seed": seed, "prior": prior},
         "pairs": pairs,

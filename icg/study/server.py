@@ -20,7 +20,11 @@ from icg.errors import UserError
 LOOPBACK = "127.0.0.1"
 
 
-class PortInUseError(UserError, OSError):
+class ListenError(UserError, OSError):
+    """The server cannot listen where asked (a bad host or port)."""
+
+
+class PortInUseError(ListenError):
     """The port asked for is taken; the message suggests ``--port``."""
 
 
@@ -29,7 +33,10 @@ def bind(host: str = LOOPBACK, port: int = 8000) -> socket.socket:
 
     Raises:
         PortInUseError: another process listens there.
+        ListenError: any other reason the socket cannot be bound (port out of range, unknown host, no permission).
     """
+    if not 0 <= port <= 65535:
+        raise ListenError(f"--port {port}: a port is a number from 0 to 65535 (e.g. --port 8000)")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a listener still fails; TIME_WAIT leftovers do not
     try:
@@ -40,7 +47,7 @@ def bind(host: str = LOOPBACK, port: int = 8000) -> socket.socket:
             raise PortInUseError(
                 f"port {port} on {host} is in use (another server?); pick a free one with --port {port + 1}"
             ) from None
-        raise
+        raise ListenError(f"cannot listen on {host}:{port} ({err.strerror or err}); check --host and --port") from None
     sock.listen(128)
     return sock
 

@@ -31,6 +31,7 @@ from icg.study.design import CHOICES, StudyDesign
 FORMAT = "icg-study"
 VERSION = 1
 BUSY_TIMEOUT_S = 30.0
+WHAT_A_STUDY_DB_IS = "a study database is the --db file of `icg study serve` (a new path starts a new study)"
 SCHEMA = """
 CREATE TABLE study_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE comparisons (
@@ -171,20 +172,17 @@ class StudyStore:
             with self.connection() as db:
                 return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as err:
-            raise StudyDatabaseError(f"{self.path}: not an SQLite database ({err}); give a new --db path") from None
+            raise StudyDatabaseError(f"{self.path}: not an SQLite database ({err}); {WHAT_A_STUDY_DB_IS}") from None
 
     def meta(self) -> dict[str, str]:
         """The ``study_meta`` table; raises StudyDatabaseError when the file is not an icg study database."""
         names = self._tables()
         if not {"study_meta", "comparisons", "answers"} <= names:
             raise StudyDatabaseError(
-                f"{self.path}: an SQLite database but not an icg study (tables {sorted(names)}); give a new --db path"
+                f"{self.path}: an SQLite database but not an icg study (tables {sorted(names)}); {WHAT_A_STUDY_DB_IS}"
             )
-        try:
-            with self.connection() as db:
-                meta = dict(db.execute("SELECT key, value FROM study_meta").fetchall())
-        except sqlite3.DatabaseError as err:
-            raise StudyDatabaseError(f"{self.path}: not an SQLite database ({err}); give a new --db path") from None
+        with self.connection() as db:
+            meta = dict(db.execute("SELECT key, value FROM study_meta").fetchall())
         if meta.get("format") != FORMAT:
             raise StudyDatabaseError(f"{self.path}: format {meta.get('format')!r}, not an {FORMAT!r} database")
         if int(meta.get("version", 0)) > VERSION:
