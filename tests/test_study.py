@@ -24,6 +24,7 @@ from icg.study.design import StudyDesign, StudyInputError
 from icg.study.results import bradley_terry, study_results
 from icg.study.store import StudyDatabaseError
 from tests.study_fixtures import METHODS_BEST_FIRST, oracle_means, recoloured_run
+from tests.test_evaluation import tiny_methods  # noqa: F401  (a fixture: the tiny title-only, no-user and ICG)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -353,3 +354,31 @@ def test_user_appeal_row_in_the_evaluation_report(tiny_platform, tmp_path):
     save_png(torch.rand(3, 8, 8), next((tmp_path / "run" / "covers" / "icg").iterdir()))  # other covers now
     attach_user_appeal(report, tmp_path / "s.db")
     assert report["user_appeal"]["same_covers"] is False
+
+
+@pytest.mark.slow
+def test_a_study_over_an_evaluation_run_comes_back_as_its_user_appeal_row(
+    tiny_platform,
+    tiny_stage1_ckpt,
+    tiny_stage2_ckpt,
+    tiny_methods,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    from icg.evaluation.run import evaluate
+
+    settings = dict(rewards=tiny_stage2_ckpt, image_size=32, eval_candidates=10, num_users=4, grid_users=2,
+                    grid_items=2, downstream_users=2, downstream_negatives=1, evaluator_epochs=1, batch_size=4,
+                    bootstrap_samples=50, tensorboard=False)  # fmt: skip
+    first = evaluate(tiny_platform, tiny_stage1_ckpt, tiny_methods, tmp_path / "run", **settings)
+    assert "user_appeal" in first["unavailable"]
+    db = tmp_path / "study.db"
+    code, out, _ = study(
+        ["simulate", tmp_path / "run", "--data_root", tiny_platform, "--db", db, "--raters", 3], capsys
+    )
+    assert code == 0 and f"{3 * 3 * first['sample']['held_out_pairs']} answers stored" in out  # 3 method pairs each
+    again = evaluate(tiny_platform, tiny_stage1_ckpt, tiny_methods, tmp_path / "again", study_db=db, **settings)
+    assert again["user_appeal"]["same_covers"] is True  # regenerated covers are byte-identical to the rated ones
+    assert again["user_appeal"]["raters"] == 3 and "user_appeal" not in again["unavailable"]
+    scores = [again["methods"][m]["user_appeal"] for m in ("title_only", "icg_no_user", "icg")]
+    assert all(isinstance(v, float) for v in scores) and sum(scores) == pytest.approx(0.0, abs=1e-9)
