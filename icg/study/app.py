@@ -73,7 +73,7 @@ class Study:
         if choice not in CHOICES:
             raise StudyInputError(f"choice {choice!r}: expected one of {', '.join(CHOICES)}")
         if comparison_id not in self.queue(rater):
-            raise StudyInputError(f"comparison {comparison_id} is not one of rater {rater!r}'s screens")
+            raise StudyInputError(f"comparison {comparison_id} is not among the screens of rater {rater!r}")
         if seconds is not None and not 0 <= seconds < 86400:
             seconds = None
         return self.store.record(rater, comparison_id, self.design.sides(rater, comparison_id), choice, seconds)
