@@ -65,9 +65,9 @@ def _positive(name: str, value: int | float | None) -> None:
 
 def load_study(run: Path, data_root: Path, db: Path, seed: int, pairs_per_rater: int | None, history: int = 8):
     """The study over ``run``'s covers, its database (created or reopened) and its dataset lookups."""
-    from icg.study.app import Study
     from icg.study.catalogue import StudyCatalogue
     from icg.study.design import StudyDesign
+    from icg.study.screens import Study
     from icg.study.store import StudyStore
 
     _positive("pairs_per_rater", pairs_per_rater)

@@ -30,7 +30,7 @@ from PIL import Image
 
 from icg.data.oracle import Oracle
 from icg.errors import UserError
-from icg.study.app import Study
+from icg.study.screens import Study
 
 log = logging.getLogger(__name__)
 
