@@ -230,7 +230,10 @@ def test_pages_never_name_a_method(study_run, tiny_platform, tmp_path):
         images = [urllib.request.urlopen(url + path, timeout=30).read() for path in (screen["left"], screen["right"])]
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"{url}/rate?rater=bad%20id", timeout=30)
-    assert err.value.code == 400
+        with pytest.raises(urllib.error.HTTPError) as start:
+            urllib.request.urlopen(f"{url}/?rater=bad%20id", timeout=30)
+    assert err.value.code == 400 and start.value.code == 400
+    assert "rater id &#39;bad id&#39;: use 1-64 letters" in start.value.read().decode()  # the start page says why
     assert "/cover/" in page and "User u00" in page
     for method in METHODS_BEST_FIRST:
         assert method not in page and method not in json.dumps(screen)

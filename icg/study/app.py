@@ -13,7 +13,6 @@ A rater is identified by ``?rater=`` (kept in a cookie) so a link per rater can 
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from pydantic import BaseModel
 from icg.study.design import StudyInputError, check_rater
 from icg.study.screens import Study
 
-log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 RATER_COOKIE = "icg_rater"
 SIDES = ("left", "right")
@@ -66,20 +64,26 @@ def create_app(study: Study) -> FastAPI:
         response.set_cookie(RATER_COOKIE, rater, max_age=180 * 86400, samesite="lax", httponly=True)
         return response
 
+    def start_page(request: Request, error: str | None = None):
+        context = {"error": error, "screens": study.screens}
+        return templates.TemplateResponse(request, "start.html", context, status_code=400 if error else 200)
+
     @app.get("/")
     def start(request: Request):
-        rater = rater_of(request, required=False)
+        try:
+            rater = rater_of(request, required=False)
+        except HTTPException as err:  # a bad ?rater= link: say why on the start page
+            return start_page(request, err.detail)
         if rater is not None:
             return remember(RedirectResponse("/rate", status_code=303), rater)
-        return templates.TemplateResponse(request, "start.html", {"error": None, "screens": study.screens})
+        return start_page(request)
 
     @app.post("/start")
     def start_form(request: Request, rater: str = Form("")):
         try:
             rater = check_rater(rater)
         except StudyInputError as err:
-            context = {"error": str(err), "screens": study.screens}
-            return templates.TemplateResponse(request, "start.html", context, status_code=400)
+            return start_page(request, str(err))
         return remember(RedirectResponse("/rate", status_code=303), rater)
 
     @app.get("/rate")

@@ -6,15 +6,12 @@ Read once from an icg dataset folder (docs/data.md) for the users and items of a
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from icg.data.schema import INTERACTIONS_TABLE, ITEM_COLUMNS, ITEMS_TABLE, read_table, table_path
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
