@@ -15,7 +15,7 @@ $(BIN)/icg: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first: an open range would otherwise pull a multi-GB CUDA build.
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,lora]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,lora,study]'
 	touch $@
 
 install: $(BIN)/icg
@@ -26,9 +26,12 @@ test: install
 test-full: install browser
 	$(BIN)/pytest -q -m "not gpu and not slurm and not parity"
 
-# Headless Chromium (Debian's package) opens the demo gallery; installed here, not at import time.
-browser:
-	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+# Headless Chromium (Debian's package) opens the demo gallery and drives the study app through Debian's
+# chromedriver + selenium; installed here, not at import time, and no tool downloads a browser of its own.
+browser: install
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+	$(BIN)/python -c "import selenium" 2>/dev/null || $(BIN)/pip install -q -c constraints.txt -e '.[browser]'
 
 test-browser: install browser
 	$(BIN)/pytest -q -m browser

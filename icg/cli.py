@@ -18,11 +18,13 @@ from icg.data.datamodule import ICGDataModule
 DATA_COMMAND = "data"
 EVALUATE_COMMAND = "evaluate"
 EXPORT_COMMAND = "export"
+STUDY_COMMAND = "study"
 
 OVERVIEW = """usage: icg {fit,validate,test,predict} [--config YAML ...] [options]
        icg data {synth,validate,stats,convert} ...
        icg evaluate --data_root DIR --stage1_ckpt CKPT --stage3_ckpt CKPT --base_model DIR [...]
        icg export --stage3_ckpt CKPT --out DIR [--base_model DIR] [--mllm DIR]
+       icg study {serve,results,simulate} ...
 
 Stages (Lightning CLI; --print_config, repeated --config stacking, --help on each):
   fit        train a stage: preference (1), rewards (2), alignment (3)
@@ -38,6 +40,7 @@ Data:
 
 Evaluation:
   evaluate        score held-out (user, item) pairs on the paper's axes against the baselines (docs/evaluation.md)
+  study           blind pairwise study of covers: serve, simulate raters, win rates + Bradley-Terry (docs/study.md)
 
 Generation:
   export          a stage-3 checkpoint -> one folder that CoverGenerator.from_pretrained loads (docs/generation.md)
@@ -127,6 +130,10 @@ def main(args: list[str] | None = None) -> int:
         from icg.generation.commands import run_export
 
         return run_export(words[1:])
+    if words and words[0] == STUDY_COMMAND:
+        from icg.study.commands import run_study_command
+
+        return run_study_command(words[1:])
     if not words or words[0] in ("-h", "--help"):
         sys.stdout.write(OVERVIEW)
         return 0

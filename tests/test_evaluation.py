@@ -247,3 +247,8 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_platform, tiny_stage1_ckpt, tin
     page = (tmp_path / "gallery.html").read_text()
     assert all((tmp_path / s).is_file() for s in re.findall(r'<img src="([^"]+)"', page))
     assert report["methods"]["icg"] == data["methods"]["icg"]
+    from icg.cover_manifest import read_manifest
+
+    covers = read_manifest(data["cover_manifest"])  # every held-out pair's cover per method, for `icg study`
+    assert len(covers) == 3 * 6 and {e.method for e in covers} == {"title_only", "icg_no_user", "icg"}
+    assert data["methods"]["icg"]["user_appeal"] is None and "user_appeal" in data["unavailable"]

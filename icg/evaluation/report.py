@@ -35,6 +35,7 @@ METRIC_TABLE = (
     ("downstream_gauc", "recommendation", "+"),
     ("downstream_auc_logged", "recommendation", ""),
     ("downstream_gauc_logged", "recommendation", ""),
+    ("user_appeal", "user appeal", "+"),
 )
 METRICS = tuple(key for key, _, _ in METRIC_TABLE)
 REQUIRED_KEYS = ("stage1", "methods", "lift", "relevance_drop", "minutes")
@@ -80,6 +81,12 @@ def format_markdown(report: dict[str, Any]) -> str:
     else:
         lines.append("Lift in true click probability: unavailable.")
     lines.append(f"Relevance drop (1 - title-match accuracy ratio): {_fmt(report.get('relevance_drop'))}.")
+    appeal = report.get("user_appeal")
+    if appeal:
+        lines.append(
+            f"User appeal: Bradley-Terry scores of a blind pairwise study ({appeal['answers']} answers of "
+            f"{appeal['raters']} raters, {appeal['study_db']}; same covers as this run: {appeal['same_covers']})."
+        )
     sample = report.get("sample")
     if sample:
         lines.append(

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from icg.data.datamodule import ICGDataModule
 from icg.data.oracle import Oracle
+from icg.evaluation.covers import write_held_out_covers
 from icg.evaluation.lpips import LPIPS
 from icg.evaluation.methods import AlignmentMethod, CoverMethod, TitleOnlyMethod
 from icg.evaluation.metrics import (
@@ -53,6 +54,7 @@ from icg.models.image_encoders import TinyImageEncoder
 from icg.models.preference import PreferenceModel
 from icg.models.rewards.base import RewardContext
 from icg.models.rewards.bundle import RewardBundle, load_reward_bundle
+from icg.study.results import attach_user_appeal
 
 log = logging.getLogger(__name__)
 Pair = tuple[int, int]  # (user_idx, item_idx) in the DataModule's vocabularies
@@ -242,6 +244,7 @@ def evaluate(
     started_at: float | None = None,
     tensorboard: bool = True,
     mode: str = "",
+    study_db: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score every method on held-out pairs and write ``report.json``, ``report.md``, ``gallery.html``.
 
@@ -277,6 +280,8 @@ def evaluate(
         started_at: ``time.time()`` when the whole run began (``minutes`` counts from it; default: this call).
         tensorboard: also write the table as TensorBoard hparams under ``out_dir/tensorboard``.
         mode: one sentence for the gallery's legend on how the methods start their covers.
+        study_db: a blind pairwise study's database (``icg study``): its Bradley-Terry scores become the
+            ``user_appeal`` row (None: unavailable).
 
     Returns:
         the report dict (see docs/evaluation.md): ``stage1``, ``evaluator``, ``methods``, ``reference_covers``,
@@ -449,6 +454,8 @@ def evaluate(
         "user_notes": _user_notes(data_root),
         "mode": mode,
     }
+    report["cover_manifest"] = str(write_held_out_covers(out / "covers", dm, main_pairs, covers))
+    attach_user_appeal(report, study_db)
     write_report(report, out, grid=grid, tensorboard=tensorboard)
     return report
 
@@ -536,6 +543,7 @@ def evaluate_checkpoints(
     downstream_negatives: int = 4,
     seed: int = 0,
     started_at: float | None = None,
+    study_db: str | None = None,
 ) -> dict[str, Any]:
     """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG (and, when ICG is
     reference-guided, ICG from pure noise); every method in ICG's mode.
@@ -561,6 +569,7 @@ def evaluate_checkpoints(
         downstream_negatives: negatives per held-out positive in that sample.
         seed: seed of the sample.
         started_at: ``time.time()`` when the whole run began (the report's ``minutes`` counts from it).
+        study_db: a blind pairwise study's database over this evaluation's covers (``user_appeal`` row).
     """
     icg = AlignmentMethod.from_checkpoint(stage3_ckpt)
     no_user = AlignmentMethod.from_checkpoint(no_user_ckpt, "own", "no_user_ckpt") if no_user_ckpt else None
@@ -602,6 +611,7 @@ def evaluate_checkpoints(
         seed=seed,
         started_at=started_at,
         mode=mode,
+        study_db=study_db,
     )
 
 

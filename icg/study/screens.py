@@ -1,0 +1,90 @@
+"""A study being run: each rater's screens in order, what a screen shows, and recording an answer.
+
+The blind pairwise study of ICG's covers (Bian et al., EMNLP 2025, user appeal) as plain Python: the web app
+(``app.py``) and the simulated raters (``simulate.py``) both go through :class:`Study`, so they share every rule
+(a rater's queue, their left/right arrangement, one answer per screen). No web framework is imported here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from icg.study.catalogue import StudyCatalogue
+from icg.study.design import CHOICES, StudyDesign, StudyInputError
+from icg.study.store import StudyStore
+
+
+@dataclass
+class Study:
+    """A study being run: its design, its database and the dataset its screens draw on.
+
+    Args:
+        design: comparisons, covers, per-rater order and sides.
+        store: the answers database.
+        catalogue: titles, reference covers and click histories.
+        pairs_per_rater: screens per rater (None: every comparison).
+    """
+
+    design: StudyDesign
+    store: StudyStore
+    catalogue: StudyCatalogue
+    pairs_per_rater: int | None = None
+
+    @property
+    def screens(self) -> int:
+        """Screens per rater."""
+        total = len(self.design.comparisons)
+        return min(self.pairs_per_rater, total) if self.pairs_per_rater else total
+
+    def queue(self, rater: str) -> list[int]:
+        """The comparison ids ``rater`` is to answer, in order."""
+        order = self.design.order(rater)
+        return order[: self.pairs_per_rater] if self.pairs_per_rater else order
+
+    def progress(self, rater: str) -> tuple[int | None, int, int]:
+        """(next comparison id or None when done, answered so far, screens in all) for ``rater``."""
+        queue = self.queue(rater)
+        answered = self.store.answered(rater)
+        upcoming = next((cid for cid in queue if cid not in answered), None)
+        return upcoming, sum(cid in answered for cid in queue), len(queue)
+
+    def answer(self, rater: str, comparison_id: int, choice: str, seconds: float | None = None) -> bool:
+        """Record ``rater``'s choice for one of their comparisons; False if it was already answered."""
+        if choice not in CHOICES:
+            raise StudyInputError(f"choice {choice!r}: expected one of {', '.join(CHOICES)}")
+        if comparison_id not in self.queue(rater):
+            raise StudyInputError(f"comparison {comparison_id} is not among the screens of rater {rater!r}")
+        if seconds is not None and not 0 <= seconds < 86400:
+            seconds = None
+        return self.store.record(rater, comparison_id, self.design.sides(rater, comparison_id), choice, seconds)
+
+    def title(self, comparison_id: int) -> str:
+        c = self.design.comparison(comparison_id)
+        manifest_title = self.design.cover(comparison_id, c.method_a).title
+        return manifest_title or self.catalogue.title(c.item_id) or f"item {c.item_id}"
+
+    def reference(self, comparison_id: int) -> Path | None:
+        c = self.design.comparison(comparison_id)
+        entry = self.design.cover(comparison_id, c.method_a)
+        return entry.reference or self.catalogue.image(c.item_id)
+
+    def screen(self, rater: str, comparison_id: int) -> dict[str, Any]:
+        """Everything a screen shows, as URLs and text (no method names)."""
+        c = self.design.comparison(comparison_id)
+        query = f"?rater={rater}"
+        clicks = self.catalogue.recent_clicks(c.user_id, c.item_id)
+        return {
+            "comparison_id": comparison_id,
+            "user_id": c.user_id,
+            "item_id": c.item_id,
+            "title": self.title(comparison_id),
+            "reference": f"/reference/{comparison_id}" if self.reference(comparison_id) else None,
+            "history": [
+                {"title": click.title, "url": f"/history/{comparison_id}/{k}" if click.image else None}
+                for k, click in enumerate(clicks)
+            ],
+            "left": f"/cover/{comparison_id}/left{query}",
+            "right": f"/cover/{comparison_id}/right{query}",
+        }
