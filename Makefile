@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser test test-browser test-full test-slurm test-parity demo lint tensorboard bench bench-gpu clean
+.PHONY: install browser test test-browser test-full test-slurm test-parity demo demo-check demo-seeds lint tensorboard bench bench-gpu clean
 
 $(BIN)/icg: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ test-parity: install
 
 demo: install
 	$(BIN)/python -m icg.demo
+
+# The demo's claims must hold (CI's guard): exit 1 when one breaks.
+demo-check: install
+	$(BIN)/python -m icg.demo --check
+
+# The whole pipeline once per seed (platform included) and the per-seed table with mean and worst case.
+demo-seeds: install
+	$(BIN)/python -m icg.demo --seeds 0 1 2
 
 lint: install
 	$(BIN)/ruff check icg tests benchmarks

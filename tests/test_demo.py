@@ -1,0 +1,49 @@
+"""The demo's claims and per-seed table (icg.demo): each claim can break, the table summarises mean and worst case."""
+
+import copy
+
+from icg.demo import claims, seed_table
+
+
+def report(lift=0.5, low=0.2, drop=0.01, acc_icg=0.93, acc_base=0.94, p_no_user=0.2, p_icg=0.3):
+    row = {"true_click_prob": 0.2, "title_match_acc": acc_base, "ssim_reference": 0.5, "downstream_auc": 0.6}
+    return {
+        "stage1": {"auc": 0.82, "oracle_auc": 0.84},
+        "methods": {
+            "title_only": dict(row),
+            "icg_no_user": dict(row, true_click_prob=p_no_user),
+            "icg": dict(row, true_click_prob=p_icg, title_match_acc=acc_icg),
+        },
+        "reference_covers": {"downstream_auc": 0.66},
+        "lift": {"true_click_prob": lift, "ci_low": low, "ci_high": lift + 0.3},
+        "relevance_drop": drop,
+        "minutes": 12.0,
+    }
+
+
+def verdicts(r):
+    return {c.name: c.ok for c in claims(r)}
+
+
+def test_every_claim_holds_on_a_good_report_and_each_can_break():
+    assert all(verdicts(report()).values())
+    assert not verdicts(report(lift=0.2))["lift"]  # below +25 %
+    assert not verdicts(report(low=-0.01))["lift"]  # CI reaches 0
+    assert not verdicts(report(drop=0.06))["relevance"]
+    assert not verdicts(report(acc_icg=0.89))["title-match"]
+    assert not verdicts(report(acc_base=0.84))["title-match"]
+    assert not verdicts(report(p_no_user=0.3))["ablation"]
+    broken = copy.deepcopy(report())
+    broken["relevance_drop"] = None  # a missing figure never counts as a claim that holds
+    assert not verdicts(broken)["relevance"]
+
+
+def test_seed_table_has_a_row_per_seed_then_mean_and_worst():
+    table = seed_table({0: report(lift=0.5, drop=0.01), 1: report(lift=0.3, drop=0.04, low=-0.1)})
+    lines = table.strip().splitlines()
+    assert len(lines) == 2 + 2 + 2
+    assert lines[2].startswith("| 0 |") and lines[2].endswith("all hold |")
+    assert lines[3].startswith("| 1 |") and "BROKEN: lift" in lines[3]
+    mean, worst = lines[4], lines[5]
+    assert "+40.0%" in mean and "+2.5%" in mean  # mean lift, mean relevance drop
+    assert "+30.0%" in worst and "+4.0%" in worst  # worst lift is the lowest, worst drop the highest
