@@ -101,26 +101,24 @@ class DiffusionComponents:
         return self
 
     def reference_pipeline(self, mode: str = "text2img"):
-        """diffusers' ``StableDiffusionPipeline`` (or, ``mode="img2img"``, ``StableDiffusionImg2ImgPipeline``) over
-        these same components, for inference comparisons only.
+        """diffusers' stock pipeline over these same components: ``StableDiffusionPipeline`` (SDXL-layout UNets:
+        ``StableDiffusionXLPipeline``), or its ``Img2Img`` variant with ``mode="img2img"``.
 
-        No text encoder or tokenizer: call it with ``prompt_embeds`` / ``negative_prompt_embeds``.
+        No text encoder or tokenizer: call it with ``prompt_embeds`` / ``negative_prompt_embeds`` (+ pooled for
+        SDXL), e.g. ``CoverGenerator.pipeline_inputs(...)``. For inference comparisons and diffusers-native use.
         """
-        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+        import diffusers
 
-        pipelines = {"text2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline}
-        if mode not in pipelines:
-            raise ValueError(f"mode must be one of {sorted(pipelines)}, got {mode!r}")
-        pipe = pipelines[mode](
-            vae=self.vae,
-            text_encoder=None,
-            tokenizer=None,
-            unet=self.unet,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        if mode not in ("text2img", "img2img"):
+            raise ValueError(f"mode must be 'text2img' or 'img2img', got {mode!r}")
+        xl = self.pooled_dim is not None
+        name = "StableDiffusion" + ("XL" if xl else "") + ("Img2Img" if mode == "img2img" else "") + "Pipeline"
+        parts = dict(vae=self.vae, text_encoder=None, tokenizer=None, unet=self.unet, scheduler=self.scheduler)
+        if xl:
+            parts |= dict(text_encoder_2=None, tokenizer_2=None)
+        else:
+            parts |= dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = getattr(diffusers, name)(**parts)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

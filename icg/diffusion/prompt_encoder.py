@@ -73,7 +73,9 @@ class PromptEncoder(nn.Module):
         titles = list(titles)
         if self.tokenizer is None:
             states, mask = self.encoder(titles)[:2]
-            return Conditioning(states, mask.long())
+            # No mask where nothing is padding (an encoder with padding="attended"): the UNet call, and a stock
+            # diffusers pipeline given these states as prompt_embeds, then compute exactly the same thing.
+            return Conditioning(states, None if bool(mask.all()) else mask.long())
         device = next(self.encoder.parameters()).device
         ids = self.tokenizer(
             titles,

@@ -344,6 +344,64 @@ class CoverGenerator:
             fallback=[not k for k in known],
         )
 
+    @torch.no_grad()
+    def pipeline_inputs(
+        self,
+        user_ids: Sequence[str],
+        titles: Sequence[str],
+        images: ImageInput,
+        *,
+        item_ids: Sequence[str] | None = None,
+        seed: int | None = None,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        strength: float | None = None,
+    ) -> dict[str, Any]:
+        """Keyword arguments that make a stock diffusers pipeline draw the same covers as ``self(...)``.
+
+        ICG's conditioning goes in as ``prompt_embeds`` (+ ``pooled_prompt_embeds`` for SDXL) and its guidance
+        negative as ``negative_prompt_embeds``; the per-pair seeds as a list of generators. Use
+        ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` (or their ``Img2Img`` variants when
+        ``strength < 1``: the dict then carries ``image`` and ``strength``) loaded from the base model's folder with a
+        ``DDIMScheduler`` from its config for identical images; any other scheduler, offloading or callback works as
+        diffusers documents it. Raises when the conditioning masks padding tokens, which diffusers' pipelines cannot
+        take (SD 1.5 / SDXL text encoders do not mask; the demo's stand-in encodes titles with ``padding="attended"``
+        for that reason).
+        """
+        s = self.settings
+        user_ids, titles = [str(u) for u in user_ids], [str(t) for t in titles]
+        references = reference_batch(images, self.image_size, self.device)
+        keys = (
+            [str(i) for i in item_ids]
+            if item_ids is not None
+            else [content_key(t, r) for t, r in zip(titles, references, strict=True)]
+        )
+        user_emb, _ = self.users.lookup(user_ids)
+        cond = self.conditioning(user_emb, titles, references)
+        guidance_scale = s.guidance_scale if guidance_scale is None else guidance_scale
+        strength = s.strength if strength is None else strength
+        parts = [("", cond)] + ([("negative_", self.unconditional(len(user_ids)))] if guidance_scale > 1 else [])
+        kwargs: dict[str, Any] = {
+            "num_inference_steps": s.num_steps if num_steps is None else num_steps,
+            "guidance_scale": guidance_scale,
+            "generator": pair_generators(self.seeds(user_ids, keys, seed)),
+        }
+        for prefix, part in parts:
+            mask = part.attention_mask
+            if mask is not None and not bool(mask.bool().all()):
+                raise ValueError(
+                    "this ICG's conditioning masks padding tokens, which diffusers' pipelines cannot take; its title "
+                    "prompt's encoder must attend to padding (as CLIP does) to run in a stock pipeline"
+                )
+            kwargs[f"{prefix}prompt_embeds"] = part.encoder_hidden_states
+            if part.pooled is not None:
+                kwargs[f"{prefix}pooled_prompt_embeds"] = part.pooled
+        if strength < 1:
+            kwargs |= {"image": references, "strength": strength}
+        else:
+            kwargs |= {"height": self.image_size, "width": self.image_size}
+        return kwargs
+
     def config(self) -> dict[str, Any]:
         """What an export's ``icg_config.json`` records of this generator (besides weights)."""
         return {

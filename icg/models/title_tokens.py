@@ -58,12 +58,18 @@ class TitleTokenEncoder(nn.Module):
         max_tokens: L, words kept per title.
         num_layers: transformer layers over the word embeddings.
         num_heads: attention heads (must divide ``dim``).
+        padding: ``"masked"``: padding tokens are masked out and the returned mask marks them; ``"attended"``: like
+            CLIP's text encoder, every one of the ``max_tokens`` positions is attended to and the mask is all ones,
+            so the states can go into a stock diffusers pipeline as ``prompt_embeds`` (which takes no mask).
     """
 
     def __init__(self, num_buckets: int = 4096, dim: int = 64, max_tokens: int = 12, num_layers: int = 1,
-                 num_heads: int = 4) -> None:  # fmt: skip
+                 num_heads: int = 4, padding: str = "masked") -> None:  # fmt: skip
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
+        if padding not in ("masked", "attended"):
+            raise ValueError(f"padding must be 'masked' or 'attended', got {padding!r}")
+        self.padding = padding
         self.num_buckets = num_buckets
         self.max_tokens = max_tokens
         self.dim = dim
@@ -77,6 +83,8 @@ class TitleTokenEncoder(nn.Module):
         """``(states B x L x C, mask B x L, pooled B x C)`` of the titles."""
         ids, mask = hashed_ids(list(titles), self.num_buckets, self.max_tokens)
         ids, mask = ids.to(self.words.weight.device), mask.to(self.words.weight.device)
+        if self.padding == "attended":
+            mask = torch.ones_like(mask)
         states = self.norm(self.encoder(self.words(ids) + self.positions, src_key_padding_mask=~mask))
         weights = mask.unsqueeze(-1).to(states.dtype)
         return states, mask, (states * weights).sum(1) / weights.sum(1)
