@@ -67,3 +67,35 @@ def tiny_stage2_ckpt(tiny_platform, tiny_stage1_ckpt, tmp_path_factory) -> Path:
         out,
     )
     return only_ckpt(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_stage3_ckpt(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory) -> Path:
+    """Stage 3 of the tiny config (2 alignment steps) chained to the tiny stages 1 and 2, through the CLI."""
+    out = tmp_path_factory.mktemp("stage3")
+    run_cli(
+        "fit",
+        "--config",
+        TINY / "stage3_alignment.yaml",
+        "--data.root",
+        tiny_platform,
+        "--model.init_args.preference_ckpt",
+        tiny_stage1_ckpt,
+        "--model.init_args.rewards_ckpt",
+        tiny_stage2_ckpt,
+        "--trainer.default_root_dir",
+        out,
+    )
+    return only_ckpt(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory) -> Path:
+    """A stand-in base model folder (tiny random UNet/VAE/scheduler + title encoder, width 32), as the demo exports."""
+    from icg.diffusion.components import DiffusionComponents
+    from icg.lit.base_model import export_base_model
+    from icg.models.title_tokens import TitleTokenEncoder
+
+    base = DiffusionComponents.tiny(cross_attention_dim=32, sample_size=16)
+    folder = tmp_path_factory.mktemp("base") / "base_model"
+    return export_base_model(folder, base.unet, base.vae, base.scheduler, TitleTokenEncoder(dim=32))
