@@ -26,10 +26,10 @@ PNG_STEP = 1 / 255  # add_image stores 8-bit pixels
 
 def fit_with_tensorboard(config: str, out, *extra) -> ICGLightningCLI:
     """``icg fit`` of a tiny config with a TensorBoardLogger writing under ``out``; returns the finished CLI."""
-    words = ["fit", "--config", str(TINY / config), "--trainer.default_root_dir", str(out),
+    words = ["fit", "--config", TINY / config, "--trainer.default_root_dir", out,
              "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger",
-             "--trainer.logger.save_dir", str(out), "--trainer.logger.name", "tb", *[str(w) for w in extra]]  # fmt: skip
-    return ICGLightningCLI(words)
+             "--trainer.logger.save_dir", out, "--trainer.logger.name", "tb", *extra]  # fmt: skip
+    return ICGLightningCLI([str(w) for w in words])
 
 
 def read_events(cli: ICGLightningCLI) -> EventAccumulator:
@@ -81,7 +81,8 @@ def test_stage3_scalars_follow_the_loss_arithmetic(stage3_run):
     total = scalars(events, "train/reward/total")
     for step in steps:
         # the total is the weighted sum of the normalized rewards; the loss adds reg_weight (1.0) x denoising loss
-        weighted = sum(w * scalars(events, f"train/reward_normalized/{n}")[step] for n, w in zip(names, weights))
+        normalized = [scalars(events, f"train/reward_normalized/{n}")[step] for n in names]
+        weighted = sum(w * v for w, v in zip(weights, normalized, strict=True))
         assert total[step] == pytest.approx(weighted, abs=1e-5)
         loss, denoise = scalars(events, "train/loss")[step], scalars(events, "train/denoise_loss")[step]
         assert loss == pytest.approx(-total[step] + cli.model.hparams.reg_weight * denoise, abs=1e-5)
