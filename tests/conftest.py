@@ -99,3 +99,50 @@ def tiny_base_model(tmp_path_factory) -> Path:
     base = DiffusionComponents.tiny(cross_attention_dim=32, sample_size=16)
     folder = tmp_path_factory.mktemp("base") / "base_model"
     return export_base_model(folder, base.unet, base.vae, base.scheduler, TitleTokenEncoder(dim=32))
+
+
+@pytest.fixture(scope="session")
+def tiny_no_user_ckpt(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory) -> Path:
+    """The "ICG without user refinement" ablation of the tiny stage 3 (fusion_type none), through the CLI."""
+    out = tmp_path_factory.mktemp("stage3_no_user")
+    run_cli(
+        "fit",
+        "--config",
+        TINY / "stage3_alignment.yaml",
+        "--data.root",
+        tiny_platform,
+        "--model.init_args.preference_ckpt",
+        tiny_stage1_ckpt,
+        "--model.init_args.rewards_ckpt",
+        tiny_stage2_ckpt,
+        "--model.init_args.conditioner.init_args.fusion.init_args.fusion_type",
+        "none",
+        "--trainer.default_root_dir",
+        out,
+    )
+    return only_ckpt(out)
+
+
+# `icg evaluate` arguments of the tiny end-to-end evaluation (6 held-out users, 4 x 4 gallery grid).
+TINY_EVALUATION = ("--num_users", "6", "--downstream_users", "3", "--downstream_negatives", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_evaluation(tiny_platform, tiny_stage1_ckpt, tiny_stage3_ckpt, tiny_no_user_ckpt, tiny_base_model,
+                    tmp_path_factory) -> tuple[Path, str]:  # fmt: skip
+    """``icg evaluate`` through ``icg.cli.main`` on the tiny chained checkpoints: (its out_dir, what it printed)."""
+    import contextlib
+    import io
+
+    from tests.test_lpips import save_backbone
+
+    out = tmp_path_factory.mktemp("evaluation")
+    save_backbone(out.parent / f"{out.name}_alexnet.pth")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run_cli(
+            "evaluate", "--data_root", tiny_platform, "--stage1_ckpt", tiny_stage1_ckpt,
+            "--stage3_ckpt", tiny_stage3_ckpt, "--no_user_ckpt", tiny_no_user_ckpt, "--base_model", tiny_base_model,
+            "--lpips_backbone", out.parent / f"{out.name}_alexnet.pth", "--out_dir", out, *TINY_EVALUATION,
+        )  # fmt: skip
+    return out, printed.getvalue()

@@ -247,3 +247,76 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_platform, tiny_stage1_ckpt, tin
     page = (tmp_path / "gallery.html").read_text()
     assert all((tmp_path / s).is_file() for s in re.findall(r'<img src="([^"]+)"', page))
     assert report["methods"]["icg"] == data["methods"]["icg"]
+
+
+# ------------------------------------------------------------------------------------------ `icg evaluate` CLI path
+def gallery_pairs(page: str) -> tuple[list[str], list[str]]:
+    """User ids (rows) and item ids (columns) of a gallery page."""
+    return re.findall(r"<tr><th>user ([^<]+)</th>", page), re.findall(r"<th>([^<]+)<br><small>", page)
+
+
+def read_png(path) -> torch.Tensor:
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+@pytest.mark.slow  # ~25 s: two tiny stage-3 fits, then the evaluation
+def test_icg_evaluate_cli_on_tiny_chained_checkpoints(tiny_evaluation, tiny_platform, tiny_stage3_ckpt,
+                                                      tiny_no_user_ckpt, tiny_base_model):  # fmt: skip
+    """``icg evaluate`` (evaluate_checkpoints, load_alignment_stage) end to end: report, table, and a gallery whose
+    covers are those of the checkpoints it was given, method by method."""
+    from icg.data.datamodule import ICGDataModule
+    from icg.evaluation.methods import AlignmentMethod, TitleOnlyMethod
+    from icg.evaluation.run import pairs_batch
+
+    out, printed = tiny_evaluation
+    data = json.loads((out / "report.json").read_text())
+    assert list(data["methods"]) == ["title_only", "icg_no_user", "icg"]
+    assert data["sample"]["held_out_pairs"] == 6 and data["sample"]["grid"] == [4, 4]
+    assert data["sample"]["downstream_users"] == 3 and data["sample"]["downstream_negatives_per_positive"] == 2
+    for row in data["methods"].values():
+        for key in ("aesthetic", "relevance", "true_click_prob", "lpips_reference", "downstream_auc"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (key, row[key])
+    assert data["reference_covers"]["lpips_reference"] == pytest.approx(0.0, abs=1e-6)  # --lpips_backbone was used
+    assert "lpips_reference" not in data["unavailable"] and "clip_title" in data["unavailable"]
+    assert data["lift"]["treatment"] == "icg" and data["lift"]["baseline"] == "title_only"
+    assert printed.strip() == format_markdown(data).strip()  # the CLI prints the report's table
+
+    # every gallery cover is what the named checkpoint / base model generates for that (user, item)
+    users, items = gallery_pairs((out / "gallery.html").read_text())
+    assert (len(users), len(items)) == (4, 4)
+    icg = AlignmentMethod.from_checkpoint(tiny_stage3_ckpt)
+    dm = ICGDataModule(str(tiny_platform), image_size=icg.image_size)
+    dm.setup()
+    user_index = {str(u): k for k, u in enumerate(dm.user_ids)}
+    item_index = {str(i): k for k, i in enumerate(dm.catalogue.item_ids)}
+    batch = pairs_batch(dm, [(user_index[u], item_index[i]) for u in users for i in items])
+    expected = {
+        "icg": icg(batch),
+        "icg_no_user": AlignmentMethod.from_checkpoint(tiny_no_user_ckpt, config_key="no_user_ckpt")(batch),
+        "title_only": TitleOnlyMethod.from_folder(
+            tiny_base_model, num_steps=icg.num_steps, image_size=icg.image_size, seed=icg.seed
+        )(batch),
+    }
+    assert not torch.allclose(expected["icg"], expected["icg_no_user"], atol=2 / 255)  # the methods are told apart
+    for name, covers in expected.items():
+        for k in range(len(covers)):
+            r, c = divmod(k, len(items))
+            png = read_png(out / "gallery" / f"u{r}_i{c}_{name}.png")
+            torch.testing.assert_close(png, covers[k], rtol=0, atol=1 / 255, msg=f"{name} cover {k}")
+
+
+def test_icg_evaluate_names_the_argument_of_a_wrong_stage_checkpoint(tiny_stage1_ckpt, tiny_base_model, tmp_path,
+                                                                     capsys):  # fmt: skip
+    from icg.cli import main
+
+    words = ["evaluate", "--data_root", str(tmp_path), "--stage1_ckpt", str(tiny_stage1_ckpt), "--stage3_ckpt",
+             str(tiny_stage1_ckpt), "--base_model", str(tiny_base_model), "--out_dir", str(tmp_path)]  # fmt: skip
+    try:  # raised, or printed as one line with a non-zero exit (icg.cli.main's error printing)
+        code, message = main(words), ""
+    except (Exception, SystemExit) as err:  # noqa: BLE001
+        code, message = getattr(err, "code", 1), str(err)
+    assert code != 0
+    message += capsys.readouterr().err
+    assert re.search(r"stage3_ckpt.*'preference' stage", message), message
