@@ -9,6 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "lightning_configs" / "tiny"
@@ -19,6 +20,14 @@ def run_cli(*words: str) -> None:
     from icg.cli import main
 
     assert main([str(w) for w in words]) == 0
+
+
+def seeded_noise(diffusion, seeds, image_size: int) -> torch.Tensor:
+    """Initial latents of covers of side ``image_size``, each from its own CPU generator seeded by its seed."""
+    side = image_size // diffusion.vae_scale_factor
+    noise = [torch.randn(1, diffusion.latent_channels, side, side, generator=torch.Generator().manual_seed(int(s)))
+             for s in seeds]  # fmt: skip
+    return torch.cat(noise) * diffusion.scheduler.init_noise_sigma
 
 
 def only_ckpt(folder: Path) -> Path:

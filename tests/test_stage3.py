@@ -15,7 +15,7 @@ from icg.models.cover_conditioner import CoverConditioner
 from icg.models.fusion import UserFusion, UserOffset
 from icg.models.meta_prompt import MetaTokenPrompter
 from icg.models.rewards.bundle import RewardOutput
-from tests.conftest import TINY, only_ckpt, run_cli
+from tests.conftest import TINY, only_ckpt, run_cli, seeded_noise
 
 
 def build_stage(s1, s2, fusion_type="user_token", user_offset=False, **overrides) -> AlignmentStage:
@@ -67,7 +67,7 @@ def test_gradients_reach_trained_parts_only(tiny_stage1_ckpt, tiny_stage2_ckpt, 
 
 def total_reward(stage: AlignmentStage, pairs, grad_window: str = "none") -> torch.Tensor:
     """Mean weighted total reward of the pairs' covers, each from its own fixed noise."""
-    latents = torch.cat([stage.initial_latents(s) for s in range(len(pairs["title"]))])
+    latents = seeded_noise(stage.frozen["diffusion"], range(len(pairs["title"])), stage.hparams.image_size)
     cond, users = stage.condition(pairs)
     images = stage.generate(cond, latents=latents, grad_window=grad_window)
     return stage.score(images, pairs, users).total.mean()
