@@ -264,7 +264,7 @@ def read_png(path) -> torch.Tensor:
 @pytest.mark.slow  # ~25 s: two tiny stage-3 fits, then the evaluation
 def test_icg_evaluate_cli_on_tiny_chained_checkpoints(tiny_evaluation, tiny_platform, tiny_stage3_ckpt,
                                                       tiny_no_user_ckpt, tiny_base_model):  # fmt: skip
-    """``icg evaluate`` (evaluate_checkpoints, load_alignment_stage) end to end: report, table, and a gallery whose
+    """``icg evaluate`` (evaluate_checkpoints and its checkpoint loading) end to end: report, table, and a gallery whose
     covers are those of the checkpoints it was given, method by method."""
     from icg.data.datamodule import ICGDataModule
     from icg.evaluation.methods import AlignmentMethod, TitleOnlyMethod
