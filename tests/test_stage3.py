@@ -215,6 +215,8 @@ def test_stage3_fit_and_predict_through_the_cli(tiny_platform, tiny_stage1_ckpt,
         stage3,
         "--trainer.limit_predict_batches",
         "2",
+        "--trainer.default_root_dir",  # else the CLI writes its config.yaml into the working directory
+        tmp_path / "predict",
         "--trainer.callbacks+=icg.lit.callbacks.CoverWriter",
         f"--trainer.callbacks.out_dir={out}",
     )
