@@ -1,4 +1,4 @@
-"""Resuming a stage with ``--ckpt_path`` ends with the same weights as an uninterrupted run (issue: preemption).
+"""Resuming a stage with ``--ckpt_path`` ends with the same weights as an uninterrupted run (preemption, requeue).
 
 Runs stop on an epoch boundary (Lightning restarts an interrupted epoch's iteration on resume); within the run,
 everything random is seeded by epoch or step, so the two paths must agree exactly.
