@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser test test-browser test-full test-slurm test-parity demo demo-check demo-seeds lint tensorboard bench bench-gpu clean
+.PHONY: install browser test test-slow test-browser test-full test-slurm test-parity demo demo-check demo-seeds lint tensorboard bench bench-gpu clean
 
 $(BIN)/icg: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ install: $(BIN)/icg
 
 test: install
 	$(BIN)/pytest -q
+
+# Only the slow CPU tests (stage-2 validation, end-to-end evaluation, resume of stages 2 and 3, ...): CI runs them
+# after `make test` instead of `make test-full`, which would run the fast set a second time.
+test-slow: install
+	$(BIN)/pytest -q -m "slow and not gpu"
 
 test-full: install browser
 	$(BIN)/pytest -q -m "not gpu and not slurm and not parity"

@@ -9,6 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "lightning_configs" / "tiny"
@@ -19,6 +20,14 @@ def run_cli(*words: str) -> None:
     from icg.cli import main
 
     assert main([str(w) for w in words]) == 0
+
+
+def seeded_noise(diffusion, seeds, image_size: int) -> torch.Tensor:
+    """Initial latents of covers of side ``image_size``, each from its own CPU generator seeded by its seed."""
+    side = image_size // diffusion.vae_scale_factor
+    noise = [torch.randn(1, diffusion.latent_channels, side, side, generator=torch.Generator().manual_seed(int(s)))
+             for s in seeds]  # fmt: skip
+    return torch.cat(noise) * diffusion.scheduler.init_noise_sigma
 
 
 def only_ckpt(folder: Path) -> Path:
@@ -67,3 +76,82 @@ def tiny_stage2_ckpt(tiny_platform, tiny_stage1_ckpt, tmp_path_factory) -> Path:
         out,
     )
     return only_ckpt(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_stage3_ckpt(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory) -> Path:
+    """Stage 3 of the tiny config (2 alignment steps) chained to the tiny stages 1 and 2, through the CLI."""
+    out = tmp_path_factory.mktemp("stage3")
+    run_cli(
+        "fit",
+        "--config",
+        TINY / "stage3_alignment.yaml",
+        "--data.root",
+        tiny_platform,
+        "--model.init_args.preference_ckpt",
+        tiny_stage1_ckpt,
+        "--model.init_args.rewards_ckpt",
+        tiny_stage2_ckpt,
+        "--trainer.default_root_dir",
+        out,
+    )
+    return only_ckpt(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory) -> Path:
+    """A stand-in base model folder (tiny random UNet/VAE/scheduler + title encoder, width 32), as the demo exports."""
+    from icg.diffusion.components import DiffusionComponents
+    from icg.lit.base_model import export_base_model
+    from icg.models.title_tokens import TitleTokenEncoder
+
+    base = DiffusionComponents.tiny(cross_attention_dim=32, sample_size=16)
+    folder = tmp_path_factory.mktemp("base") / "base_model"
+    return export_base_model(folder, base.unet, base.vae, base.scheduler, TitleTokenEncoder(dim=32))
+
+
+@pytest.fixture(scope="session")
+def tiny_no_user_ckpt(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory) -> Path:
+    """The "ICG without user refinement" ablation of the tiny stage 3 (fusion_type none), through the CLI."""
+    out = tmp_path_factory.mktemp("stage3_no_user")
+    run_cli(
+        "fit",
+        "--config",
+        TINY / "stage3_alignment.yaml",
+        "--data.root",
+        tiny_platform,
+        "--model.init_args.preference_ckpt",
+        tiny_stage1_ckpt,
+        "--model.init_args.rewards_ckpt",
+        tiny_stage2_ckpt,
+        "--model.init_args.conditioner.init_args.fusion.init_args.fusion_type",
+        "none",
+        "--trainer.default_root_dir",
+        out,
+    )
+    return only_ckpt(out)
+
+
+# `icg evaluate` arguments of the tiny end-to-end evaluation (6 held-out users, 4 x 4 gallery grid).
+TINY_EVALUATION = ("--num_users", "6", "--downstream_users", "3", "--downstream_negatives", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_evaluation(tiny_platform, tiny_stage1_ckpt, tiny_stage3_ckpt, tiny_no_user_ckpt, tiny_base_model,
+                    tmp_path_factory) -> tuple[Path, str]:  # fmt: skip
+    """``icg evaluate`` through ``icg.cli.main`` on the tiny chained checkpoints: (its out_dir, what it printed)."""
+    import contextlib
+    import io
+
+    from tests.test_lpips import save_backbone
+
+    out = tmp_path_factory.mktemp("evaluation")
+    save_backbone(out.parent / f"{out.name}_alexnet.pth")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run_cli(
+            "evaluate", "--data_root", tiny_platform, "--stage1_ckpt", tiny_stage1_ckpt,
+            "--stage3_ckpt", tiny_stage3_ckpt, "--no_user_ckpt", tiny_no_user_ckpt, "--base_model", tiny_base_model,
+            "--lpips_backbone", out.parent / f"{out.name}_alexnet.pth", "--out_dir", out, *TINY_EVALUATION,
+        )  # fmt: skip
+    return out, printed.getvalue()

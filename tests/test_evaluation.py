@@ -252,3 +252,100 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_platform, tiny_stage1_ckpt, tin
     covers = read_manifest(data["cover_manifest"])  # every held-out pair's cover per method, for `icg study`
     assert len(covers) == 3 * 6 and {e.method for e in covers} == {"title_only", "icg_no_user", "icg"}
     assert data["methods"]["icg"]["user_appeal"] is None and "user_appeal" in data["unavailable"]
+
+
+# ------------------------------------------------------------------------------------------ `icg evaluate` CLI path
+def read_png(path) -> torch.Tensor:
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def gallery_cells(folder) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
+    """(row, column) -> method -> cover, from the gallery's ``u<row>_i<column>_<method>.png`` files."""
+    cells: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+    for path in sorted(folder.glob("u*_i*_*.png")):
+        row, col, method = re.fullmatch(r"u(\d+)_i(\d+)_(.+)\.png", path.name).groups()
+        cells.setdefault((int(row), int(col)), {})[method] = read_png(path)
+    return cells
+
+
+def closest(cover: torch.Tensor, candidates: torch.Tensor) -> tuple[int, float]:
+    """Index of the candidate nearest to ``cover`` (max abs pixel difference) and that difference."""
+    diff = (candidates - cover).abs().flatten(1).amax(1)
+    return int(diff.argmin()), float(diff.min())
+
+
+@pytest.mark.slow  # ~30 s: two tiny stage-3 fits, then the evaluation
+def test_icg_evaluate_cli_on_tiny_chained_checkpoints(tiny_evaluation, tiny_platform, tiny_stage3_ckpt,
+                                                      tiny_no_user_ckpt, tiny_base_model):  # fmt: skip
+    """``icg evaluate`` (evaluate_checkpoints and its checkpoint loading) end to end: report, printed table, and a
+    gallery whose covers are those of the checkpoints it was given, method by method.
+
+    The gallery's pairs are recovered from its pictures alone: a column's item is the dataset cover its reference
+    picture shows, a row's user the one whose ICG cover of that item the row shows."""
+    from icg.data.datamodule import ICGDataModule
+    from icg.evaluation.methods import AlignmentMethod, TitleOnlyMethod
+    from icg.evaluation.run import pairs_batch
+
+    out, printed = tiny_evaluation
+    data = json.loads((out / "report.json").read_text())
+    assert list(data["methods"]) == ["title_only", "icg_no_user", "icg"]
+    assert data["sample"]["held_out_pairs"] == 6 and data["sample"]["grid"] == [4, 4]
+    assert data["sample"]["downstream_users"] == 3
+    for row in data["methods"].values():
+        for key in ("aesthetic", "relevance", "true_click_prob", "lpips_reference", "downstream_auc"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (key, row[key])
+    assert data["reference_covers"]["lpips_reference"] == pytest.approx(0.0, abs=1e-6)  # --lpips_backbone was used
+    assert "lpips_reference" not in data["unavailable"] and "clip_title" in data["unavailable"]
+    assert data["lift"]["treatment"] == "icg" and data["lift"]["baseline"] == "title_only"
+    assert printed.strip() == format_markdown(data).strip()  # the CLI prints the report's table
+
+    icg = AlignmentMethod.from_checkpoint(tiny_stage3_ckpt)
+    dm = ICGDataModule(str(tiny_platform), image_size=icg.image_size)
+    dm.setup()
+    cells = gallery_cells(out / "gallery")
+    rows, cols = (1 + max(k[i] for k in cells) for i in (0, 1))
+    assert (rows, cols) == (4, 4) and all(len(cells[(r, c)]) >= 3 for r in range(rows) for c in range(cols))
+    pool = pairs_batch(dm, [(0, i) for i in range(dm.num_items)])["image"]
+    items = []
+    for c in range(cols):
+        item, diff = closest(cells[(0, c)]["reference"], pool)
+        assert diff <= 1 / 255, f"column {c}: its reference picture is no dataset cover ({diff})"
+        items.append(item)
+    every_user = pairs_batch(dm, [(u, i) for i in items for u in range(dm.num_users)])
+    icg_covers = icg(every_user).view(cols, dm.num_users, *pool.shape[1:])
+    users = []
+    for r in range(rows):
+        found = [closest(cells[(r, c)]["icg"], icg_covers[c]) for c in range(cols)]
+        assert len({u for u, _ in found}) == 1 and max(d for _, d in found) <= 1 / 255, f"row {r}: {found}"
+        users.append(found[0][0])
+    assert len(set(users)) == rows
+    batch = pairs_batch(dm, [(u, i) for u in users for i in items])
+    expected = {
+        "icg": icg(batch),
+        "icg_no_user": AlignmentMethod.from_checkpoint(tiny_no_user_ckpt, config_key="no_user_ckpt")(batch),
+        "title_only": TitleOnlyMethod.from_folder(
+            tiny_base_model, num_steps=icg.num_steps, image_size=icg.image_size, seed=icg.seed
+        )(batch),
+    }
+    assert not torch.allclose(expected["icg"], expected["icg_no_user"], atol=2 / 255)  # the methods are told apart
+    for name, covers in expected.items():
+        for k, cover in enumerate(covers):
+            r, c = divmod(k, cols)
+            torch.testing.assert_close(cells[(r, c)][name], cover, rtol=0, atol=1 / 255, msg=f"{name} cover {k}")
+
+
+def test_icg_evaluate_names_the_argument_of_a_wrong_stage_checkpoint(tiny_stage1_ckpt, tiny_base_model, tmp_path,
+                                                                     capsys):  # fmt: skip
+    from icg.cli import main
+
+    words = ["evaluate", "--data_root", str(tmp_path), "--stage1_ckpt", str(tiny_stage1_ckpt), "--stage3_ckpt",
+             str(tiny_stage1_ckpt), "--base_model", str(tiny_base_model), "--out_dir", str(tmp_path)]  # fmt: skip
+    try:  # raised, or printed as one line with a non-zero exit (icg.cli.main's error printing)
+        code, message = main(words), ""
+    except (Exception, SystemExit) as err:  # noqa: BLE001
+        code, message = getattr(err, "code", 1), str(err)
+    assert code != 0
+    message += capsys.readouterr().err
+    assert re.search(r"stage3_ckpt.*'preference' stage", message), message

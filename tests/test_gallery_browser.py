@@ -1,5 +1,10 @@
-"""The evaluation gallery opens in headless Chromium and every image in it loads (marker ``browser``)."""
+"""The evaluation gallery opens in headless Chromium and every image in it loads (marker ``browser``).
 
+Both a gallery written from a hand-made report and the one a real ``icg evaluate`` run writes on the tiny chained
+checkpoints (``tests/conftest.py``'s ``tiny_evaluation``).
+"""
+
+import json
 import re
 import shutil
 import subprocess
@@ -51,6 +56,17 @@ def test_every_gallery_image_loads_in_chromium(tmp_path):
     write_report(report, tmp_path / "run", grid=grid, tensorboard=False)
     states = load_states(tmp_path / "run" / "gallery.html", tmp_path)
     assert len(states) == 3 + 2 * 3 * 2  # a reference per item + users x items x methods
+    assert all(state == "yes" for _, state in states), [src for src, state in states if state != "yes"]
+
+
+def test_every_image_of_a_real_evaluation_gallery_loads(tiny_evaluation, tmp_path):
+    out, _ = tiny_evaluation
+    report = json.loads((out / "report.json").read_text())
+    users, items = report["sample"]["grid"]
+    states = load_states(out / "gallery.html", tmp_path)
+    written = {f"gallery/{p.name}" for p in (out / "gallery").glob("*.png")}
+    assert {src for src, _ in states} == written  # the page shows every picture the run wrote
+    assert len(written) >= users * items * len(report["methods"]) + items  # every method per cell + the references
     assert all(state == "yes" for _, state in states), [src for src, state in states if state != "yes"]
 
 

@@ -53,6 +53,25 @@ def test_cold_start_dropout_trains_the_fallback_row():
     assert model.user_embedding_table.weight.grad[model.fallback_index].abs().sum() > 0
 
 
+def test_cold_start_dropout_mask_comes_from_the_given_generator_only():
+    model = make_model(cold_start_dropout=0.5).train()
+    users = torch.arange(5).repeat(20)
+
+    def rows(seed: int) -> torch.Tensor:
+        return model.user_rows(users, torch.Generator().manual_seed(seed))
+
+    torch.manual_seed(1)
+    first = rows(7)
+    torch.manual_seed(2)  # the global RNG no longer matters
+    assert torch.equal(first, rows(7))
+    assert not torch.equal(first, rows(8))
+    dropped = (first == model.fallback_index).float().mean().item()
+    assert 0.3 < dropped < 0.7, dropped  # 100 draws at p = 0.5
+    state = torch.random.get_rng_state()
+    rows(7)
+    assert torch.equal(state, torch.random.get_rng_state())  # nor is it consumed
+
+
 def test_history_mean_ignores_masked_entries():
     model = make_model(history_type="mean").eval()
     images, users = torch.rand(2, 3, 16, 16), torch.tensor([0, 1])

@@ -1,4 +1,4 @@
-"""Resuming a stage with ``--ckpt_path`` ends with the same weights as an uninterrupted run (issue: preemption).
+"""Resuming a stage with ``--ckpt_path`` ends with the same weights as an uninterrupted run (preemption, requeue).
 
 Runs stop on an epoch boundary (Lightning restarts an interrupted epoch's iteration on resume); within the run,
 everything random is seeded by epoch or step, so the two paths must agree exactly.
@@ -6,6 +6,7 @@ everything random is seeded by epoch or step, so the two paths must agree exactl
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import TINY, run_cli
 
@@ -35,11 +36,17 @@ def resumed_equals_uninterrupted(config, tmp_path, *extra):
     steps = [torch.load(path, weights_only=True)["global_step"] for path in (straight, resumed)]
     assert steps[0] == steps[1] > 0
     assert_same_weights(straight, resumed)
+    return resumed
 
 
-def test_stage1_resume(tiny_platform, tmp_path):
-    resumed_equals_uninterrupted("stage1_preference.yaml", tmp_path, "--data.root", tiny_platform,
-                                 "--model.init_args.model.init_args.cold_start_dropout", "0.0")  # fmt: skip
+def test_stage1_resume_with_cold_start_dropout(tiny_platform, tmp_path):
+    """The tiny config trains with cold_start_dropout 0.05, drawn per batch from (dropout_seed, step, batch, rank)."""
+    config = yaml.safe_load((TINY / "stage1_preference.yaml").read_text())
+    assert config["model"]["init_args"]["model"]["init_args"]["cold_start_dropout"] > 0
+    resumed = resumed_equals_uninterrupted("stage1_preference.yaml", tmp_path, "--data.root", tiny_platform)
+    # Every tiny-platform user is known, so only the dropout trains the fallback row (zero at init).
+    fallback = torch.load(resumed, weights_only=True)["state_dict"]["model.user_embedding_table.weight"][-1]
+    assert fallback.abs().sum() > 0
 
 
 @pytest.mark.slow

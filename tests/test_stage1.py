@@ -89,13 +89,20 @@ def test_wrong_stage_checkpoint_is_refused(fitted, tmp_path):
 
 
 @pytest.mark.slow  # ~8 s on 2 busy cores
-def test_short_fit_beats_popularity_and_trails_the_oracle(platform, tmp_path):
+def test_short_fit_beats_popularity_and_closes_part_of_the_gap_to_the_oracle(platform, tmp_path):
     stage, datamodule, _ = fit_stage(platform, tmp_path, epochs=15)
     table = compare_click_models(datamodule, stage.model, Oracle.from_dataset(platform), split="test")
     model, popularity, oracle = table["model"], table["popularity"], table["oracle"]
     assert model["auc"] > popularity["auc"] + 0.03, table
     assert model["gauc"] > popularity["gauc"], table
-    assert oracle["auc"] > popularity["auc"], table
+    # The oracle scores with the true click probability: no click model can beat it on every metric, and a model
+    # that did would be reading the answer (a leak between splits, or the oracle scoring the wrong covers).
+    assert oracle["auc"] > model["auc"] and oracle["gauc"] > model["gauc"], table
+    assert oracle["logloss"] < model["logloss"], table
+    # ... and the model closes a real part of the gap from popularity to the oracle: measured 0.58 of it in AUC
+    # after 15 epochs (0.08 after one epoch, which fails here).
+    share = (model["auc"] - popularity["auc"]) / (oracle["auc"] - popularity["auc"])
+    assert share > 0.4, (share, table)
     # the stage's own test loop scores the same candidates
     results = make_trainer(Path(datamodule.root)).test(stage, datamodule=datamodule, verbose=False)[0]
     assert results["test/auc"] == pytest.approx(model["auc"], abs=1e-4)

@@ -1,8 +1,9 @@
 """Callbacks of the alignment stage: TensorBoard cover grids during training, and the cover writer of ``predict``.
 
-Reward hacking shows first in pictures (washed-out or black covers, FIELD_NOTES.md), so ``CoverGrid`` renders the
-same users x items with the same noise every N steps; ``CoverWriter`` writes ``icg predict`` results as PNGs plus a
-``manifest.jsonl`` with (user, item, seed, reward scores) per cover.
+Reward hacking shows first in pictures: covers turn washed-out, over-saturated or black, and collapse to one look for
+every user, before the reward curves say anything (docs/stage3.md: the denoising regularizer is the guard). So
+``CoverGrid`` renders the same users x items with the same noise every N steps; ``CoverWriter`` writes ``icg predict``
+results as PNGs plus a ``manifest.jsonl`` with (user, item, seed, reward scores) per cover.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ model is scored on (docs/stage1.md).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ class PreferenceStage(LightningModule):
         feature_cache: with a frozen image encoder, encode each dataset cover once and reuse its features across
             epochs (``ItemFeatureCache``); ignored when the encoder trains.
         top_k: cut-off of NDCG@k and Recall@k.
+        dropout_seed: seed of the model's cold-start dropout masks. Each training batch draws its mask from a
+            generator seeded by (dropout_seed, global step, batch index, rank), never from the global RNG, so a run
+            resumed with ``--ckpt_path`` draws exactly the masks an uninterrupted run would.
     """
 
     data_unit = "interactions"
@@ -60,6 +64,7 @@ class PreferenceStage(LightningModule):
         top_k: int = 10,
         scheduler: LRSchedulerCallable | None = None,
         user_l2: float = 0.0,
+        dropout_seed: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(model, PreferenceModel):
@@ -71,6 +76,7 @@ class PreferenceStage(LightningModule):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.user_l2 = user_l2
+        self.dropout_seed = dropout_seed
         self.use_cache = feature_cache and model.freeze_encoder
         self.cache: ItemFeatureCache | None = None
         # Only what this model reads: with the cache full (filled at the start of every loop), covers need not be
@@ -125,7 +131,13 @@ class PreferenceStage(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "epoch"}}
 
     # ---------------------------------------------------------------------------------------------------- scoring
-    def _logits(self, batch: dict[str, Any]) -> Tensor:
+    def _dropout_generator(self, batch_idx: int) -> torch.Generator:
+        """The cold-start dropout RNG of one training batch: a function of restorable state only."""
+        key = f"{self.dropout_seed}:{self.global_step}:{batch_idx}:{self.global_rank}"
+        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % (2**63)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _logits(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Tensor:
         images, user_idx = batch.get("image"), batch["user_idx"]
         if self.cache is not None:
             feats = self.cache.lookup(batch["item_idx"], images, self.model.encode_images).to(self.device)
@@ -136,10 +148,10 @@ class PreferenceStage(LightningModule):
             history_feats, history_mask = self.cache.rows(batch["history"])
             history_feats, history_mask = history_feats.to(feats), history_mask.to(feats.device)
         titles = batch.get("title") if self.model.title_type != "none" else None
-        return self.model.score_features(feats, user_idx, history_feats, history_mask, titles)
+        return self.model.score_features(feats, user_idx, history_feats, history_mask, titles, generator)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        logits = self._logits(batch)
+        logits = self._logits(batch, self._dropout_generator(batch_idx))
         loss = F.binary_cross_entropy_with_logits(logits, batch["click"].float())
         if self.user_l2 > 0:
             loss = loss + self.user_l2 * self.model.user_penalty(batch["user_idx"].to(self.device)).mean()

@@ -87,6 +87,7 @@ class MetaTokenPrompter(nn.Module):
         padding_side: where prompts of different length are padded, ``"left"`` or ``"right"``.
         mllm_dtype: dtype the MLLM weights are held in (``float32``, ``bfloat16``, ``float16``); features are
             returned as float32.
+        config_key: the config key of ``mllm_path``, quoted in every error about it.
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class MetaTokenPrompter(nn.Module):
         freeze_meta_tokens: bool = False,
         padding_side: str = "left",
         mllm_dtype: str = "float32",
+        config_key: str = "model.init_args.conditioner.init_args.prompter.init_args.mllm_path",
     ) -> None:
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
@@ -113,7 +115,7 @@ class MetaTokenPrompter(nn.Module):
         self.lora_rank = lora_rank
         self.padding_side = padding_side
         if mllm_path is not None:
-            model, tokenizer, pixel_cfg, identity = _load_local(mllm_path, _DTYPES[mllm_dtype])
+            model, tokenizer, pixel_cfg, identity = _load_local(mllm_path, _DTYPES[mllm_dtype], config_key)
         else:
             model, tokenizer, pixel_cfg, identity = _build_tiny(tiny_config or {}, _DTYPES[mllm_dtype])
         self._identity = identity
@@ -123,12 +125,12 @@ class MetaTokenPrompter(nn.Module):
         self.image_token_id = int(cfg.image_token_id)
         if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != self.image_token_id:
             raise ValueError(
-                f"mllm_path: the tokenizer maps {IMAGE_TOKEN} to {tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)} "
+                f"{config_key}: the tokenizer maps {IMAGE_TOKEN} to {tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)} "
                 f"but the model's config.image_token_id is {self.image_token_id}; tokenizer and model do not match"
             )
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
-            raise ValueError("mllm_path: the tokenizer has neither a pad nor an eos token to pad prompts with")
+            raise ValueError(f"{config_key}: the tokenizer has neither a pad nor an eos token to pad prompts with")
         self.pad_token_id = int(pad)
         merge = pixel_cfg["merge_size"]
         self.num_image_tokens = (image_size // pixel_cfg["patch_size"] // merge) ** 2
@@ -363,27 +365,27 @@ def _check_args(
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
 
 
-def _load_local(path: str, dtype: torch.dtype) -> tuple[nn.Module, Any, dict, dict]:
+def _load_local(path: str, dtype: torch.dtype, config_key: str) -> tuple[nn.Module, Any, dict, dict]:
     """Model (base, no LM head), tokenizer, pixel settings and an identity record from a local folder."""
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"mllm_path: {folder} is not a folder (expected a local Qwen2-VL-class checkpoint with config.json, "
+            f"{config_key}: {folder} is not a folder (expected a local Qwen2-VL-class checkpoint with config.json, "
             "weights, tokenizer files and preprocessor_config.json)"
         )
     for name in ("config.json", "preprocessor_config.json"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"mllm_path: {folder} has no {name}")
+            raise FileNotFoundError(f"{config_key}: {folder} has no {name}")
     try:
         model = AutoModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as err:
-        raise ValueError(f"mllm_path: cannot load a Qwen2-VL-class model from {folder}: {err}") from err
+        raise ValueError(f"{config_key}: cannot load a Qwen2-VL-class model from {folder}: {err}") from err
     if not hasattr(model, "get_rope_index") or not hasattr(model.config, "image_token_id"):
-        raise ValueError(f"mllm_path: {folder} holds a {type(model).__name__}, not a Qwen2-VL-class model")
+        raise ValueError(f"{config_key}: {folder} holds a {type(model).__name__}, not a Qwen2-VL-class model")
     pixel_cfg = {
         "patch_size": int(image_processor.patch_size),
         "merge_size": int(image_processor.merge_size),

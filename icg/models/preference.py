@@ -18,7 +18,9 @@ Architecture (D = ``embed_dim``, F = the image encoder's ``feature_dim``)::
 * Cold start: a user index outside ``[0, num_users)`` (the vocabulary's ``-1`` for unseen users) maps to one extra
   *fallback* row of the user tables. With ``cold_start_dropout > 0`` training replaces that fraction of user ids
   with the fallback row, so it learns the population's average taste; with 0 it stays at its zero init and an
-  unseen user gets the user-independent part of the score (``w_b . v + b``).
+  unseen user gets the user-independent part of the score (``w_b . v + b``). The dropout mask is drawn from the
+  ``generator`` passed to ``score_features`` (the stage seeds one per training batch, so a resumed run draws the
+  masks an uninterrupted one would); without one it comes from torch's global RNG.
 * Title features (``title_type="hashed"``): a bag of hashed lower-cased words (``title_buckets`` buckets, CRC32),
   mean of learned bucket embeddings; no tokenizer or download needed.
 """
@@ -148,13 +150,19 @@ class PreferenceModel(nn.Module):
         """Row of the user tables used for users outside the vocabulary (index -1 or >= ``num_users``)."""
         return self.num_users
 
-    def user_rows(self, user_idx: torch.Tensor) -> torch.Tensor:
-        """Rows of the user tables: unseen users (``-1`` or out of range) -> the fallback row."""
+    def user_rows(self, user_idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rows of the user tables: unseen users (``-1`` or out of range) -> the fallback row.
+
+        Args:
+            user_idx: B user indices.
+            generator: source of the cold-start dropout mask in training mode (on ``user_idx``'s device; None:
+                torch's global RNG).
+        """
         user_idx = user_idx.long()
         unseen = (user_idx < 0) | (user_idx >= self.num_users)
         rows = torch.where(unseen, torch.full_like(user_idx, self.fallback_index), user_idx)
         if self.training and self.cold_start_dropout > 0:
-            drop = torch.rand(rows.shape, device=rows.device) < self.cold_start_dropout
+            drop = torch.rand(rows.shape, device=rows.device, generator=generator) < self.cold_start_dropout
             rows = torch.where(drop, torch.full_like(rows, self.fallback_index), rows)
         return rows
 
@@ -213,10 +221,14 @@ class PreferenceModel(nn.Module):
         history_feats: torch.Tensor | None = None,
         history_mask: torch.Tensor | None = None,
         titles: list[str] | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Click logits B from precomputed image features (the cached path); see ``forward``."""
+        """Click logits B from precomputed image features (the cached path); see ``forward``.
+
+        ``generator`` draws the cold-start dropout mask in training mode (None: torch's global RNG).
+        """
         item = self.item_embedding(image_feats, titles)
-        rows = self.user_rows(user_idx)  # once, so embedding and bias share the same cold-start dropout draw
+        rows = self.user_rows(user_idx, generator)  # once, so embedding and bias share the same dropout draw
         user = self._user_vector(rows, history_feats, history_mask)
         return (user * item).sum(-1) + self.item_bias(item).squeeze(-1) + self.user_bias(rows).squeeze(-1)
 
