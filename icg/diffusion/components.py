@@ -18,6 +18,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 from icg.diffusion.conditioning import unet_cross_attention_dim, unet_pooled_dim
+from icg.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ SD_SCHEDULE = dict(
 )
 
 
-class MissingComponentError(FileNotFoundError):
+class MissingComponentError(MissingFileError):
     """A diffusers folder lacks a subfolder or file; the message names the config key and what is expected."""
 
 
