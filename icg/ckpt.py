@@ -14,10 +14,13 @@ checkpoint from the wrong stage is refused with a message naming both stages. Ev
 
 from __future__ import annotations
 
+import errno
 import importlib
 import inspect
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +39,13 @@ class CheckpointError(UserError, ValueError):
 
 
 def _load_failure(err: Exception) -> str:
-    """The gist of why ``torch.load`` failed, without its advice to set ``weights_only=False``."""
-    text = str(err).strip()
-    if "WeightsUnpickler error:" in text:  # a pickle that is not plain tensors and containers
-        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
-        return f"not a weights-only checkpoint: {detail[0] if detail else 'unsupported content'}"
-    return text.splitlines()[0] if text else type(err).__name__
+    """Why ``torch.load`` failed, in the user's terms (``--debug`` shows torch's own message and its advice)."""
+    text = str(err)
+    if (isinstance(err, OSError) and err.errno == errno.EINVAL) or "PytorchStreamReader" in text:
+        return "truncated or damaged file"  # torch's zip reader on a cut-short file
+    if match := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return f"it holds a Python object ({match.group(1)}), not only tensors and plain containers"
+    return "not a torch checkpoint"
 
 
 def read_checkpoint(path: str | Path, config_key: str) -> Any:
@@ -58,7 +62,9 @@ def read_checkpoint(path: str | Path, config_key: str) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{config_key}: checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle makes torch warn about its protocol before refusing it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every unpickling/zip/IO failure is the same user-facing problem
         raise CheckpointError(
             f"{config_key}: {path} is not a readable checkpoint ({_load_failure(err)}); name a .ckpt file that an "

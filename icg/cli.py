@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from icg.data.datamodule import ICGDataModule
-from icg.errors import DEBUG_ENV, DEBUG_FLAG, ArgumentsError, debug_requested, find_user_error, shorten_parser_error
+from icg.errors import DEBUG_ENV, DEBUG_FLAG, ArgumentsError, ShortParserErrors, debug_requested, find_user_error
 
 DATA_COMMAND = "data"
 LIGHTNING_CKPT_KEYS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
@@ -44,16 +45,8 @@ A mistake in a config, option, file or dataset is reported in one message and ex
 """
 
 
-class ICGArgumentParser(LightningArgumentParser):
-    """Lightning's parser whose errors reach ``main`` as one short :class:`ArgumentsError` instead of ~70 lines.
-
-    With ``--debug`` / ``ICG_DEBUG=1`` the parser behaves as usual: usage, the complete message, exit status 2.
-    """
-
-    def error(self, message: str, ex: Exception | None = None):
-        if debug_requested([]):
-            super().error(message, ex)
-        raise ArgumentsError(shorten_parser_error(message)) from ex
+class ICGArgumentParser(ShortParserErrors, LightningArgumentParser):
+    """Lightning's parser whose errors reach ``main`` as one short line instead of ~70 (``--debug``: all of them)."""
 
 
 class ICGLightningCLI(LightningCLI):
@@ -124,12 +117,15 @@ def main(args: list[str] | None = None) -> int:
     words = list(sys.argv[1:] if args is None else args)
     debug = debug_requested(words)
     words = [word for word in words if word != DEBUG_FLAG]
+    if args is None and DEBUG_FLAG in sys.argv:
+        # Lightning reads sys.argv itself (and DDP relaunches it); the flag travels as ICG_DEBUG instead
+        sys.argv[:] = [word for word in sys.argv if word != DEBUG_FLAG]
     command = " ".join(words[:2]) if words[:1] == [DATA_COMMAND] else (words[0] if words else "")
     previous = os.environ.get(DEBUG_ENV)
     if debug:
         os.environ[DEBUG_ENV] = "1"  # the parser reads it (ICGArgumentParser.error)
     try:
-        return _run(words)
+        return _run(words, from_argv=args is None)
     except Exception as err:
         user_error = find_user_error(err)
         if user_error is None or debug:
@@ -143,7 +139,7 @@ def main(args: list[str] | None = None) -> int:
             os.environ[DEBUG_ENV] = previous
 
 
-def _run(words: list[str]) -> int:
+def _run(words: list[str], from_argv: bool) -> int:
     if words and words[0] == DATA_COMMAND:
         from icg.data.commands import run_data_command
 
@@ -155,8 +151,27 @@ def _run(words: list[str]) -> int:
     if not words or words[0] in ("-h", "--help"):
         sys.stdout.write(OVERVIEW)
         return 0
-    ICGLightningCLI(words)
+    _check_config_files(words)
+    ICGLightningCLI(None if from_argv else words)  # None: Lightning reads sys.argv itself
     return 0
+
+
+def _check_config_files(words: list[str]) -> None:
+    """Name a ``--config`` file that is not valid YAML (jsonargparse's message names neither file nor key)."""
+    import yaml
+
+    for index, word in enumerate(words):
+        path = word.split("=", 1)[1] if word.startswith("--config=") else None
+        if word in ("--config", "-c") and index + 1 < len(words):
+            path = words[index + 1]
+        if path is None or not Path(path).is_file():
+            continue
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ArgumentsError(f"--config {path}: not valid YAML ({getattr(err, 'problem', err)}{where})") from err
 
 
 if __name__ == "__main__":

@@ -43,6 +43,20 @@ class ArgumentsError(UserError):
     """
 
 
+class ShortParserErrors:
+    """Mixin for a jsonargparse ``ArgumentParser``: its errors reach ``main`` as one :class:`ArgumentsError`.
+
+    Only the top-level parser (and its subcommand parsers) shorten; the parsers jsonargparse builds for nested
+    classes keep raising its own errors, which it catches while trying each type of a union. With ``--debug`` /
+    ``ICG_DEBUG=1`` the parser prints usage and its complete message as usual.
+    """
+
+    def error(self, message: str, ex: Exception | None = None):
+        if debug_requested([]) or not self.exit_on_error:
+            super().error(message, ex)
+        raise ArgumentsError(shorten_parser_error(message)) from ex
+
+
 def debug_requested(words: list[str]) -> bool:
     """Whether the user asked for tracebacks (``--debug`` among the words, or ``ICG_DEBUG`` set to a true value)."""
     return DEBUG_FLAG in words or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
@@ -68,8 +82,8 @@ _PARSER_NOISE = re.compile(
     r"^(Subtypes: |Given value type: |Given value: |Errors:$|Does not validate against any of the Union subtypes$"
     r"|Expected a <class 'NoneType'>$|tip: )"
 )
-_PARSER_KEY = re.compile(r'^Parser key "([^"]+)"(?: element (\d+))?:\s*(.*)$')
-_CLASS_PATH = re.compile(r"^Problem with given class_path '([^']+)':\s*(.*)$")
+_PARSER_KEY = re.compile(r'^Parser key "([^"]+)"(?: element (\d+))?:\s*(.*)$', re.M)
+_CLASS_PATH = re.compile(r"^Problem with given class_path '([^']+)':\s*(.*)$", re.M)
 _UNKNOWN_OPTION = re.compile(r"^Option '([^']+)' is not accepted$")
 _IMPORT_FAILURE = re.compile(r"No module named|has no attribute|cannot import|Import of")
 _REQUIRED = re.compile(r"^the following arguments are required: (.*)$")
@@ -87,6 +101,11 @@ def shorten_parser_error(message: str, max_reasons: int = 3) -> str:
         message: the parser's message.
         max_reasons: at most this many reasons are kept.
     """
+    if required := _REQUIRED.match(message.strip()):
+        keys = [re.sub(r"^(fit|validate|test|predict)\.", "", k.strip()) for k in required.group(1).split(",")]
+        return f"{', '.join(keys)}: required, and not given on the command line or in a --config file"
+    if not _PARSER_KEY.search(message) and not _CLASS_PATH.search(message):  # a flat message: keep it, on one line
+        return " ".join(line.strip() for line in message.splitlines() if line.strip()) or "invalid arguments"
     lines = []
     for raw in message.splitlines():
         text = raw.strip()
@@ -127,9 +146,6 @@ def shorten_parser_error(message: str, max_reasons: int = 3) -> str:
         reasons.append((depth, f"{where}{_plain_types(rest)}" + (f" (of {owner})" if owner else "")))
     if not reasons:
         return message.strip().splitlines()[0] if message.strip() else "invalid arguments"
-    if len(reasons) == 1 and (required := _REQUIRED.match(reasons[0][1])):
-        keys = [re.sub(r"^(fit|validate|test|predict)\.", "", k.strip()) for k in required.group(1).split(",")]
-        return f"{', '.join(keys)}: required, and not given on the command line or in a --config file"
     deepest = max(depth for depth, _ in reasons)
     chosen = list(dict.fromkeys(text for depth, text in reasons if depth == deepest))
     return "; ".join(chosen[:max_reasons])

@@ -30,6 +30,7 @@ from PIL import Image
 from icg.data.schema import (
     ITEM_COLUMNS,
     ITEMS_TABLE,
+    DatasetFormatError,
     InteractionArrays,
     read_interaction_arrays,
     read_meta,
@@ -234,6 +235,9 @@ def validate(
         check_image_files: check existence and readability of images (``icg data stats`` skips it).
     """
     root = Path(root)
+    for path, rows in ((items_path, len(items)), (interactions.path, len(interactions))):
+        if rows == 0:
+            raise DatasetFormatError(f"{path}: no data rows (a header only); a dataset needs items and interactions")
     problems: list[Problem] = []
 
     def add(kind: str, path: Path, mask: np.ndarray, example) -> None:

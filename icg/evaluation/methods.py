@@ -27,6 +27,7 @@ from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.prompt_encoder import PromptEncoder
 from icg.diffusion.sampler import sample
+from icg.errors import ConfigError
 from icg.lit.alignment import AlignmentStage, load_alignment_stage, pair_seed
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class AlignmentMethod:
 
     def __init__(self, stage: AlignmentStage, user: str = "own") -> None:
         if user not in USER_MODES:
-            raise ValueError(f"AlignmentMethod.user must be one of {USER_MODES}, got {user!r}")
+            raise ConfigError(f"AlignmentMethod.user must be one of {USER_MODES}, got {user!r}")
         self.stage, self.user = stage, user
 
     @classmethod

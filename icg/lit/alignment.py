@@ -31,6 +31,7 @@ from icg import ckpt
 from icg.diffusion.conditioning import Conditioning, check_widths
 from icg.diffusion.sampler import denoising_loss, sample
 from icg.diffusion.source import DiffusionSource
+from icg.errors import ConfigError
 from icg.lit.preference import load_preference_model
 from icg.models.cover_conditioner import CoverConditioner
 from icg.models.feature_cache import MLLMFeatureCache
@@ -99,7 +100,7 @@ class AlignmentStage(LightningModule):
     ) -> None:
         super().__init__()
         if grad_window not in GRAD_WINDOWS:
-            raise ValueError(f"model.init_args.grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
+            raise ConfigError(f"model.init_args.grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
         self.save_hyperparameters(ignore=["conditioner", "optimizer", "diffusion"])
         self.conditioner = conditioner
         self.diffusion_source = diffusion or DiffusionSource()
@@ -130,13 +131,13 @@ class AlignmentStage(LightningModule):
             )
         offset = self.conditioner.user_offset
         if offset is not None and offset.user_dim != users.embed_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"model.init_args.conditioner.init_args.user_offset.init_args.user_dim={offset.user_dim} but the "
                 f"stage-1 model in model.init_args.preference_ckpt has user embeddings of width {users.embed_dim}"
             )
         fusion = self.conditioner.fusion
         if fusion.fusion_type != "none" and fusion.user_dim != users.embed_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"model.init_args.conditioner.init_args.fusion.init_args.user_dim={fusion.user_dim} but the stage-1 "
                 f"model in model.init_args.preference_ckpt has user embeddings of width {users.embed_dim}"
             )
