@@ -11,7 +11,8 @@ import yaml
 from tests.conftest import REPO, run_cli
 
 CONFIGS = sorted((REPO / "lightning_configs").glob("*/*.yaml"))
-FRAGMENTS = ("real/stage3_alignment_sdxl", "demo/stage3_no_user")  # stacked after a stage config, tested so
+# stacked after a stage config, tested so
+FRAGMENTS = ("real/stage3_alignment_sdxl", "demo/stage3_no_user", "real/stage1_movielens")
 STAGE_CONFIGS = [
     p for p in CONFIGS if p.parent.name in ("tiny", "demo", "real") and f"{p.parent.name}/{p.stem}" not in FRAGMENTS
 ]
@@ -44,6 +45,14 @@ def test_sdxl_variant_stacks_on_the_real_stage3():
     adapter = parsed["model"]["init_args"]["conditioner"]["init_args"]["adapter"]["init_args"]
     assert (adapter["cross_attention_dim"], adapter["pooled_dim"]) == (2048, 1280)
     assert parsed["model"]["init_args"]["diffusion"]["variant"] == "sdxl"
+
+
+def test_movielens_fragment_stacks_on_the_real_stage1():
+    parsed = print_config(REPO / "lightning_configs/real/stage1_preference.yaml",
+                          REPO / "lightning_configs/real/stage1_movielens.yaml")  # fmt: skip
+    assert (parsed["data"]["holdout"], parsed["model"]["init_args"]["top_k"]) == (10, 5)
+    model = parsed["model"]["init_args"]["model"]["init_args"]
+    assert model["num_users"] == 331000 and model["embed_dim"] == 64  # the rest of the real stage 1 is kept
 
 
 def test_real_stage3_fails_early_naming_the_missing_mllm(tmp_path, monkeypatch):
