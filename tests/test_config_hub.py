@@ -55,12 +55,15 @@ def test_movielens_fragment_stacks_on_the_real_stage1():
     assert model["num_users"] == 331000 and model["embed_dim"] == 64  # the rest of the real stage 1 is kept
 
 
-def test_real_stage3_fails_early_naming_the_missing_mllm(tmp_path, monkeypatch):
+def test_real_stage3_fails_early_naming_the_missing_mllm(tmp_path, monkeypatch, capsys):
+    from icg.cli import main
+
     monkeypatch.chdir(tmp_path)  # no weights/ here
-    with pytest.raises(Exception, match="mllm_path") as err:
-        run_cli("fit", "--config", REPO / "lightning_configs/real/stage3_alignment.yaml", "--data.root", tmp_path,
-                "--model.init_args.preference_ckpt", "x.ckpt", "--model.init_args.rewards_ckpt", "y.ckpt")  # fmt: skip
-    assert "Qwen2-VL-2B-Instruct" in str(err.value)
+    assert main(["fit", "--config", str(REPO / "lightning_configs/real/stage3_alignment.yaml"), "--data.root",
+                 str(tmp_path), "--model.init_args.preference_ckpt", "x.ckpt",
+                 "--model.init_args.rewards_ckpt", "y.ckpt"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "mllm_path" in err and "Qwen2-VL-2B-Instruct" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("tier", ["tiny", "demo", "real"])
