@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -108,7 +109,8 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of the ``icg`` console script.
 
     A :class:`icg.errors.UserError` (or an error raised from one, as jsonargparse does when a constructor refuses a
-    config value) is printed as one message on stderr with exit status 2; any other exception is a bug and keeps its
+    config value) and Lightning's ``MisconfigurationException`` (e.g. ``trainer.accelerator: gpu`` on a machine
+    without one) are printed as one message on stderr with exit status 2; any other exception is a bug and keeps its
     traceback. ``--debug`` anywhere on the command line (or ``ICG_DEBUG=1``) shows the traceback of user errors too.
 
     Args:
@@ -128,6 +130,8 @@ def main(args: list[str] | None = None) -> int:
         return _run(words, from_argv=args is None)
     except Exception as err:
         user_error = find_user_error(err)
+        if user_error is None and isinstance(err, MisconfigurationException):  # Lightning's word for a bad setting
+            user_error = f"Lightning: {err}"
         if user_error is None or debug:
             raise
         sys.stderr.write(f"icg {command}: {user_error}\n")

@@ -135,6 +135,11 @@ def test_config_values_are_named(tiny_platform, tmp_path, capsys, extra, expecte
     assert _fails(capsys, *words) == expected
 
 
+def test_lightning_misconfiguration_is_one_line(tiny_platform, tmp_path, capsys):
+    line = _fails(capsys, *_fit1(tiny_platform, tmp_path / "run", "--trainer.devices", "0"))
+    assert line.startswith("icg fit: Lightning: `Trainer(devices='0')` value is not a valid input")
+
+
 def test_invalid_yaml_names_the_file(tmp_path, capsys):
     config = tmp_path / "broken.yaml"
     config.write_text("model: [unclosed\n")
