@@ -14,23 +14,62 @@ checkpoint from the wrong stage is refused with a message naming both stages. Ev
 
 from __future__ import annotations
 
+import errno
 import importlib
 import inspect
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from icg.errors import UserError
+
 ICG_KEY = "icg"
 ICG_CKPT_VERSION = 1
 STAGES = ("preference", "rewards", "alignment", "base_model")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, unreadable or from the wrong stage; the message says which and why."""
+
+
+def _load_failure(err: Exception) -> str:
+    """Why ``torch.load`` failed, in the user's terms (``--debug`` shows torch's own message and its advice)."""
+    text = str(err)
+    if (isinstance(err, OSError) and err.errno == errno.EINVAL) or "PytorchStreamReader" in text:
+        return "truncated or damaged file"  # torch's zip reader on a cut-short file
+    if match := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return f"it holds a Python object ({match.group(1)}), not only tensors and plain containers"
+    return "not a torch checkpoint"
+
+
+def read_checkpoint(path: str | Path, config_key: str) -> Any:
+    """``torch.load(path, weights_only=True)`` of a file the user named; any failure names the key and the file.
+
+    A truncated download, a text file or a pickle of arbitrary objects all give the same message: the file is not a
+    readable checkpoint (torch's own advice to set ``weights_only=False`` is left out on purpose).
+
+    Args:
+        path: the checkpoint file.
+        config_key: the config key or option that named it (``--ckpt_path``, ``model.init_args.preference_ckpt``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{config_key}: checkpoint {path} does not exist")
+    try:
+        with warnings.catch_warnings():  # a plain pickle makes torch warn about its protocol before refusing it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every unpickling/zip/IO failure is the same user-facing problem
+        raise CheckpointError(
+            f"{config_key}: {path} is not a readable checkpoint ({_load_failure(err)}); name a .ckpt file that an "
+            "icg stage wrote"
+        ) from err
 
 
 def init_spec(obj: Any, local_vars: dict[str, Any]) -> dict[str, Any]:
@@ -88,10 +127,7 @@ def load_stage_checkpoint(path: str | Path, stage: str, config_key: str) -> dict
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{config_key}: checkpoint {path} does not exist (expected a {stage!r} stage .ckpt)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user-facing problem
-        raise CheckpointError(f"{config_key}: cannot read checkpoint {path}: {err}") from err
+    checkpoint = read_checkpoint(path, config_key)
     block = checkpoint.get(ICG_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(block, dict) or "stage" not in block:
         raise CheckpointError(f"{config_key}: {path} is not an icg stage checkpoint (no '{ICG_KEY}' block)")

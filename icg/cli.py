@@ -7,15 +7,19 @@ console script, so tests drive exactly the path a user runs.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from icg.data.datamodule import ICGDataModule
+from icg.errors import DEBUG_ENV, DEBUG_FLAG, ArgumentsError, ShortParserErrors, debug_requested, find_user_error
 
 DATA_COMMAND = "data"
+LIGHTNING_CKPT_KEYS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
 EVALUATE_COMMAND = "evaluate"
 EXPORT_COMMAND = "export"
 STUDY_COMMAND = "study"
@@ -44,7 +48,14 @@ Evaluation:
 
 Generation:
   export          a stage-3 checkpoint -> one folder that CoverGenerator.from_pretrained loads (docs/generation.md)
+
+A mistake in a config, option, file or dataset is reported in one message and exits with status 2; add --debug
+(or set ICG_DEBUG=1) for the full traceback and the parser's complete message.
 """
+
+
+class ICGArgumentParser(ShortParserErrors, LightningArgumentParser):
+    """Lightning's parser whose errors reach ``main`` as one short line instead of ~70 (``--debug``: all of them)."""
 
 
 class ICGLightningCLI(LightningCLI):
@@ -54,6 +65,7 @@ class ICGLightningCLI(LightningCLI):
         super().__init__(
             model_class=LightningModule,
             subclass_mode_model=True,
+            parser_class=ICGArgumentParser,
             datamodule_class=ICGDataModule,
             auto_configure_optimizers=False,  # stages apply their injected OptimizerCallable themselves
             save_config_kwargs={"overwrite": True},
@@ -91,20 +103,24 @@ class ICGLightningCLI(LightningCLI):
         """``--ckpt_path`` resumes the same stage only: refuse another stage's checkpoint before Lightning reads it."""
         import importlib
 
-        import torch
-
-        from icg.ckpt import ICG_KEY, CheckpointError
+        from icg.ckpt import ICG_KEY, CheckpointError, read_checkpoint
 
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            stage = torch.load(ckpt_path, weights_only=True, map_location="cpu").get(ICG_KEY, {}).get("stage")
+        local = ckpt_path and "://" not in str(ckpt_path) and not str(ckpt_path).startswith("registry:")
+        if local and str(ckpt_path) not in LIGHTNING_CKPT_KEYS:
+            checkpoint = read_checkpoint(ckpt_path, "--ckpt_path")
+            block = checkpoint.get(ICG_KEY) if isinstance(checkpoint, dict) else None
+            stage = block.get("stage") if isinstance(block, dict) else None
             class_path = self.config[subcommand].model.class_path
             module = importlib.import_module(class_path.rpartition(".")[0])
             expected = getattr(module, "STAGE", None)
             if expected is not None and stage != expected:
+                written_by = (
+                    f"a {stage!r} stage checkpoint" if stage else "not an icg stage checkpoint (no 'icg' block)"
+                )
                 raise CheckpointError(
-                    f"--ckpt_path: {ckpt_path} is a {stage!r} stage checkpoint; it cannot resume the {expected!r} "
+                    f"--ckpt_path: {ckpt_path} is {written_by}; it cannot resume the {expected!r} "
                     f"stage ({class_path}). Name an earlier stage's checkpoint in its config key instead "
                     "(preference_ckpt, rewards_ckpt)"
                 )
@@ -114,10 +130,42 @@ class ICGLightningCLI(LightningCLI):
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``icg`` console script.
 
+    A :class:`icg.errors.UserError` (or an error raised from one, as jsonargparse does when a constructor refuses a
+    config value) and Lightning's ``MisconfigurationException`` (e.g. ``trainer.accelerator: gpu`` on a machine
+    without one) are printed as one message on stderr with exit status 2; any other exception is a bug and keeps its
+    traceback. ``--debug`` anywhere on the command line (or ``ICG_DEBUG=1``) shows the traceback of user errors too.
+
     Args:
         args: command-line words without the program name; ``None`` reads ``sys.argv``.
     """
     words = list(sys.argv[1:] if args is None else args)
+    debug = debug_requested(words)
+    words = [word for word in words if word != DEBUG_FLAG]
+    if args is None and DEBUG_FLAG in sys.argv:
+        # Lightning reads sys.argv itself (and DDP relaunches it); the flag travels as ICG_DEBUG instead
+        sys.argv[:] = [word for word in sys.argv if word != DEBUG_FLAG]
+    command = " ".join(words[:2]) if words[:1] == [DATA_COMMAND] else (words[0] if words else "")
+    previous = os.environ.get(DEBUG_ENV)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # the parser reads it (ICGArgumentParser.error)
+    try:
+        return _run(words, from_argv=args is None)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None and isinstance(err, MisconfigurationException):  # Lightning's word for a bad setting
+            user_error = f"Lightning: {err}"
+        if user_error is None or debug:
+            raise
+        sys.stderr.write(f"icg {command}: {user_error}\n")
+        return 2
+    finally:
+        if previous is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = previous
+
+
+def _run(words: list[str], from_argv: bool) -> int:
     if words and words[0] == DATA_COMMAND:
         from icg.data.commands import run_data_command
 
@@ -137,8 +185,27 @@ def main(args: list[str] | None = None) -> int:
     if not words or words[0] in ("-h", "--help"):
         sys.stdout.write(OVERVIEW)
         return 0
-    ICGLightningCLI(None if args is None else words)  # None: Lightning reads sys.argv itself
+    _check_config_files(words)
+    ICGLightningCLI(None if from_argv else words)  # None: Lightning reads sys.argv itself
     return 0
+
+
+def _check_config_files(words: list[str]) -> None:
+    """Name a ``--config`` file that is not valid YAML (jsonargparse's message names neither file nor key)."""
+    import yaml
+
+    for index, word in enumerate(words):
+        path = word.split("=", 1)[1] if word.startswith("--config=") else None
+        if word in ("--config", "-c") and index + 1 < len(words):
+            path = words[index + 1]
+        if path is None or not Path(path).is_file():
+            continue
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ArgumentsError(f"--config {path}: not valid YAML ({getattr(err, 'problem', err)}{where})") from err
 
 
 if __name__ == "__main__":

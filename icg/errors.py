@@ -8,6 +8,12 @@ that) whenever the message alone tells the user what to change.
 
 from __future__ import annotations
 
+import os
+import re
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "ICG_DEBUG"
+
 
 class UserError(Exception):
     """An error caused by the user's input or settings; its message names what to change."""
@@ -15,3 +21,137 @@ class UserError(Exception):
 
 class RunFolderError(UserError, FileExistsError):
     """A training run would write into a folder that already holds another run's checkpoints."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value (or command-line option) is out of range or inconsistent; the message names key and value."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder named by a config key or option does not exist; the message says which and what it holds."""
+
+
+class OutputFolderError(UserError, FileExistsError):
+    """An output folder is not empty, or holds something the command will not replace; the message names it."""
+
+
+class ArgumentsError(UserError):
+    """The command line or a config file does not parse (unknown key, wrong type); the message is the parser's gist.
+
+    Deliberately not an ``argparse.ArgumentError`` (nor a ``TypeError``/``KeyError``): jsonargparse catches those
+    while parsing, and this one must reach ``icg.cli.main`` untouched.
+    """
+
+
+class ShortParserErrors:
+    """Mixin for a jsonargparse ``ArgumentParser``: its errors reach ``main`` as one :class:`ArgumentsError`.
+
+    Only the top-level parser (and its subcommand parsers) shorten; the parsers jsonargparse builds for nested
+    classes keep raising its own errors, which it catches while trying each type of a union. With ``--debug`` /
+    ``ICG_DEBUG=1`` the parser prints usage and its complete message as usual.
+    """
+
+    def error(self, message: str, ex: Exception | None = None):
+        if debug_requested([]) or not self.exit_on_error:
+            super().error(message, ex)
+        raise ArgumentsError(shorten_parser_error(message)) from ex
+
+
+def debug_requested(words: list[str]) -> bool:
+    """Whether the user asked for tracebacks (``--debug`` among the words, or ``ICG_DEBUG`` set to a true value)."""
+    return DEBUG_FLAG in words or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def find_user_error(err: BaseException) -> UserError | None:
+    """``err`` itself if it is a :class:`UserError`, else the first one it was raised ``from`` (explicit causes only).
+
+    jsonargparse wraps an exception raised while it instantiates a class (``raise ValueError(...) from ex``); the
+    user's error is the cause, and its message is the one to print.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
+
+
+# jsonargparse's nested messages: lines that restate the union's alternatives or the whole given value
+_PARSER_NOISE = re.compile(
+    r"^(Subtypes: |Given value type: |Given value: |Errors:$|Does not validate against any of the Union subtypes$"
+    r"|Expected a <class 'NoneType'>$|tip: )"
+)
+_PARSER_KEY = re.compile(r'^Parser key "([^"]+)"(?: element (\d+))?:\s*(.*)$', re.M)
+_CLASS_PATH = re.compile(r"^Problem with given class_path '([^']+)':\s*(.*)$", re.M)
+_UNKNOWN_OPTION = re.compile(r"^Option '([^']+)' is not accepted$")
+_IMPORT_FAILURE = re.compile(r"No module named|has no attribute|cannot import|Import of")
+_REQUIRED = re.compile(r"^the following arguments are required: (.*)$")
+
+
+def shorten_parser_error(message: str, max_reasons: int = 3) -> str:
+    """The gist of a jsonargparse error: the deepest reason(s), each with the full config key it belongs to.
+
+    A typo deep in a nested ``class_path``/``init_args`` config makes jsonargparse print every alternative of every
+    union on the way down (~70 lines, the useful one near the end). This keeps the most deeply nested reasons and
+    names them by their dotted key, e.g. ``model.init_args.model.init_args.hiden_dim: no such option (of
+    icg.models.preference.PreferenceModel)``.
+
+    Args:
+        message: the parser's message.
+        max_reasons: at most this many reasons are kept.
+    """
+    if required := _REQUIRED.match(message.strip()):
+        keys = [re.sub(r"^(fit|validate|test|predict)\.", "", k.strip()) for k in required.group(1).split(",")]
+        return f"{', '.join(keys)}: required, and not given on the command line or in a --config file"
+    if not _PARSER_KEY.search(message) and not _CLASS_PATH.search(message):  # a flat message: keep it, on one line
+        return " ".join(line.strip() for line in message.splitlines() if line.strip()) or "invalid arguments"
+    lines = []
+    for raw in message.splitlines():
+        text = raw.strip()
+        depth = len(raw) - len(raw.lstrip())
+        if text.startswith("- "):
+            text, depth = text[2:].strip(), depth + 2
+        if text:
+            lines.append((depth, text))
+    reasons: list[tuple[int, str]] = []
+    for index, (depth, text) in enumerate(lines):
+        if _PARSER_NOISE.match(text):
+            continue
+        key_match, class_match = _PARSER_KEY.match(text), _CLASS_PATH.match(text)
+        rest = key_match.group(3) if key_match else class_match.group(2) if class_match else text
+        if not rest or _PARSER_NOISE.match(rest):
+            continue  # a header: its reason is on the indented lines below
+        owner = ""
+        chain, level = [], depth
+        for outer_depth, outer in reversed(lines[: index + 1]):
+            if outer_depth > level or (outer_depth == level and outer is not text):
+                continue
+            level = outer_depth
+            if match := _PARSER_KEY.match(outer):
+                chain.insert(0, match.group(1))
+            elif match := _CLASS_PATH.match(outer):
+                chain.insert(0, "init_args")
+                owner = owner or match.group(1)
+        key = ".".join(chain)
+        if option := _UNKNOWN_OPTION.match(rest):
+            key, rest = f"{key}.{option.group(1)}" if key else option.group(1), "no such option"
+        elif owner and _IMPORT_FAILURE.search(rest) and key.endswith("init_args"):
+            key, rest, owner = (
+                key.removesuffix(".init_args").removesuffix("init_args"),
+                f"cannot import {owner}: {rest}",
+                "",
+            )
+        where = f"{key}: " if key else ""
+        reasons.append((depth, f"{where}{_plain_types(rest)}" + (f" (of {owner})" if owner else "")))
+    if not reasons:
+        return message.strip().splitlines()[0] if message.strip() else "invalid arguments"
+    deepest = max(depth for depth, _ in reasons)
+    chosen = list(dict.fromkeys(text for depth, text in reasons if depth == deepest))
+    return "; ".join(chosen[:max_reasons])
+
+
+def _plain_types(text: str) -> str:
+    """``Expected a <class 'int'>`` -> ``expected int`` in parser messages."""
+    text = re.sub(r"Expected an? <class '([\w.]+)'>", r"expected \1", text)
+    return re.sub(r"<class '([\w.]+)'>", r"\1", text)

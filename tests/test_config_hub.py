@@ -182,6 +182,24 @@ def test_sdxl_variant_stacks_on_the_real_stage3():
     assert parsed["model"]["init_args"]["diffusion"]["variant"] == "sdxl"
 
 
+def test_movielens_fragment_stacks_on_the_real_stage1():
+    parsed = print_config(*stack(CONFIG_DIR / "real/stage1_movielens.yaml"))
+    assert (parsed["data"]["holdout"], parsed["model"]["init_args"]["top_k"]) == (10, 5)
+    model = parsed["model"]["init_args"]["model"]["init_args"]
+    assert model["num_users"] == 331000 and model["embed_dim"] == 64  # the rest of the real stage 1 is kept
+
+
+def test_real_stage3_fails_early_naming_the_missing_mllm(tmp_path, monkeypatch, capsys):
+    from icg.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no weights/ here
+    assert main(["fit", "--config", str(REPO / "lightning_configs/real/stage3_alignment.yaml"), "--data.root",
+                 str(tmp_path), "--model.init_args.preference_ckpt", "x.ckpt",
+                 "--model.init_args.rewards_ckpt", "y.ckpt"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "mllm_path" in err and "Qwen2-VL-2B-Instruct" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("tier", ["tiny", "demo", "real"])
 def test_stage3_user_width_matches_its_stage1(tier):
     """Stages chain by checkpoint, so their widths must agree in the shipped configs (stage 3 checks it at setup)."""

@@ -98,3 +98,45 @@ def test_synth_clicks_per_user_option(tmp_path, capsys):
     assert "clicks_per_user must be (min, max) with 1 <= min <= max, got (7, 3)" in capsys.readouterr().err
     assert main([*args, "--overwrite", "--clicks-per-user", "0", "3"]) == 2
     assert main([*args, "--overwrite", "--clicks-per-user", "3"]) == 2  # argparse: MIN and MAX both needed
+
+
+def _to_csv(root, name):
+    """Rewrite ``<root>/<name>.parquet`` as ``<name>.csv`` and return the frame."""
+    frame = pd.read_parquet(root / f"{name}.parquet")
+    (root / f"{name}.parquet").unlink()
+    frame.to_csv(root / f"{name}.csv", index=False)
+    return frame
+
+
+def test_validate_names_a_non_utf8_table(tmp_path, capsys):
+    make_dataset(tmp_path)
+    items = _to_csv(tmp_path, "items")
+    items.loc[0, "title"] = "猫的视频"
+    (tmp_path / "items.csv").write_bytes(items.to_csv(index=False).encode("gbk"))
+    assert main(["data", "validate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'items.csv'}: not UTF-8 text" in err and "iconv -f gbk -t utf-8" in err
+
+
+def test_validate_names_a_column_given_twice(tmp_path, capsys):
+    make_dataset(tmp_path)
+    inter = _to_csv(tmp_path, "interactions")
+    lines = (tmp_path / "interactions.csv").read_text().splitlines()
+    users = inter["user_id"].tolist()
+    lines = [lines[0] + ",user_id"] + [f"{line},{user}" for line, user in zip(lines[1:], users, strict=True)]
+    (tmp_path / "interactions.csv").write_text("\n".join(lines) + "\n")
+    assert main(["data", "validate", str(tmp_path)]) == 2
+    assert "interactions.csv: the header names 'user_id' at columns [1, 5]; keep one of each" in capsys.readouterr().err
+
+
+def test_iso_timestamps_validate_and_read_as_the_same_seconds(tmp_path, capsys):
+    from icg.data.schema import read_interaction_arrays
+
+    make_dataset(tmp_path)
+    seconds = pd.read_parquet(tmp_path / "interactions.parquet")
+    iso = pd.to_datetime(seconds["timestamp"], unit="s").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    (tmp_path / "interactions.parquet").unlink()
+    seconds.assign(timestamp=iso).to_csv(tmp_path / "interactions.csv", index=False)
+    assert main(["data", "validate", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.endswith(": ok\n")
+    assert read_interaction_arrays(tmp_path).timestamp.tolist() == seconds["timestamp"].tolist()

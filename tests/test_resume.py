@@ -64,8 +64,12 @@ def test_stage3_resume(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_pa
 
 
 def test_a_checkpoint_from_another_stage_cannot_resume_stage3(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt,
-                                                              tmp_path):  # fmt: skip
-    with pytest.raises(Exception, match="'preference' stage checkpoint; it cannot resume the 'alignment' stage"):
-        fit("stage3_alignment.yaml", tmp_path, "1", "--data.root", tiny_platform,
-            "--model.init_args.preference_ckpt", tiny_stage1_ckpt, "--model.init_args.rewards_ckpt", tiny_stage2_ckpt,
-            ckpt=tiny_stage1_ckpt)  # fmt: skip
+                                                              tmp_path, capsys):  # fmt: skip
+    from icg.cli import main
+
+    words = ["fit", "--config", TINY / "stage3_alignment.yaml", "--trainer.default_root_dir", tmp_path,
+             "--data.root", tiny_platform, "--model.init_args.preference_ckpt", tiny_stage1_ckpt,
+             "--model.init_args.rewards_ckpt", tiny_stage2_ckpt, "--ckpt_path", tiny_stage1_ckpt]  # fmt: skip
+    assert main([str(w) for w in words]) == 2
+    err = capsys.readouterr().err
+    assert "'preference' stage checkpoint; it cannot resume the 'alignment' stage" in err and "Traceback" not in err

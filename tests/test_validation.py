@@ -44,11 +44,13 @@ def test_every_kind_in_one_message(tmp_path):
         "empty title: 1 row(s) in items.parquet; first: items.parquet row 5",
         "duplicate row: 1 row(s) in items.parquet; first: items.parquet row 13",
         "interaction with an unknown item: 1 row(s) in interactions.parquet; first: interactions.parquet row 1 ",
-        "non-numeric timestamp: 1 row(s) in interactions.parquet; first: interactions.parquet row 2 ",
+        "timestamp that is not whole seconds or ISO-8601: 1 row(s) in interactions.parquet; first: "
+        "interactions.parquet row 2 (timestamp 'noon', ",
         f"duplicate row: 1 row(s) in interactions.parquet; first: interactions.parquet row {last} ",
     ):
         assert expected in message, f"{expected!r} not in:\n{message}"
     assert "'ghost'" in message
+    assert "A timestamp must be a whole number of seconds" in message
 
 
 def test_setup_raises_the_report(tmp_path):
@@ -56,7 +58,7 @@ def test_setup_raises_the_report(tmp_path):
     _corrupt(tmp_path)
     with pytest.raises(DataValidationError) as caught:
         ICGDataModule(tmp_path).setup("fit")
-    assert "missing image file" in str(caught.value) and "non-numeric timestamp" in str(caught.value)
+    assert "missing image file" in str(caught.value) and "timestamp 'noon'" in str(caught.value)
 
 
 def test_csv_rows_give_lines_and_symlink_escape(tmp_path):

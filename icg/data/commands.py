@@ -1,7 +1,8 @@
 """``icg data synth|validate|stats|convert``: the dataset commands of the ``icg`` CLI (ICG, Bian et al., EMNLP 2025).
 
 ``icg/cli.py`` hands every ``icg data ...`` invocation to :func:`run_data_command`. Output goes to stdout with
-``sys.stdout.write``; a failed check exits non-zero with its one report on stderr.
+``sys.stdout.write``; a failed check exits non-zero with its one report on stderr, and any other user error
+(:class:`icg.errors.UserError`) is printed by ``icg.cli.main`` as one line with exit status 2.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from icg.data.schema import DatasetFormatError
+from icg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,24 @@ def _parser() -> argparse.ArgumentParser:
     pixelrec.add_argument("--items", required=True, type=Path, help="item_info.csv")
     pixelrec.add_argument("--covers", required=True, type=Path, help="folder of <item_id>.jpg")
     pixelrec.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    _common_convert_options(pixelrec, "PixelRec exports are often gbk")
     movielens = sources.add_parser("movielens", help="MovieLens: ratings.csv + movies.csv + posters/")
     movielens.add_argument("--ratings", required=True, type=Path, help="ratings.csv (userId,movieId,rating,timestamp)")
     movielens.add_argument("--movies", required=True, type=Path, help="movies.csv (movieId,title,genres)")
     movielens.add_argument("--posters", required=True, type=Path, help="folder of <movieId>.jpg")
     movielens.add_argument("--out", required=True, type=Path, help="dataset folder to write")
     movielens.add_argument("--positive-threshold", type=float, default=4.0, help="ratings >= this are clicks")
+    _common_convert_options(movielens, "ml-latest is utf-8; older MovieLens releases latin-1")
     return parser
+
+
+def _common_convert_options(parser: argparse.ArgumentParser, encoding_hint: str) -> None:
+    parser.add_argument(
+        "--encoding", default="utf-8", help=f"text encoding of the input CSV files (default utf-8; {encoding_hint})"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier conversion in --out, once the new one is complete"
+    )
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -126,7 +138,7 @@ def dataset_stats(root: Path, holdout: int) -> dict:
 
 def _stats(args: argparse.Namespace) -> int:
     if args.holdout < 0:
-        raise ValueError(f"--holdout must be >= 0, got {args.holdout}")
+        raise ConfigError(f"--holdout must be >= 0, got {args.holdout}")
     stats = dataset_stats(args.root, args.holdout)
     if args.json:
         sys.stdout.write(json.dumps(stats) + "\n")
@@ -139,11 +151,21 @@ def _convert(args: argparse.Namespace) -> int:
     if args.source == "pixelrec":
         from icg.data.convert_pixelrec import convert_pixelrec
 
-        report = convert_pixelrec(args.interactions, args.items, args.covers, args.out)
+        report = convert_pixelrec(
+            args.interactions, args.items, args.covers, args.out, encoding=args.encoding, overwrite=args.overwrite
+        )
     else:
         from icg.data.convert_movielens import convert_movielens
 
-        report = convert_movielens(args.ratings, args.movies, args.posters, args.out, args.positive_threshold)
+        report = convert_movielens(
+            args.ratings,
+            args.movies,
+            args.posters,
+            args.out,
+            args.positive_threshold,
+            encoding=args.encoding,
+            overwrite=args.overwrite,
+        )
     sys.stdout.write(json.dumps(report, indent=1) + "\n")
     return 0
 
@@ -160,8 +182,4 @@ def run_data_command(args: list[str]) -> int:
     except SystemExit as exit_:  # --help and usage errors: argparse already printed
         return int(exit_.code or 0)
     handler = {"synth": _synth, "validate": _validate, "stats": _stats, "convert": _convert}[parsed.command]
-    try:
-        return handler(parsed)
-    except (DatasetFormatError, FileNotFoundError, ValueError) as err:
-        sys.stderr.write(f"icg data {parsed.command}: {err}\n")
-        return 2
+    return handler(parsed)  # a UserError reaches icg.cli.main, which prints it as one line (exit status 2)

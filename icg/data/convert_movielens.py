@@ -4,17 +4,27 @@ published layout into the icg dataset format (docs/data.md).
 Input: ``ratings.csv`` (``userId,movieId,rating,timestamp``), ``movies.csv`` (``movieId,title,genres``; titles
 with commas are quoted) and a folder of posters ``<movieId>.jpg`` that the user supplies. A rating at or above
 ``positive_threshold`` is a click (1), anything below a real non-click (0): the dataset is explicit
-(``implicit: false``). Movies without a poster are left out with their ratings, counted in
-``<out>/conversion_report.json`` and the log. ``ratings.csv`` is streamed in chunks.
+(``implicit: false``). Movies without a poster are left out with their ratings; every left-out row is listed with
+its reason in ``<out>/left_out_rows.csv`` and counted in ``<out>/conversion_report.json`` (``icg.data.conversion``).
+The inputs are never written to; ``<out>`` appears complete or not at all. ``ratings.csv`` is streamed in chunks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from icg.data.conversion import attach_covers, convert_interactions_csv, write_conversion_report
+from icg.data.conversion import (
+    LeftOutRows,
+    check_paths,
+    convert_interactions_csv,
+    read_table_csv,
+    select_items,
+    staged_output,
+    write_conversion_report,
+)
 from icg.data.schema import DatasetMeta, write_meta
 
 MOVIE_COLUMNS = ("movieId", "title", "genres")
@@ -28,6 +38,8 @@ def convert_movielens(
     out: str | Path,
     positive_threshold: float = 4.0,
     chunk_rows: int = 1_000_000,
+    encoding: str = "utf-8",
+    overwrite: bool = False,
 ) -> dict:
     """Write ``out`` as an explicit icg dataset from MovieLens files; returns the conversion report.
 
@@ -35,40 +47,45 @@ def convert_movielens(
         ratings: ``ratings.csv``.
         movies: ``movies.csv``.
         posters: folder of ``<movieId>.jpg`` posters.
-        out: the dataset folder to write (created).
+        out: the dataset folder to write: missing or empty, or an earlier conversion with ``overwrite``; it must
+            neither hold nor lie inside an input.
         positive_threshold: ratings >= this are clicks.
         chunk_rows: rows of ``ratings.csv`` read at a time.
+        encoding: text encoding of both CSV files.
+        overwrite: replace an earlier dataset in ``out`` (only once the new one is complete).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = pd.read_csv(movies, dtype=str, keep_default_na=False)
-    missing = [c for c in MOVIE_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{movies}: missing column(s) {missing}; MovieLens movies.csv has {list(MOVIE_COLUMNS)}")
-    table = table.rename(columns={"movieId": "item_id"})
-    duplicates = table["item_id"].duplicated(keep="first")
-    table = table[~duplicates].copy()
-    table["title"] = table["title"].str.strip()
-    untitled = table["title"] == ""
-    with_cover, without_cover = attach_covers(table[~untitled], Path(posters), out)
-    with_cover.to_parquet(out / "items.parquet", index=False)
-    (out / "items.csv").unlink(missing_ok=True)
-
-    def to_click(chunk: pd.DataFrame):
-        rating = pd.to_numeric(chunk["rating"], errors="coerce")
-        if rating.isna().any():
-            row = chunk.index[rating.isna().to_numpy()][0]
-            raise ValueError(f"{ratings}: non-numeric rating {chunk['rating'].loc[row]!r} at row {row + 1}")
-        return (rating >= positive_threshold).astype("int8").to_numpy()
-
-    counts = convert_interactions_csv(
-        Path(ratings),
-        RATING_COLUMNS,
-        to_click,
-        set(with_cover["item_id"]),
-        set(without_cover) | set(table.loc[untitled, "item_id"]),
-        out,
-        chunk_rows,
+    ratings, movies, posters, out = Path(ratings), Path(movies), Path(posters), Path(out)
+    check_paths(out, {"--ratings": ratings, "--movies": movies}, {"--posters": posters})
+    table = read_table_csv(movies, MOVIE_COLUMNS, "MovieLens movies.csv", encoding).rename(
+        columns={"movieId": "item_id"}
     )
-    write_meta(out, DatasetMeta(source="movielens", implicit=False, extra={"positive_threshold": positive_threshold}))
-    return write_conversion_report(out, "movielens", with_cover, without_cover, untitled, duplicates, counts)
+    table["title"] = table["title"].str.strip()
+
+    def to_click(chunk: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        rating = pd.to_numeric(chunk["rating"], errors="coerce").to_numpy(float)
+        ok = np.isfinite(rating)
+        return (ok & (rating >= positive_threshold)).astype(np.int8), ok
+
+    with staged_output(out, overwrite) as root:
+        left_out = LeftOutRows(root)
+        try:
+            kept = select_items(table, posters, root, left_out, movies.name, "--posters")
+            kept.to_parquet(root / "items.parquet", index=False)
+            counts = convert_interactions_csv(
+                ratings,
+                RATING_COLUMNS,
+                to_click,
+                set(kept["item_id"]),
+                set(table["item_id"]) - set(kept["item_id"]),
+                root,
+                left_out,
+                "MovieLens ratings.csv",
+                encoding,
+                chunk_rows,
+            )
+        finally:
+            left_out.close()
+        write_meta(
+            root, DatasetMeta(source="movielens", implicit=False, extra={"positive_threshold": positive_threshold})
+        )
+        return write_conversion_report(root, out, "movielens", len(table), len(kept), counts, left_out)

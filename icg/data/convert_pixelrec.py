@@ -5,8 +5,9 @@ Input: an interactions CSV per subset (e.g. ``Pixel1M.csv``, header ``item_id,us
 every row an implicit positive), ``item_info.csv`` (``item_id, view_number, comment_number, thumbup_number,
 share_number, coin_number, favorite_number, barrage_number, title_en, title, description, tag``) and a folder of
 covers ``<item_id>.jpg``. The English title is used when it is non-empty. Items without a cover (or without any
-title) are left out together with their interactions; every left-out row is counted in
-``<out>/conversion_report.json`` and in the log. The interactions CSV is streamed in chunks.
+title) are left out together with their interactions; every left-out row is listed with its reason in
+``<out>/left_out_rows.csv`` and counted in ``<out>/conversion_report.json`` (``icg.data.conversion``). The inputs are
+never written to; ``<out>`` appears complete or not at all. The interactions CSV is streamed in chunks.
 """
 
 from __future__ import annotations
@@ -14,15 +15,29 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from icg.data.conversion import attach_covers, convert_interactions_csv, write_conversion_report
+from icg.data.conversion import (
+    LeftOutRows,
+    check_paths,
+    convert_interactions_csv,
+    read_table_csv,
+    select_items,
+    staged_output,
+    write_conversion_report,
+)
 from icg.data.schema import DatasetMeta, write_meta
 
 log = logging.getLogger(__name__)
 
 ITEM_INFO_COLUMNS = ("item_id", "title_en", "title")
-INTERACTION_COLUMNS = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
+INTERACTION_COLUMNS = {"item_id": "item_id", "user_id": "user_id", "timestamp": "timestamp"}
+
+
+def _all_clicks(chunk: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """PixelRec logs only clicks: every row is a positive."""
+    return np.ones(len(chunk), np.int8), np.ones(len(chunk), bool)
 
 
 def convert_pixelrec(
@@ -31,6 +46,8 @@ def convert_pixelrec(
     covers: str | Path,
     out: str | Path,
     chunk_rows: int = 1_000_000,
+    encoding: str = "utf-8",
+    overwrite: bool = False,
 ) -> dict:
     """Write ``out`` as an implicit icg dataset from PixelRec files; returns the conversion report.
 
@@ -38,34 +55,35 @@ def convert_pixelrec(
         interactions: the subset's interactions CSV (``item_id,user_id,timestamp``).
         items: ``item_info.csv``.
         covers: folder of ``<item_id>.jpg`` covers.
-        out: the dataset folder to write (created).
+        out: the dataset folder to write: missing or empty, or an earlier conversion with ``overwrite``; it must
+            neither hold nor lie inside an input.
         chunk_rows: rows of the interactions CSV read at a time.
+        encoding: text encoding of both CSV files (PixelRec exports are often ``gbk``).
+        overwrite: replace an earlier dataset in ``out`` (only once the new one is complete).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    info = pd.read_csv(items, dtype=str, keep_default_na=False)
-    missing = [c for c in ITEM_INFO_COLUMNS if c not in info.columns]
-    if missing:
-        raise ValueError(
-            f"{items}: missing column(s) {missing}; PixelRec's item_info.csv has {list(ITEM_INFO_COLUMNS)}"
-        )
-    duplicates = info["item_id"].duplicated(keep="first")
-    info = info[~duplicates].copy()
+    interactions, items, covers, out = Path(interactions), Path(items), Path(covers), Path(out)
+    check_paths(out, {"--interactions": interactions, "--items": items}, {"--covers": covers})
+    info = read_table_csv(items, ITEM_INFO_COLUMNS, "PixelRec's item_info.csv", encoding)
     english = info["title_en"].str.strip()
     info["title"] = english.where(english != "", info["title"].str.strip())
-    untitled = info["title"] == ""
-    with_cover, without_cover = attach_covers(info[~untitled], Path(covers), out)
-    left_out = set(without_cover) | set(info.loc[untitled, "item_id"])
-    with_cover.drop(columns=["title_en"]).to_parquet(out / "items.parquet", index=False)
-    (out / "items.csv").unlink(missing_ok=True)
-    counts = convert_interactions_csv(
-        Path(interactions),
-        INTERACTION_COLUMNS,
-        lambda chunk: 1,  # PixelRec logs only clicks: every row is a positive
-        set(with_cover["item_id"]),
-        left_out,
-        out,
-        chunk_rows,
-    )
-    write_meta(out, DatasetMeta(source="pixelrec", implicit=True, extra={"interactions_file": Path(interactions).name}))
-    return write_conversion_report(out, "pixelrec", with_cover, without_cover, untitled, duplicates, counts)
+    with staged_output(out, overwrite) as root:
+        left_out = LeftOutRows(root)
+        try:
+            kept = select_items(info, covers, root, left_out, items.name, "--covers")
+            kept.drop(columns=["title_en"]).to_parquet(root / "items.parquet", index=False)
+            counts = convert_interactions_csv(
+                interactions,
+                INTERACTION_COLUMNS,
+                _all_clicks,
+                set(kept["item_id"]),
+                set(info["item_id"]) - set(kept["item_id"]),
+                root,
+                left_out,
+                "PixelRec's interactions CSV",
+                encoding,
+                chunk_rows,
+            )
+        finally:
+            left_out.close()
+        write_meta(root, DatasetMeta(source="pixelrec", implicit=True, extra={"interactions_file": interactions.name}))
+        return write_conversion_report(root, out, "pixelrec", len(info), len(kept), counts, left_out)

@@ -27,9 +27,10 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from icg.data.schema import read_interaction_arrays, read_meta
+from icg.data.schema import DatasetFormatError, read_interaction_arrays, read_meta
 from icg.data.splits import PARTS, TRAIN, InteractionLog, NegativeSampler, row_rng
 from icg.data.validation import DataValidationError, read_items, validate
+from icg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -291,26 +292,24 @@ class ICGDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        checks = {
-            "image_size": image_size >= 1,
-            "batch_size": batch_size >= 1,
-            "eval_batch_size": eval_batch_size is None or eval_batch_size >= 1,
-            "num_workers": num_workers >= 0,
-            "holdout": holdout >= 1,
-            "negatives_per_positive": negatives_per_positive >= 0,
-            "eval_candidates": eval_candidates >= 0,
-            "history_length": history_length >= 0,
-            "image_cache_mb": image_cache_mb >= 0,
+        checks = {  # key: (value, ok, the rule)
+            "image_size": (image_size, image_size >= 1, ">= 1"),
+            "batch_size": (batch_size, batch_size >= 1, ">= 1"),
+            "eval_batch_size": (eval_batch_size, eval_batch_size is None or eval_batch_size >= 1, ">= 1 or null"),
+            "num_workers": (num_workers, num_workers >= 0, ">= 0"),
+            "holdout": (holdout, holdout >= 1, ">= 1"),
+            "negatives_per_positive": (negatives_per_positive, negatives_per_positive >= 0, ">= 0"),
+            "eval_candidates": (eval_candidates, eval_candidates >= 0, ">= 0"),
+            "history_length": (history_length, history_length >= 0, ">= 0"),
+            "image_cache_mb": (image_cache_mb, image_cache_mb >= 0, ">= 0"),
         }
-        bad = [key for key, ok in checks.items() if not ok]
+        bad = [f"data.{key}={value!r} (must be {rule})" for key, (value, ok, rule) in checks.items() if not ok]
         if bad:
-            raise ValueError(f"ICGDataModule: invalid value for {bad} (sizes and counts must be positive)")
+            raise ConfigError(f"invalid {', '.join(bad)}")
         if negative_sampling not in ("uniform", "popularity"):
-            raise ValueError(
-                f"ICGDataModule.negative_sampling must be 'uniform' or 'popularity', got {negative_sampling!r}"
-            )
+            raise ConfigError(f"data.negative_sampling must be 'uniform' or 'popularity', got {negative_sampling!r}")
         if on_bad_record not in ("error", "skip"):
-            raise ValueError(f"ICGDataModule.on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+            raise ConfigError(f"data.on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
         # Recorded in checkpoints but not sent to the logger: Lightning refuses to log two values under one key, and
         # data.seed / data.image_size may legitimately differ from a stage's own seed / image_size. The CLI's
         # config.yaml beside the logs holds every setting.
@@ -329,6 +328,8 @@ class ICGDataModule(pl.LightningDataModule):
         """Read, validate and split the dataset (once; later calls return at once)."""
         if self._ready:
             return
+        if not self.root.is_dir():
+            raise DatasetFormatError(f"data.root: {self.root} is not a folder (an icg dataset, docs/data.md)")
         meta = read_meta(self.root)
         items, items_path = read_items(self.root)
         inter = read_interaction_arrays(self.root)
@@ -338,6 +339,12 @@ class ICGDataModule(pl.LightningDataModule):
                 raise DataValidationError(report.message())
             written = report.write_skip_report(items, inter, self.skip_report)
             log.warning("%s\nSkipped those rows; report of what was left out: %s", report.message(), written)
+            if not report.interaction_keep.any():
+                skipped = int((~report.item_keep).sum() + (~report.interaction_keep).sum())
+                raise DataValidationError(
+                    f"{self.root}: nothing left after skipping {skipped} bad rows (on_bad_record: skip); every one is "
+                    f"listed in {written}. Fix the dataset (icg data validate {self.root} shows the first rows)"
+                )
         self.implicit = bool(meta.implicit)
 
         kept_items = items[report.item_keep]
@@ -383,11 +390,14 @@ class ICGDataModule(pl.LightningDataModule):
             # eval candidates are distinct, train negatives need just one item the user never clicked
             needed = max(self.eval_candidates, min(self.negatives_per_positive, 1))
             if self.sampler.max_positives + needed > len(self.item_ids):
-                raise ValueError(
+                raise ConfigError(
                     f"{self.root}: a user clicked {self.sampler.max_positives} of {len(self.item_ids)} items, too "
-                    f"many to sample {needed} distinct negatives; lower eval_candidates (or negatives_per_positive)"
+                    f"many to sample {needed} distinct negatives; lower data.eval_candidates (or "
+                    "data.negatives_per_positive)"
                 )
         self._ready = True
+        if not self.implicit:
+            self._warn_small_groups()
         log.info(
             "%s: %d users, %d items, %d interactions (%s)",
             self.root,
@@ -396,6 +406,35 @@ class ICGDataModule(pl.LightningDataModule):
             len(self.log),
             ", ".join(f"{k} {v}" for k, v in self.log.counts().items()),
         )
+
+    def eval_groups(self, split: str) -> tuple[int, int]:
+        """``(groups, groups with both a click and a non-click)`` of the ``val`` or ``test`` interactions.
+
+        GAUC averages over the groups that hold both classes (nan when none does), and NDCG@k / Recall@k are 1.0 for
+        any group of at most k rows. Implicit data: a group is a held-out click and its ``eval_candidates`` sampled
+        negatives. Explicit data: a group is a user's held-out rows (``holdout`` of them).
+        """
+        self._require_setup()
+        part = PARTS[split]
+        if self.implicit:
+            groups = len(self.log.positions(part, clicks_only=True))
+            return groups, groups if self.eval_candidates >= 1 else 0
+        rows = self.log.positions(part)
+        users = self.log.user[rows]
+        clicks = np.bincount(users, weights=self.log.click[rows], minlength=self.log.num_users)
+        sizes = np.bincount(users, minlength=self.log.num_users)
+        return int((sizes > 0).sum()), int(((clicks > 0) & (clicks < sizes)).sum())
+
+    def _warn_small_groups(self) -> None:
+        for split in ("val", "test"):
+            groups, evaluable = self.eval_groups(split)
+            if evaluable < groups:
+                log.warning(
+                    "data.holdout=%d on explicit data (%s): %d of %d users' %s rows hold both a click and a non-click; "
+                    "%s/gauc averages those only (nan when none) and NDCG@k/Recall@k are 1.0 for a group of <= k "
+                    "rows. Raise data.holdout (lightning_configs/real/stage1_movielens.yaml: 10, with top_k 5)",
+                    self.holdout, self.root, evaluable, groups, split, split,
+                )  # fmt: skip
 
     def _require_setup(self) -> None:
         if not self._ready:
@@ -505,7 +544,7 @@ class ICGDataModule(pl.LightningDataModule):
         loader = self.dataloader("train", unit, fields, shuffle=True)
         world = self.trainer.world_size
         if self.batch_size * world > len(loader.dataset):
-            raise ValueError(
+            raise ConfigError(
                 f"ICGDataModule: batch_size {self.batch_size} x world size {world} = {self.batch_size * world} is "
                 f"larger than the train set ({len(loader.dataset)} rows of unit {unit!r}); lower data.batch_size"
             )

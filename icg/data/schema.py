@@ -15,6 +15,7 @@ non-clicks as well (MovieLens ratings below a threshold). docs/data.md documents
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from icg.data.timestamps import parse_timestamps
+from icg.errors import UserError
 
 FORMAT_NAME = "icg-dataset"
 FORMAT_VERSION = 1
@@ -66,7 +70,7 @@ class DatasetMeta:
     extra: dict = field(default_factory=dict)
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """The folder is not a readable icg dataset; the message says which file and what is wrong."""
 
 
@@ -81,12 +85,37 @@ def table_path(root: str | Path, name: str) -> Path:
     return found[0]
 
 
+_NOT_UTF8 = "not UTF-8 text; icg dataset CSV files are UTF-8: re-encode it (e.g. iconv -f gbk -t utf-8)"
+
+
+def _check_header(path: Path, names: list[str], columns: tuple[str, ...]) -> None:
+    """Refuse a table that names one of the format's columns twice (pandas would silently rename the second)."""
+    repeated = {c: [i + 1 for i, n in enumerate(names) if n == c] for c in columns if names.count(c) > 1}
+    if repeated:
+        where = ", ".join(f"{c!r} at columns {positions}" for c, positions in repeated.items())
+        raise DatasetFormatError(f"{path}: the header names {where}; keep one of each")
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as file:
+            return next(csv.reader(file), [])
+    except UnicodeDecodeError as err:
+        raise DatasetFormatError(f"{path}: {_NOT_UTF8}") from err
+
+
 def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """Read a table with string ids, keeping empty strings (so empty titles are seen, not turned into NaN)."""
     if path.suffix == ".parquet":
         frame = pd.read_parquet(path)
     else:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        _check_header(path, _csv_header(path), columns)
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except UnicodeDecodeError as err:
+            raise DatasetFormatError(f"{path}: {_NOT_UTF8}") from err
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise DatasetFormatError(f"{path}: not a readable CSV table ({str(err).strip()})") from err
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DatasetFormatError(f"{path}: missing column(s) {missing}; expected at least {list(columns)}")
@@ -108,7 +137,8 @@ class InteractionArrays:
     """The interactions table as compact arrays: ids dictionary-encoded, one entry per file row (file order).
 
     Built with pyarrow so that ~20M rows never become Python objects. ``timestamp_ok`` / ``click_ok`` are False
-    where the file holds something non-numeric (or a click other than 0/1); validation reports those rows.
+    where the file holds a timestamp outside :data:`icg.data.timestamps.TIMESTAMP_RULE` (or a click other than 0/1);
+    validation reports those rows, with the refused timestamps as written (``bad_timestamps``).
 
     Args:
         path: the file read.
@@ -116,8 +146,9 @@ class InteractionArrays:
         user_values: the distinct user id strings, sorted (object array); codes follow this order.
         item_code: int32 index into ``item_values`` per row.
         item_values: the distinct item id strings, sorted (object array).
-        timestamp: int64 seconds (0 where ``timestamp_ok`` is False).
+        timestamp: int64 seconds (0 where ``timestamp_ok`` is False); ISO-8601 date-times converted.
         timestamp_ok: bool per row.
+        bad_timestamps: the refused timestamp values as text, by 0-based row.
         click: int8 per row (0 where ``click_ok`` is False).
         click_ok: bool per row.
     """
@@ -131,6 +162,7 @@ class InteractionArrays:
     timestamp_ok: np.ndarray
     click: np.ndarray
     click_ok: np.ndarray
+    bad_timestamps: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.user_code)
@@ -184,13 +216,19 @@ def read_interaction_arrays(root: str | Path) -> InteractionArrays:
                 ),
             )
     except (pa.ArrowInvalid, OSError) as err:
+        if "UTF8" in str(err):
+            raise DatasetFormatError(f"{path}: {_NOT_UTF8}") from err
         raise DatasetFormatError(f"{path}: cannot be read as a table ({err})") from err
+    _check_header(path, table.column_names, INTERACTION_COLUMNS)
     missing = [c for c in INTERACTION_COLUMNS if c not in table.column_names]
     if missing:
         raise DatasetFormatError(f"{path}: missing column(s) {missing}; expected at least {list(INTERACTION_COLUMNS)}")
     user_code, user_values = _encode_ids(table.column("user_id"))
     item_code, item_values = _encode_ids(table.column("item_id"))
-    timestamp, timestamp_ok = _to_int(table.column("timestamp"), np.int64)
+    timestamp, timestamp_ok = parse_timestamps(table.column("timestamp"))
+    bad_rows = np.flatnonzero(~timestamp_ok)
+    raw = table.column("timestamp").take(pa.array(bad_rows, pa.int64())).to_pylist() if len(bad_rows) else []
+    bad_timestamps = {int(r): "" if v is None else str(v) for r, v in zip(bad_rows, raw, strict=True)}
     click, click_numeric = _to_int(table.column("click"), np.int64)
     click_ok = click_numeric & ((click == 0) | (click == 1))
     del table
@@ -204,6 +242,7 @@ def read_interaction_arrays(root: str | Path) -> InteractionArrays:
         timestamp_ok=timestamp_ok,
         click=np.where(click_ok, click, 0).astype(np.int8),
         click_ok=click_ok,
+        bad_timestamps=bad_timestamps,
     )
 
 

@@ -50,6 +50,7 @@ from safetensors.torch import save_file
 
 from icg.data.oracle import ORACLE_TENSORS, TRUTH_DIR, TRUTH_JSON, Oracle, cover_features, feature_names
 from icg.data.schema import IMAGES_DIR, META_FILE, DatasetMeta, read_meta, write_dataset
+from icg.errors import ConfigError, MissingFileError, OutputFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -310,13 +311,15 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a folder")
+        raise OutputFolderError(f"{out}: exists and is not a folder")
     if not any(out.iterdir()):
         return
     if not overwrite:
-        raise FileExistsError(f"{out}: folder is not empty; pass overwrite=True (--overwrite) to replace it")
+        raise OutputFolderError(f"{out}: folder is not empty; pass overwrite=True (--overwrite) to replace it")
     if not (out / META_FILE).is_file() or read_meta(out).source != "synthetic":
-        raise FileExistsError(f"{out}: not a synthetic platform (no meta.json with source 'synthetic'); not replacing")
+        raise OutputFolderError(
+            f"{out}: not a synthetic platform (no meta.json with source 'synthetic'); not replacing it"
+        )
     for name in (IMAGES_DIR, TRUTH_DIR):
         if (out / name).is_dir():
             shutil.rmtree(out / name)
@@ -347,13 +350,13 @@ def generate_platform(
         The dataset folder.
     """
     if users < 1:
-        raise ValueError(f"users must be >= 1, got {users}")
+        raise ConfigError(f"users must be >= 1, got {users}")
     if items < 2:
-        raise ValueError(f"items must be >= 2, got {items}")
+        raise ConfigError(f"items must be >= 2, got {items}")
     if image_size < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
+        raise ConfigError(f"image_size must be >= 16, got {image_size}")
     if len(clicks_per_user) != 2 or not 1 <= int(clicks_per_user[0]) <= int(clicks_per_user[1]):
-        raise ValueError(f"clicks_per_user must be (min, max) with 1 <= min <= max, got {tuple(clicks_per_user)}")
+        raise ConfigError(f"clicks_per_user must be (min, max) with 1 <= min <= max, got {tuple(clicks_per_user)}")
     low, high = int(clicks_per_user[0]), int(clicks_per_user[1])
     out = Path(out)
     _prepare_output(out, overwrite)
@@ -506,7 +509,7 @@ def read_truth(root: str | Path) -> dict:
     """The hidden truth's JSON part (ids, palette, click-model constants, item attributes, user likes)."""
     path = Path(root) / TRUTH_DIR / TRUTH_JSON
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; only a synthetic platform (icg data synth) has a hidden truth")
+        raise MissingFileError(f"{path}: missing; only a synthetic platform (icg data synth) has a hidden truth")
     return json.loads(path.read_text())
 
 

@@ -8,7 +8,8 @@ decode) for every file that exists.
 
 Kinds: missing image, corrupt image, image path escaping the dataset root, empty title, empty id, duplicate row
 (items: same ``item_id``; interactions: same ``user_id, item_id, timestamp``; the first one is kept), interaction
-with an unknown item, non-numeric timestamp, click other than 0/1. With ``on_bad_record: skip`` the bad rows are
+with an unknown item, timestamp outside ``icg.data.timestamps.TIMESTAMP_RULE`` (one rule with the converters; the
+report shows the value), click other than 0/1. With ``on_bad_record: skip`` the bad rows are
 left out, together with the interactions of items that were left out, and :meth:`ValidationReport.skip_report`
 lists exactly those rows.
 """
@@ -29,6 +30,7 @@ from PIL import Image
 from icg.data.schema import (
     ITEM_COLUMNS,
     ITEMS_TABLE,
+    DatasetFormatError,
     InteractionArrays,
     read_interaction_arrays,
     read_meta,
@@ -36,6 +38,8 @@ from icg.data.schema import (
     row_label,
     table_path,
 )
+from icg.data.timestamps import TIMESTAMP_RULE
+from icg.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ KINDS = {
     "empty_id": "empty id",
     "duplicate_row": "duplicate row",
     "unknown_item": "interaction with an unknown item",
-    "bad_timestamp": "non-numeric timestamp",
+    "bad_timestamp": "timestamp that is not whole seconds or ISO-8601",
     "bad_click": "click that is not 0 or 1",
     "item_left_out": "interaction whose item was left out",  # only in skip mode's report, never an error itself
 }
@@ -57,7 +61,7 @@ SKIP_REPORT_NAME = "skip_report.json"
 _VERIFY_THREADS = 8  # image checks are I/O bound; threads overlap the stat/open latency of network file systems
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError, ValueError):
     """The dataset holds bad records; the message lists every kind with counts and the first offending rows."""
 
 
@@ -124,6 +128,8 @@ class ValidationReport:
         rows = sum(p.count for p in self.errors)
         lines = [f"{self.root}: bad input, {len(self.errors)} kind(s) in {rows} row(s) (rows are 1-based data rows):"]
         lines += [f"  - {p.describe()}" for p in self.errors]
+        if any(p.kind == "bad_timestamp" for p in self.errors):
+            lines.append(f"A timestamp must be {TIMESTAMP_RULE}.")
         lines.append(
             "Fix these rows, or set on_bad_record: skip to leave them out "
             f"(a JSON report of what was left out is written, by default to {self.root / SKIP_REPORT_NAME})."
@@ -177,7 +183,8 @@ def _item_example(items: pd.DataFrame, path: Path, row: int) -> str:
 def _interaction_example(inter: InteractionArrays, row: int) -> str:
     user = inter.user_values[inter.user_code[row]]
     item = inter.item_values[inter.item_code[row]]
-    return f"{row_label(inter.path, row)} (user_id {user!r}, item_id {item!r})"
+    value = f"timestamp {inter.bad_timestamps[row]!r}, " if row in inter.bad_timestamps else ""
+    return f"{row_label(inter.path, row)} ({value}user_id {user!r}, item_id {item!r})"
 
 
 def _check_image(root_real: str, relative: str) -> str | None:
@@ -228,6 +235,9 @@ def validate(
         check_image_files: check existence and readability of images (``icg data stats`` skips it).
     """
     root = Path(root)
+    for path, rows in ((items_path, len(items)), (interactions.path, len(interactions))):
+        if rows == 0:
+            raise DatasetFormatError(f"{path}: no data rows (a header only); a dataset needs items and interactions")
     problems: list[Problem] = []
 
     def add(kind: str, path: Path, mask: np.ndarray, example) -> None:

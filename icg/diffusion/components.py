@@ -18,6 +18,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 from icg.diffusion.conditioning import unet_cross_attention_dim, unet_pooled_dim
+from icg.errors import ConfigError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ SD_SCHEDULE = dict(
 )
 
 
-class MissingComponentError(FileNotFoundError):
+class MissingComponentError(MissingFileError):
     """A diffusers folder lacks a subfolder or file; the message names the config key and what is expected."""
 
 
@@ -143,7 +144,7 @@ class DiffusionComponents:
             weights_variant: diffusers' weight-file variant (e.g. ``"fp16"`` for ``*.fp16.safetensors``).
         """
         if variant not in ("sd15", "sdxl"):
-            raise ValueError(f"variant must be 'sd15' or 'sdxl', got {variant!r}")
+            raise ConfigError(f"variant must be 'sd15' or 'sdxl', got {variant!r}")
         root = Path(path).expanduser()
         if not root.is_dir():
             raise MissingComponentError(
@@ -168,7 +169,7 @@ class DiffusionComponents:
         is_sdxl = unet.config.addition_embed_type == "text_time"
         if is_sdxl != (variant == "sdxl"):
             found = "sdxl" if is_sdxl else "sd15"
-            raise ValueError(
+            raise ConfigError(
                 f"{config_key}={str(path)!r} holds an {found}-layout UNet but variant={variant!r} was requested"
             )
         log.info(
@@ -217,7 +218,7 @@ class DiffusionComponents:
                     use_linear_projection=True,
                 )
             elif variant != "sd15":
-                raise ValueError(f"variant must be 'sd15' or 'sdxl', got {variant!r}")
+                raise ConfigError(f"variant must be 'sd15' or 'sdxl', got {variant!r}")
             unet = UNet2DConditionModel(
                 sample_size=sample_size,
                 in_channels=4,
@@ -272,4 +273,4 @@ class DiffusionComponents:
             return cls.tiny(variant="sdxl").to(device, dtype)
         if preset == "sd15":
             return cls.sd15_architecture(device, dtype)
-        raise ValueError(f"unknown diffusion preset {preset!r}; expected tiny, tiny_sdxl or sd15")
+        raise ConfigError(f"unknown diffusion preset {preset!r}; expected tiny, tiny_sdxl or sd15")

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from icg.errors import UserError
 
-class ConditioningError(ValueError):
+
+class ConditioningError(UserError, ValueError):
     """A conditioning tensor does not fit the UNet; the message names the config keys involved."""
 
 

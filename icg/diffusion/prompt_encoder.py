@@ -23,6 +23,7 @@ from torch import nn
 
 from icg import ckpt
 from icg.diffusion.conditioning import Conditioning
+from icg.errors import ConfigError, MissingFileError
 from icg.models.title_tokens import TITLE_ENCODER_DIR, TitleTokenEncoder, load_title_encoder
 
 
@@ -47,7 +48,7 @@ class PromptEncoder(nn.Module):
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
         if (path is None) == (tiny is None):
-            raise ValueError(f"{config_key}: give either a diffusers folder (path) or tiny: {{...}}, not both/neither")
+            raise ConfigError(f"{config_key}: give either a diffusers folder (path) or tiny: {{...}}, not both/neither")
         self.tokenizer = None
         if tiny is not None:
             with torch.random.fork_rng(devices=[]):
@@ -91,13 +92,13 @@ def _load(folder: Path, config_key: str) -> tuple[nn.Module, object | None]:
     if (folder / TITLE_ENCODER_DIR).is_dir():
         return load_title_encoder(folder, config_key), None
     if (folder / "text_encoder_2").is_dir():
-        raise ValueError(
+        raise ConfigError(
             f"{config_key}={folder} is an SDXL folder: its two text encoders are not supported as the title prompt; "
             "leave model.init_args.conditioner.init_args.title_prompt unset (SDXL runs adapter-only)"
         )
     missing = [name for name in ("tokenizer", "text_encoder") if not (folder / name).is_dir()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{config_key}={folder}: no text encoder to read the title with; expected tokenizer/ + text_encoder/ "
             f"(an SD 1.5 diffusers folder) or {TITLE_ENCODER_DIR}/ (the demo's stand-in base model); missing: "
             f"{', '.join(missing)}"

@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.conditioning import Conditioning, predict_noise
+from icg.errors import ConfigError
 
 GradWindow = Literal["none", "last_k", "random_step"]
 GRAD_WINDOWS = ("none", "last_k", "random_step")
@@ -93,16 +94,16 @@ def gradient_steps(
         return []
     if grad_window == "last_k":
         if not 1 <= k <= num_steps:
-            raise ValueError(f"grad_window='last_k' needs 1 <= k <= num_steps={num_steps}, got k={k}")
+            raise ConfigError(f"grad_window='last_k' needs 1 <= k <= num_steps={num_steps}, got k={k}")
         return list(range(num_steps - k, num_steps))
     if grad_window == "random_step":
         lo, hi = (int(v) for v in random_step_range)
         if not 0 <= lo <= hi < num_steps:
-            raise ValueError(
+            raise ConfigError(
                 f"random_step_range={tuple(random_step_range)} must satisfy 0 <= low <= high < num_steps={num_steps}"
             )
         return [int(_randint(lo, hi + 1, (1,), generator, "cpu").item())]
-    raise ValueError(f"grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
+    raise ConfigError(f"grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
 
 
 def sample(
@@ -198,7 +199,7 @@ def sample(
     height = height or components.default_image_size
     width = width or height
     if height % factor or width % factor:
-        raise ValueError(f"height and width must be multiples of the VAE factor {factor}, got {height} x {width}")
+        raise ConfigError(f"height and width must be multiples of the VAE factor {factor}, got {height} x {width}")
     batch = cond.batch_size
     cond = cond.to(device)
 
@@ -318,5 +319,5 @@ def denoising_loss(
     elif scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(z, noise, t)
     else:
-        raise ValueError(f"denoising_loss supports epsilon and v_prediction, not {scheduler.config.prediction_type!r}")
+        raise ConfigError(f"denoising_loss supports epsilon and v_prediction, not {scheduler.config.prediction_type!r}")
     return F.mse_loss(pred.float(), target)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from icg.diffusion.components import DiffusionComponents
+from icg.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,7 +35,7 @@ class DiffusionSource:
     def load(self, config_key: str = "model.init_args.diffusion.path") -> DiffusionComponents:
         """The frozen components; errors name ``config_key``."""
         if self.dtype not in DTYPES:
-            raise ValueError(f"{config_key.rsplit('.', 1)[0]}.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+            raise ConfigError(f"{config_key.rsplit('.', 1)[0]}.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
         if self.path is None:
             components = DiffusionComponents.tiny(**{"variant": self.variant, **self.tiny})
             return components if self.dtype == "float32" else components.to(dtype=DTYPES[self.dtype])

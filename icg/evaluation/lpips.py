@@ -18,6 +18,8 @@ import torch
 import torchmetrics.functional.image.lpips as tm_lpips
 from torch import Tensor, nn
 
+from icg.errors import ConfigError, MissingFileError
+
 
 def alexnet_features() -> nn.Sequential:
     """``torchvision.models.alexnet().features``, layer for layer (so its state-dict keys load unchanged)."""
@@ -42,7 +44,7 @@ def load_alexnet_features(path: str | Path, config_key: str = "lpips_backbone") 
     """The AlexNet ``features`` stack with the weights of a local torchvision checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{config_key}: {path} does not exist (expected torchvision's AlexNet weights, alexnet-owt-7be5be79.pth)"
         )
     if path.suffix == ".safetensors":
@@ -55,7 +57,7 @@ def load_alexnet_features(path: str | Path, config_key: str = "lpips_backbone") 
     wanted = {f"features.{k}" for k in features.state_dict()}
     missing = sorted(wanted - set(state))
     if missing:
-        raise ValueError(f"{config_key}: {path} is not a torchvision AlexNet checkpoint (missing {missing[:3]} ...)")
+        raise ConfigError(f"{config_key}: {path} is not a torchvision AlexNet checkpoint (missing {missing[:3]} ...)")
     features.load_state_dict({k[len("features.") :]: v for k, v in state.items() if k in wanted})
     return features
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.prompt_encoder import PromptEncoder
+from icg.errors import ConfigError
 from icg.generation.export import generator_from_checkpoint
 from icg.generation.generator import CoverGenerator, reference_batch, sample_covers
 from icg.generation.seeds import pair_seed
@@ -102,7 +103,7 @@ class AlignmentMethod:
 
     def __init__(self, generator: CoverGenerator, user: str = "own", strength: float | None = None) -> None:
         if user not in USER_MODES:
-            raise ValueError(f"AlignmentMethod.user must be one of {USER_MODES}, got {user!r}")
+            raise ConfigError(f"AlignmentMethod.user must be one of {USER_MODES}, got {user!r}")
         self.generator, self.user, self.strength = generator, user, strength
 
     @classmethod

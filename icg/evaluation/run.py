@@ -617,12 +617,16 @@ def evaluate_checkpoints(
 
 def main(args: list[str] | None = None) -> int:
     """``python -m icg.evaluation.run --data_root ... --stage1_ckpt ... --stage3_ckpt ... --base_model ...``."""
-    from jsonargparse import CLI
+    from jsonargparse import CLI, ArgumentParser
 
+    from icg.errors import ShortParserErrors
     from icg.evaluation.report import format_markdown
 
+    class Parser(ShortParserErrors, ArgumentParser):
+        """Parser errors as one line (``icg.cli.main`` prints them)."""
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    report = CLI(evaluate_checkpoints, args=args, as_positional=False)
+    report = CLI(evaluate_checkpoints, args=args, as_positional=False, parser_class=Parser)
     print(format_markdown(report))  # cli-output
     return 0
 

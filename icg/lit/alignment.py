@@ -29,6 +29,7 @@ from icg import ckpt
 from icg.diffusion.conditioning import Conditioning, check_widths
 from icg.diffusion.sampler import denoising_loss, sample
 from icg.diffusion.source import DiffusionSource
+from icg.errors import ConfigError
 from icg.generation.generator import CoverGenerator, SamplerSettings
 from icg.generation.users import UserTable
 from icg.lit.preference import load_preference_model
@@ -104,9 +105,9 @@ class AlignmentStage(LightningModule):
     ) -> None:
         super().__init__()
         if grad_window not in GRAD_WINDOWS:
-            raise ValueError(f"model.init_args.grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
+            raise ConfigError(f"model.init_args.grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
         if not 0.0 < strength <= 1.0:
-            raise ValueError(f"model.init_args.strength must be in (0, 1], got {strength}")
+            raise ConfigError(f"model.init_args.strength must be in (0, 1], got {strength}")
         self.save_hyperparameters(ignore=["conditioner", "optimizer", "diffusion"])
         self.conditioner = conditioner
         self.diffusion_source = diffusion or DiffusionSource()
@@ -140,13 +141,13 @@ class AlignmentStage(LightningModule):
             )
         offset = self.conditioner.user_offset
         if offset is not None and offset.user_dim != users.embed_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"model.init_args.conditioner.init_args.user_offset.init_args.user_dim={offset.user_dim} but the "
                 f"stage-1 model in model.init_args.preference_ckpt has user embeddings of width {users.embed_dim}"
             )
         fusion = self.conditioner.fusion
         if fusion.fusion_type != "none" and fusion.user_dim != users.embed_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"model.init_args.conditioner.init_args.fusion.init_args.user_dim={fusion.user_dim} but the stage-1 "
                 f"model in model.init_args.preference_ckpt has user embeddings of width {users.embed_dim}"
             )

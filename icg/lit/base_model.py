@@ -25,6 +25,7 @@ from icg import ckpt
 from icg.diffusion.components import SD_SCHEDULE
 from icg.diffusion.conditioning import Conditioning, predict_noise
 from icg.diffusion.sampler import encode
+from icg.errors import ConfigError
 from icg.models.title_tokens import TitleTokenEncoder, export_title_encoder
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,12 @@ class StandInBaseModel(LightningModule):
         self.save_hyperparameters(ignore=["title_encoder", "vae_optimizer", "unet_optimizer", "unet_scheduler"])
         self.automatic_optimization = False
         if int(unet.get("cross_attention_dim", -1)) != title_encoder.dim:
-            raise ValueError(
+            raise ConfigError(
                 f"model.init_args.unet.cross_attention_dim={unet.get('cross_attention_dim')} must equal "
                 f"model.init_args.title_encoder.init_args.dim={title_encoder.dim}"
             )
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
+            raise ConfigError(
                 f"model.init_args.prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
             )
         self.unet = UNet2DConditionModel(**unet)

@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from icg import ckpt
+from icg.errors import ConfigError
 from icg.lit.metrics import ClickMetrics
 from icg.models.preference import ItemFeatureCache, PreferenceModel
 
@@ -70,7 +71,7 @@ class PreferenceStage(LightningModule):
         if not isinstance(model, PreferenceModel):
             raise TypeError(f"{MODEL_KEY}: expected an icg.models.preference.PreferenceModel, got {type(model)}")
         if user_l2 < 0:
-            raise ValueError(f"model.init_args.user_l2 must be >= 0, got {user_l2}")
+            raise ConfigError(f"model.init_args.user_l2 must be >= 0, got {user_l2}")
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model
         self.optimizer = optimizer
@@ -88,7 +89,7 @@ class PreferenceStage(LightningModule):
         self.val_metrics = ClickMetrics(top_k)
         self.test_metrics = ClickMetrics(top_k)
         if model.history_type != "none" and not self.use_cache:
-            raise ValueError(
+            raise ConfigError(
                 f"{MODEL_KEY}.init_args.history_type={model.history_type!r} reads the clicked covers' features from "
                 "the per-item cache: it needs freeze_encoder: true and model.init_args.feature_cache: true"
             )
@@ -99,9 +100,17 @@ class PreferenceStage(LightningModule):
         if datamodule is None:
             return
         if datamodule.num_users > self.model.num_users:
-            raise ValueError(
+            raise ConfigError(
                 f"{MODEL_KEY}.init_args.num_users={self.model.num_users}, but the dataset at data.root has "
                 f"{datamodule.num_users} users: set num_users to at least {datamodule.num_users}"
+            )
+        groups, evaluable = datamodule.eval_groups("val")
+        if groups and not evaluable:
+            raise ConfigError(
+                f"val/gauc cannot be computed: none of the {groups} val groups of data.root={datamodule.root} holds "
+                f"both a click and a non-click (data.holdout={datamodule.holdout}, data.eval_candidates="
+                f"{datamodule.eval_candidates}); explicit data needs data.holdout of several ratings per user "
+                "(lightning_configs/real/stage1_movielens.yaml: 10), implicit data data.eval_candidates >= 1"
             )
         if self.use_cache and self.cache is None:
             self.cache = ItemFeatureCache(datamodule.num_items, self.model.feature_dim)

@@ -24,6 +24,8 @@ import subprocess
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from icg.errors import ConfigError
+
 # Under lightning.pytorch so these lines reach the job log through the handler Lightning installs.
 log = logging.getLogger("lightning.pytorch.callbacks.synced_requeue")
 
@@ -39,7 +41,7 @@ class SyncedSLURMRequeue(Callback):
         try:
             self.signum = signal.Signals[signal_name]
         except KeyError as err:
-            raise ValueError(f"SyncedSLURMRequeue.signal_name: unknown signal {signal_name!r}") from err
+            raise ConfigError(f"SyncedSLURMRequeue.signal_name: unknown signal {signal_name!r}") from err
         self._signalled = False
         self._previous = None
 

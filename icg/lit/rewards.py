@@ -30,6 +30,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC
 
+from icg.errors import ConfigError
 from icg.models.rewards.base import RewardContext
 from icg.models.rewards.bundle import STAGE, STATE_PREFIX, RewardBundle  # noqa: F401 - STAGE: what --ckpt_path must be
 from icg.models.rewards.preference import PreferenceReward
@@ -52,13 +53,13 @@ def _load_preference_rewards(bundle: RewardBundle, preference_ckpt: str | None) 
             continue
         where = f"{BUNDLE_KEY}.init_args.rewards[{i}] ('{name}')"
         if reward.loaded and preference_ckpt is not None:
-            raise ValueError(
+            raise ConfigError(
                 f"{where} already names a stage-1 checkpoint; model.init_args.preference_ckpt={preference_ckpt} "
                 "too: set preference_ckpt in one place"
             )
         if not reward.loaded:
             if preference_ckpt is None:
-                raise ValueError(
+                raise ConfigError(
                     f"{where} needs the stage-1 checkpoint: set model.init_args.preference_ckpt "
                     "(e.g. runs/demo/stage1/checkpoints/last.ckpt)"
                 )
@@ -97,7 +98,7 @@ class RewardStage(LightningModule):
         if not isinstance(bundle, RewardBundle):
             raise TypeError(f"{BUNDLE_KEY}: expected an icg.models.rewards.bundle.RewardBundle, got {type(bundle)}")
         if not 0.0 <= relevance_holdout < 1.0:
-            raise ValueError(f"model.init_args.relevance_holdout must be in [0, 1), got {relevance_holdout}")
+            raise ConfigError(f"model.init_args.relevance_holdout must be in [0, 1), got {relevance_holdout}")
         self.save_hyperparameters(ignore=["bundle", "optimizer"])
         _load_preference_rewards(bundle, preference_ckpt)
         self.bundle = bundle
@@ -123,7 +124,7 @@ class RewardStage(LightningModule):
             and self.trainer.world_size > 1
             and not any(p.requires_grad for reward in self.trainable for p in reward.parameters())
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"this reward bundle has nothing to train (only normalization is fitted), which DDP cannot run on "
                 f"{self.trainer.world_size} processes: run stage 2 on one task (trainer.devices=1, "
                 "trainer.num_nodes=1; sbatch --nodes=1 --ntasks-per-node=1)"
@@ -133,7 +134,7 @@ class RewardStage(LightningModule):
             return
         for i, (name, reward) in enumerate(self.bundle.rewards.items()):
             if isinstance(reward, PreferenceReward) and list(reward.user_ids) != list(datamodule.user_ids):
-                raise ValueError(
+                raise ConfigError(
                     f"{BUNDLE_KEY}.init_args.rewards[{i}] ('{name}'): the stage-1 checkpoint (preference_ckpt) was "
                     f"trained on {reward.num_users} users that differ from the {datamodule.num_users} users of "
                     f"data.root={datamodule.root}; train stage 1 on the same dataset"

@@ -18,6 +18,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPVisionModelWithProjection
 from transformers.utils import logging as transformers_logging
 
+from icg.errors import MissingFileError
 from icg.models.image_ops import CLIP_MEAN, CLIP_STD
 from icg.models.rewards.base import require_path
 
@@ -30,11 +31,11 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 def _clip_dir(path: str | Path, key: str) -> Path:
     folder = require_path(path, key, CLIP_EXPECTED, kind="dir")
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{key}: {folder} has no config.json; expected {CLIP_EXPECTED}")
+        raise MissingFileError(f"{key}: {folder} has no config.json; expected {CLIP_EXPECTED}")
     if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")) and not any(
         folder.glob("model*.safetensors*")
     ):
-        raise FileNotFoundError(f"{key}: {folder} has no model.safetensors; expected {CLIP_EXPECTED}")
+        raise MissingFileError(f"{key}: {folder} has no model.safetensors; expected {CLIP_EXPECTED}")
     return folder
 
 
@@ -70,7 +71,7 @@ def load_clip_tokenizer(path: str | Path, key: str = "clip_path") -> CLIPTokeniz
     """The CLIPTokenizer saved in the CLIP folder (``tokenizer.json`` or ``vocab.json`` + ``merges.txt``)."""
     folder = require_path(path, key, CLIP_EXPECTED, kind="dir")
     if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{key}: {folder} has no tokenizer files (tokenizer.json or vocab.json + merges.txt); "
             f"expected {CLIP_EXPECTED}"
         )

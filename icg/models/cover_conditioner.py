@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from icg import ckpt
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.prompt_encoder import PromptEncoder
+from icg.errors import ConfigError
 from icg.models.adapter import ConditioningAdapter
 from icg.models.fusion import UserFusion, UserOffset
 from icg.models.meta_prompt import MetaTokenPrompter
@@ -46,17 +47,17 @@ class CoverConditioner(nn.Module):
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
         if fusion.feature_dim != prompter.hidden_size:
-            raise ValueError(
+            raise ConfigError(
                 f"fusion.init_args.feature_dim={fusion.feature_dim} must equal the MLLM hidden size "
                 f"{prompter.hidden_size} (prompter.init_args.mllm_path / tiny_config)"
             )
         if adapter.in_dim != prompter.hidden_size:
-            raise ValueError(
+            raise ConfigError(
                 f"adapter.init_args.in_dim={adapter.in_dim} must equal the MLLM hidden size {prompter.hidden_size} "
                 "(prompter.init_args.mllm_path / tiny_config)"
             )
         if title_prompt is not None and title_prompt.width != adapter.cross_attention_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"title_prompt gives states of width {title_prompt.width} but "
                 f"adapter.init_args.cross_attention_dim={adapter.cross_attention_dim}; both must equal the UNet's"
             )
@@ -64,7 +65,7 @@ class CoverConditioner(nn.Module):
             adapter.num_tokens,
             adapter.cross_attention_dim,
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"user_offset.init_args.(num_tokens, width)=({user_offset.num_tokens}, {user_offset.width}) must equal "
                 f"the adapter's (num_tokens, cross_attention_dim)=({adapter.num_tokens}, {adapter.cross_attention_dim})"
             )

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from icg import ckpt
+from icg.errors import ConfigError
 
 FUSION_TYPES = ("user_token", "film", "none")
 
@@ -39,9 +40,9 @@ class UserFusion(nn.Module):
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
         if fusion_type not in FUSION_TYPES:
-            raise ValueError(f"fusion_type must be one of {FUSION_TYPES}, got {fusion_type!r}")
+            raise ConfigError(f"UserFusion.fusion_type must be one of {FUSION_TYPES}, got {fusion_type!r}")
         if feature_dim < 1 or user_dim < 1:
-            raise ValueError(f"feature_dim and user_dim must be >= 1, got {feature_dim} and {user_dim}")
+            raise ConfigError(f"UserFusion.feature_dim and user_dim must be >= 1, got {feature_dim} and {user_dim}")
         self.feature_dim = feature_dim
         self.user_dim = user_dim
         self.fusion_type = fusion_type
@@ -110,7 +111,9 @@ class UserOffset(nn.Module):
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
         if min(user_dim, num_tokens, width) < 1:
-            raise ValueError(f"user_dim, num_tokens and width must be >= 1, got {user_dim}, {num_tokens}, {width}")
+            raise ConfigError(
+                f"UserOffset.user_dim, num_tokens and width must be >= 1, got {user_dim}, {num_tokens}, {width}"
+            )
         self.user_dim, self.num_tokens, self.width = user_dim, num_tokens, width
         self.user_norm = nn.LayerNorm(user_dim)
         self.proj = nn.Linear(user_dim, num_tokens * width, bias=False)

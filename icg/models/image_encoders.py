@@ -27,6 +27,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from icg.ckpt import init_spec
+from icg.errors import ConfigError
 from icg.models.clip_loading import clip_image_settings, load_clip_vision
 from icg.models.image_ops import CLIP_MEAN, CLIP_STD, check_images, clip_preprocess, resize_center_crop
 
@@ -103,7 +104,7 @@ class PaletteOccupancy(nn.Module):
     def __init__(self, hues: int = 12, tau: float = 0.02) -> None:
         super().__init__()
         if hues < 1 or tau <= 0:
-            raise ValueError(f"PaletteOccupancy: hues must be >= 1 and tau > 0, got hues={hues}, tau={tau}")
+            raise ConfigError(f"PaletteOccupancy: hues must be >= 1 and tau > 0, got hues={hues}, tau={tau}")
         colours = [colorsys.hsv_to_rgb(h / hues, s, v) for s, v in PALETTE_TONES for h in range(hues)]
         self.num_colours = len(colours)
         anchors = torch.tensor(colours + [(g, g, g) for g in PALETTE_GREYS], dtype=torch.float32)
@@ -200,7 +201,7 @@ class ClipVisionEncoder(nn.Module):
         super().__init__()
         self.spec = init_spec(self, locals())
         if (path is None) == (config is None):
-            raise ValueError(f"{config_key}: give exactly one of 'path' (a local CLIP folder) or 'config' (random)")
+            raise ConfigError(f"{config_key}: give exactly one of 'path' (a local CLIP folder) or 'config' (random)")
         mean, std = CLIP_MEAN, CLIP_STD
         if config is not None:
             self.vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))

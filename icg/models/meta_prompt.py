@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from icg import ckpt
+from icg.errors import ConfigError, MissingFileError
 
 if TYPE_CHECKING:
     from icg.models.feature_cache import MLLMFeatureCache
@@ -108,7 +109,7 @@ class MetaTokenPrompter(nn.Module):
         self.spec = ckpt.init_spec(self, locals())
         _check_args(mllm_path, tiny_config, num_meta_tokens, prompt_template, image_size, lora_rank, padding_side)
         if mllm_dtype not in _DTYPES:
-            raise ValueError(f"mllm_dtype={mllm_dtype!r}: expected one of {sorted(_DTYPES)}")
+            raise ConfigError(f"mllm_dtype={mllm_dtype!r}: expected one of {sorted(_DTYPES)}")
         self.num_meta_tokens = num_meta_tokens
         self.prompt_template = prompt_template
         self.image_size = image_size
@@ -124,13 +125,13 @@ class MetaTokenPrompter(nn.Module):
         cfg = model.config
         self.image_token_id = int(cfg.image_token_id)
         if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != self.image_token_id:
-            raise ValueError(
+            raise ConfigError(
                 f"{config_key}: the tokenizer maps {IMAGE_TOKEN} to {tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)} "
                 f"but the model's config.image_token_id is {self.image_token_id}; tokenizer and model do not match"
             )
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
-            raise ValueError(f"{config_key}: the tokenizer has neither a pad nor an eos token to pad prompts with")
+            raise ConfigError(f"{config_key}: the tokenizer has neither a pad nor an eos token to pad prompts with")
         self.pad_token_id = int(pad)
         merge = pixel_cfg["merge_size"]
         self.num_image_tokens = (image_size // pixel_cfg["patch_size"] // merge) ** 2
@@ -346,23 +347,23 @@ def _check_args(
     padding_side: str,
 ) -> None:
     if mllm_path is None and tiny_config is None:
-        raise ValueError(
+        raise ConfigError(
             "mllm_path is not set: give a local folder with a Qwen2-VL-class model, tokenizer and "
             "preprocessor_config.json (or tiny_config: {} for a tiny random MLLM)"
         )
     if mllm_path is not None and tiny_config is not None:
-        raise ValueError("set either mllm_path or tiny_config, not both")
+        raise ConfigError("set either mllm_path or tiny_config, not both")
     if num_meta_tokens < 1:
-        raise ValueError(f"num_meta_tokens must be >= 1, got {num_meta_tokens}")
+        raise ConfigError(f"num_meta_tokens must be >= 1, got {num_meta_tokens}")
     for placeholder in ("{image}", "{title}"):
         if prompt_template.count(placeholder) != 1:
-            raise ValueError(f"prompt_template must contain {placeholder} exactly once: {prompt_template!r}")
+            raise ConfigError(f"prompt_template must contain {placeholder} exactly once: {prompt_template!r}")
     if image_size < 56 or image_size % (_PATCH * _MERGE):
-        raise ValueError(f"image_size must be a multiple of {_PATCH * _MERGE} and at least 56, got {image_size}")
+        raise ConfigError(f"image_size must be a multiple of {_PATCH * _MERGE} and at least 56, got {image_size}")
     if lora_rank < 0:
-        raise ValueError(f"lora_rank must be >= 0, got {lora_rank}")
+        raise ConfigError(f"lora_rank must be >= 0, got {lora_rank}")
     if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
 
 
 def _load_local(path: str, dtype: torch.dtype, config_key: str) -> tuple[nn.Module, Any, dict, dict]:
@@ -371,21 +372,21 @@ def _load_local(path: str, dtype: torch.dtype, config_key: str) -> tuple[nn.Modu
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{config_key}: {folder} is not a folder (expected a local Qwen2-VL-class checkpoint with config.json, "
             "weights, tokenizer files and preprocessor_config.json)"
         )
     for name in ("config.json", "preprocessor_config.json"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{config_key}: {folder} has no {name}")
+            raise MissingFileError(f"{config_key}: {folder} has no {name}")
     try:
         model = AutoModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{config_key}: cannot load a Qwen2-VL-class model from {folder}: {err}") from err
+        raise ConfigError(f"{config_key}: cannot load a Qwen2-VL-class model from {folder}: {err}") from err
     if not hasattr(model, "get_rope_index") or not hasattr(model.config, "image_token_id"):
-        raise ValueError(f"{config_key}: {folder} holds a {type(model).__name__}, not a Qwen2-VL-class model")
+        raise ConfigError(f"{config_key}: {folder} holds a {type(model).__name__}, not a Qwen2-VL-class model")
     pixel_cfg = {
         "patch_size": int(image_processor.patch_size),
         "merge_size": int(image_processor.merge_size),
@@ -418,13 +419,15 @@ def tiny_qwen2_vl_config(tiny_config: dict, tokenizer: Any) -> Any:
 
     unknown = set(tiny_config) - set(TINY_DEFAULTS)
     if unknown:
-        raise ValueError(f"tiny_config: unknown keys {sorted(unknown)} (known: {sorted(TINY_DEFAULTS)})")
+        raise ConfigError(f"tiny_config: unknown keys {sorted(unknown)} (known: {sorted(TINY_DEFAULTS)})")
     c = {**TINY_DEFAULTS, **tiny_config}
     if c["hidden_size"] % c["num_attention_heads"] or c["num_attention_heads"] % c["num_key_value_heads"]:
-        raise ValueError("tiny_config: hidden_size must divide by num_attention_heads, and that by num_key_value_heads")
+        raise ConfigError(
+            "tiny_config: hidden_size must divide by num_attention_heads, and that by num_key_value_heads"
+        )
     half = c["hidden_size"] // c["num_attention_heads"] // 2
     if half < 3:
-        raise ValueError("tiny_config: hidden_size / num_attention_heads must be at least 6 for 3-axis M-RoPE")
+        raise ConfigError("tiny_config: hidden_size / num_attention_heads must be at least 6 for 3-axis M-RoPE")
     # M-RoPE splits each head's rotary frequencies over (time, height, width); give text-time the largest share.
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _TINY_SPECIALS}

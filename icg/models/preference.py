@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from icg.ckpt import init_spec
+from icg.errors import ConfigError
 from icg.models.title_tokens import hash_bucket, title_words
 
 HISTORY_TYPES = ("none", "mean")
@@ -96,17 +97,17 @@ class PreferenceModel(nn.Module):
         super().__init__()
         self.spec = init_spec(self, locals())
         if history_type not in HISTORY_TYPES:
-            raise ValueError(f"history_type must be one of {HISTORY_TYPES}, got {history_type!r}")
+            raise ConfigError(f"PreferenceModel.history_type must be one of {HISTORY_TYPES}, got {history_type!r}")
         if title_type not in TITLE_TYPES:
-            raise ValueError(f"title_type must be one of {TITLE_TYPES}, got {title_type!r}")
+            raise ConfigError(f"PreferenceModel.title_type must be one of {TITLE_TYPES}, got {title_type!r}")
         if item_norm not in ITEM_NORMS:
-            raise ValueError(f"item_norm must be one of {ITEM_NORMS}, got {item_norm!r}")
+            raise ConfigError(f"PreferenceModel.item_norm must be one of {ITEM_NORMS}, got {item_norm!r}")
         if hidden_dim < 0:
-            raise ValueError(f"hidden_dim must be >= 0 (0: linear item tower), got {hidden_dim}")
+            raise ConfigError(f"PreferenceModel.hidden_dim must be >= 0 (0: linear item tower), got {hidden_dim}")
         if num_users < 1:
-            raise ValueError(f"num_users must be >= 1, got {num_users}")
+            raise ConfigError(f"PreferenceModel.num_users must be >= 1, got {num_users}")
         if not 0.0 <= cold_start_dropout < 1.0:
-            raise ValueError(f"cold_start_dropout must be in [0, 1), got {cold_start_dropout}")
+            raise ConfigError(f"PreferenceModel.cold_start_dropout must be in [0, 1), got {cold_start_dropout}")
         self.image_encoder = image_encoder
         self.num_users = num_users
         self.embed_dim = embed_dim

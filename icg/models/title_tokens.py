@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from icg import ckpt
+from icg.errors import MissingFileError
 
 WORD = re.compile(r"\w+")
 TITLE_ENCODER_DIR = "title_encoder"  # where a stand-in base model export keeps its title encoder
@@ -103,7 +104,7 @@ def load_title_encoder(folder: str | Path, config_key: str = "base_model") -> Ti
     """The base model's frozen title encoder from an exported folder."""
     path = Path(folder) / TITLE_ENCODER_DIR
     if not (path / "spec.json").is_file():
-        raise FileNotFoundError(f"{config_key}: {path}/spec.json does not exist (a stand-in base model export)")
+        raise MissingFileError(f"{config_key}: {path}/spec.json does not exist (a stand-in base model export)")
     encoder = ckpt.instantiate(json.loads((path / "spec.json").read_text()))
     encoder.load_state_dict(load_file(str(path / "model.safetensors")))
     return ckpt.freeze(encoder)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from icg.ckpt import init_spec
+from icg.errors import ConfigError
 from icg.models.clip_loading import clip_image_settings, load_clip_vision
 from icg.models.image_ops import check_images, clip_preprocess
 from icg.models.rewards.base import Reward, RewardContext, require_path
@@ -47,11 +48,11 @@ def load_state_dict_file(path: Path, key: str) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise ValueError(f"{key}: cannot read {path} as a state dict: {err}") from err
+        raise ConfigError(f"{key}: cannot read {path} as a state dict: {err}") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a Lightning checkpoint of the predictor, as its training script writes
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{key}: {path} is not a state dict of tensors")
+        raise ConfigError(f"{key}: {path} is not a state dict of tensors")
     return state
 
 
@@ -80,11 +81,11 @@ class AestheticReward(Reward):
         self.image_size, self.mean, self.std = clip_image_settings(Path(clip_path), self.vision.config.image_size)
         state = {k: v.float() for k, v in load_state_dict_file(head_file, head_key).items()}
         if "layers.0.weight" not in state:
-            raise ValueError(f"{head_key}: {head_file} has no 'layers.0.weight'; expected {HEAD_EXPECTED}")
+            raise ConfigError(f"{head_key}: {head_file} has no 'layers.0.weight'; expected {HEAD_EXPECTED}")
         input_size = state["layers.0.weight"].shape[1]
         embed_dim = self.vision.config.projection_dim
         if input_size != embed_dim:
-            raise ValueError(
+            raise ConfigError(
                 f"{head_key}: the head takes {input_size}-d embeddings but the CLIP at {clip_key} projects to "
                 f"{embed_dim}-d (the LAION head needs ViT-L/14, 768-d)"
             )
@@ -92,7 +93,7 @@ class AestheticReward(Reward):
         try:
             self.head.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise ValueError(f"{head_key}: {head_file} does not fit the LAION head layout: {err}") from err
+            raise ConfigError(f"{head_key}: {head_file} does not fit the LAION head layout: {err}") from err
         self.freeze()
 
     def embed(self, images: Tensor) -> Tensor:

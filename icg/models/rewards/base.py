@@ -13,6 +13,8 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from icg.errors import MissingFileError
+
 
 @dataclass
 class RewardContext:
@@ -67,14 +69,14 @@ def require_path(path: str | Path | None, key: str, expected: str, kind: str = "
         kind: "file", "dir" or "any".
     """
     if path is None or str(path) == "":
-        raise FileNotFoundError(f"{key}: no path given; expected {expected}")
+        raise MissingFileError(f"{key}: no path given; expected {expected}")
     p = Path(path).expanduser()
     ok = p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
     if not ok:
         what = {"file": "is not a file", "dir": "is not a folder"}.get(kind, "does not exist")
         if not p.exists():
             what = "does not exist"
-        raise FileNotFoundError(f"{key}: {p} {what}; expected {expected}")
+        raise MissingFileError(f"{key}: {p} {what}; expected {expected}")
     return p
 
 

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.activations import ACT2FN
 
+from icg.errors import ConfigError
+
 # ImageReward's fixed output standardization (ImageReward.py: self.mean, self.std).
 SCORE_MEAN = 0.16717362830052426
 SCORE_STD = 1.0333394966054072
@@ -60,25 +62,25 @@ class MedConfig:
         try:
             raw = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{key}: cannot read {path} as JSON: {err}") from err
+            raise ConfigError(f"{key}: cannot read {path} as JSON: {err}") from err
         if not isinstance(raw, dict):
-            raise ValueError(f"{key}: {path} must hold a JSON object (BLIP's med_config.json)")
+            raise ConfigError(f"{key}: {path} must hold a JSON object (BLIP's med_config.json)")
         known = {f.name: f.type for f in fields(cls)}
         config = cls(**{k: v for k, v in raw.items() if k in known})
         if not config.add_cross_attention:
-            raise ValueError(f"{key}: {path} sets add_cross_attention=false; ImageReward's text encoder needs it")
+            raise ConfigError(f"{key}: {path} sets add_cross_attention=false; ImageReward's text encoder needs it")
         if config.position_embedding_type != "absolute":
-            raise ValueError(f"{key}: {path}: only position_embedding_type 'absolute' is supported")
+            raise ConfigError(f"{key}: {path}: only position_embedding_type 'absolute' is supported")
         if config.hidden_act not in ACT2FN:
-            raise ValueError(f"{key}: {path}: unknown hidden_act {config.hidden_act!r}")
+            raise ConfigError(f"{key}: {path}: unknown hidden_act {config.hidden_act!r}")
         for name, heads, width in (
             ("num_attention_heads", config.num_attention_heads, config.hidden_size),
             ("vision_heads", config.vision_heads, config.vision_width),
         ):
             if width % heads:
-                raise ValueError(f"{key}: {path}: {name}={heads} does not divide the width {width}")
+                raise ConfigError(f"{key}: {path}: {name}={heads} does not divide the width {width}")
         if config.image_size % config.vision_patch_size:
-            raise ValueError(f"{key}: {path}: image_size {config.image_size} is not a multiple of vision_patch_size")
+            raise ConfigError(f"{key}: {path}: image_size {config.image_size} is not a multiple of vision_patch_size")
         return config
 
 

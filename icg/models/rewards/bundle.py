@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from icg import ckpt
+from icg.errors import ConfigError
 from icg.models.rewards.base import Reward, RewardContext
 
 logger = logging.getLogger(__name__)
@@ -86,13 +87,13 @@ class RewardBundle(nn.Module):
         super().__init__()
         rewards = list(rewards)
         if not rewards:
-            raise ValueError("RewardBundle.rewards: at least one reward is needed")
+            raise ConfigError("RewardBundle.rewards: at least one reward is needed")
         names = [getattr(r, "name", None) for r in rewards]
         for i, (reward, name) in enumerate(zip(rewards, names, strict=True)):
             if not isinstance(reward, nn.Module) or not callable(reward):
                 raise TypeError(f"RewardBundle.rewards[{i}]: expected a Reward module, got {type(reward).__name__}")
             if not isinstance(name, str) or not name or "." in name or "/" in name:
-                raise ValueError(f"RewardBundle.rewards[{i}] ({type(reward).__name__}): invalid name {name!r}")
+                raise ConfigError(f"RewardBundle.rewards[{i}] ({type(reward).__name__}): invalid name {name!r}")
             if not hasattr(type(reward), "spec") and not isinstance(getattr(reward, "spec", None), dict):
                 raise TypeError(
                     f"RewardBundle.rewards[{i}] ('{name}', {type(reward).__name__}) has no spec: set "
@@ -100,12 +101,12 @@ class RewardBundle(nn.Module):
                 )
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"RewardBundle.rewards: names must be distinct, repeated: {duplicates}")
+            raise ConfigError(f"RewardBundle.rewards: names must be distinct, repeated: {duplicates}")
         weights = [1.0] * len(rewards) if weights is None else [float(w) for w in weights]
         if len(weights) != len(rewards):
-            raise ValueError(f"RewardBundle.weights: {len(weights)} weights for {len(rewards)} rewards {names}")
+            raise ConfigError(f"RewardBundle.weights: {len(weights)} weights for {len(rewards)} rewards {names}")
         if not all(math.isfinite(w) for w in weights):
-            raise ValueError(f"RewardBundle.weights: must be finite, got {weights}")
+            raise ConfigError(f"RewardBundle.weights: must be finite, got {weights}")
         self.rewards = nn.ModuleDict(dict(zip(names, rewards, strict=True)))
         self.weights = weights
         self.mean: Tensor
@@ -120,9 +121,9 @@ class RewardBundle(nn.Module):
         """Replace the weights of the named rewards (the others keep theirs), e.g. stage 3's ``reward_weights``."""
         unknown = sorted(set(weights) - set(self.rewards))
         if unknown:
-            raise ValueError(f"{config_key}: unknown rewards {unknown}; the bundle has {list(self.rewards)}")
+            raise ConfigError(f"{config_key}: unknown rewards {unknown}; the bundle has {list(self.rewards)}")
         if not all(math.isfinite(float(w)) for w in weights.values()):
-            raise ValueError(f"{config_key}: weights must be finite, got {weights}")
+            raise ConfigError(f"{config_key}: weights must be finite, got {weights}")
         self.weights = [float(weights.get(name, w)) for name, w in zip(self.rewards, self.weights, strict=True)]
         self.weight_tensor.copy_(torch.tensor(self.weights))
 

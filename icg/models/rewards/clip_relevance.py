@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import Tensor
 
 from icg.ckpt import init_spec
+from icg.errors import ConfigError
 from icg.models.clip_loading import clip_image_settings, load_clip_model, load_clip_tokenizer
 from icg.models.image_ops import check_images, clip_preprocess
 from icg.models.rewards.base import Reward, RewardContext, require_titles
@@ -46,7 +47,7 @@ class ClipRelevance(Reward):
         super().__init__()
         self.spec = init_spec(self, locals())
         if mode not in MODES:
-            raise ValueError(f"{self._key(config_key, 'mode')}: must be one of {MODES}, got {mode!r}")
+            raise ConfigError(f"{self._key(config_key, 'mode')}: must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.name = name or f"clip_{mode}"
         clip_key = self._key(config_key, "clip_path")

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from transformers import BertTokenizer
 
 from icg.ckpt import init_spec
+from icg.errors import ConfigError, MissingFileError
 from icg.models.image_ops import check_images, clip_preprocess
 from icg.models.rewards.aesthetic import load_state_dict_file
 from icg.models.rewards.base import Reward, RewardContext, require_path, require_titles
@@ -48,7 +49,7 @@ def build_blip_tokenizer(tokenizer_path: str | Path, key: str = "tokenizer_path"
     path = require_path(tokenizer_path, key, VOCAB_EXPECTED)
     vocab_file = path / "vocab.txt" if path.is_dir() else path
     if not vocab_file.is_file():
-        raise FileNotFoundError(f"{key}: {path} has no vocab.txt; expected {VOCAB_EXPECTED}")
+        raise MissingFileError(f"{key}: {path} has no vocab.txt; expected {VOCAB_EXPECTED}")
     # bert-base-uncased's settings (lower case, accents stripped by lower-casing); only the vocabulary is read so
     # other files in the folder (a sentence-transformers tokenizer_config, say) cannot change them.
     if "vocab" in inspect.signature(BertTokenizer.__init__).parameters:  # transformers >= 5
@@ -107,7 +108,7 @@ class ImageRewardRelevance(Reward):
         self.spec = init_spec(self, locals())
         self.name = name
         if backend not in BACKENDS:
-            raise ValueError(f"{self._key(config_key, 'backend')}: must be one of {BACKENDS}, got {backend!r}")
+            raise ConfigError(f"{self._key(config_key, 'backend')}: must be one of {BACKENDS}, got {backend!r}")
         ckpt_key = self._key(config_key, "checkpoint_path")
         med_key = self._key(config_key, "med_config_path")
         ckpt_file = require_path(checkpoint_path, ckpt_key, CHECKPOINT_EXPECTED, kind="file")
@@ -115,7 +116,7 @@ class ImageRewardRelevance(Reward):
         self.tokenizer = build_blip_tokenizer(tokenizer_path, self._key(config_key, "tokenizer_path"))
         self.config = MedConfig.from_json(med_file, med_key)
         if len(self.tokenizer) > self.config.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"{self._key(config_key, 'tokenizer_path')}: the tokenizer has {len(self.tokenizer)} tokens but "
                 f"{med_key} ({med_file}) declares vocab_size {self.config.vocab_size}"
             )
@@ -126,7 +127,7 @@ class ImageRewardRelevance(Reward):
         try:
             self.model.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise ValueError(
+            raise ConfigError(
                 f"{ckpt_key}: {ckpt_file} does not match the ImageReward layout of {med_key} ({med_file}): {err}"
             ) from err
         log.info("loaded ImageReward (%s backend) from %s", backend, ckpt_file)

@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from icg.ckpt import CheckpointError, instantiate
+from icg.errors import ConfigError
 from icg.models.image_ops import check_images
 from icg.models.rewards.base import Reward, RewardContext
 
@@ -58,12 +59,12 @@ class PreferenceReward(Reward):
         self.model: nn.Module | None = None
         self.user_ids: list[str] = []
         if preference_ckpt is not None and model_spec is not None:
-            raise ValueError(f"PreferenceReward '{name}': give preference_ckpt or model_spec, not both")
+            raise ConfigError(f"PreferenceReward '{name}': give preference_ckpt or model_spec, not both")
         if preference_ckpt is not None:
             self.load_preference_checkpoint(preference_ckpt)
         elif model_spec is not None:
             if user_ids is None:
-                raise ValueError(f"PreferenceReward '{name}': model_spec given without user_ids")
+                raise ConfigError(f"PreferenceReward '{name}': model_spec given without user_ids")
             try:
                 # icg.ckpt.instantiate builds nested specs first, so a rebuilt bundle hands over the module itself
                 model = model_spec if isinstance(model_spec, nn.Module) else instantiate(model_spec)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from icg.ckpt import init_spec
+from icg.errors import ConfigError
 from icg.models.image_ops import check_images, resize_center_crop
 from icg.models.rewards.base import Reward, RewardContext, require_titles
 from icg.models.title_tokens import hash_bucket
@@ -125,9 +126,9 @@ class TitleCoverRelevance(Reward):
     ) -> None:
         super().__init__()
         if num_buckets < 2:
-            raise ValueError(f"TitleCoverRelevance.num_buckets must be >= 2, got {num_buckets}")
+            raise ConfigError(f"TitleCoverRelevance.num_buckets must be >= 2, got {num_buckets}")
         if ngrams < 1:
-            raise ValueError(f"TitleCoverRelevance.ngrams must be >= 1, got {ngrams}")
+            raise ConfigError(f"TitleCoverRelevance.ngrams must be >= 1, got {ngrams}")
         channels = list(channels) if channels is not None else [16, 32, 64]
         self.name = name
         self.num_buckets = int(num_buckets)
