@@ -11,7 +11,11 @@ import yaml
 from tests.conftest import REPO, run_cli
 
 CONFIGS = sorted((REPO / "lightning_configs").glob("*/*.yaml"))
-FRAGMENTS = ("real/stage3_alignment_sdxl", "demo/stage3_no_user")  # stacked after a stage config, tested so
+FRAGMENTS = (
+    "real/stage3_alignment_sdxl",
+    "real/stage3_alignment_flux",
+    "demo/stage3_no_user",
+)  # stacked after a stage config, tested so
 STAGE_CONFIGS = [
     p for p in CONFIGS if p.parent.name in ("tiny", "demo", "real") and f"{p.parent.name}/{p.stem}" not in FRAGMENTS
 ]
@@ -41,9 +45,32 @@ def test_stage_config_parses(config):
 def test_sdxl_variant_stacks_on_the_real_stage3():
     parsed = print_config(REPO / "lightning_configs/real/stage3_alignment.yaml",
                           REPO / "lightning_configs/real/stage3_alignment_sdxl.yaml")  # fmt: skip
-    adapter = parsed["model"]["init_args"]["conditioner"]["init_args"]["adapter"]["init_args"]
-    assert (adapter["cross_attention_dim"], adapter["pooled_dim"]) == (2048, 1280)
+    conditioner = parsed["model"]["init_args"]["conditioner"]["init_args"]
+    adapter = conditioner["adapter"]["init_args"]
+    # The title first, through SDXL's own two text encoders, which also give the pooled vector.
+    assert (adapter["cross_attention_dim"], adapter["pooled_dim"]) == (2048, None)
+    assert conditioner["title_prompt"]["init_args"]["path"] == "weights/stable-diffusion-xl-base-1.0"
     assert parsed["model"]["init_args"]["diffusion"]["variant"] == "sdxl"
+
+
+def test_flux_variant_stacks_on_the_real_stage3():
+    parsed = print_config(REPO / "lightning_configs/real/stage3_alignment.yaml",
+                          REPO / "lightning_configs/real/stage3_alignment_flux.yaml")  # fmt: skip
+    init = parsed["model"]["init_args"]
+    conditioner = init["conditioner"]["init_args"]
+    assert (
+        conditioner["adapter"]["init_args"]["cross_attention_dim"],
+        conditioner["adapter"]["init_args"]["pooled_dim"],
+    ) == (4096, None)
+    title = conditioner["title_prompt"]["init_args"]
+    assert (title["path"], title["max_length"]) == ("weights/FLUX.1-dev", 128)
+    assert conditioner["user_offset"]["init_args"]["width"] == 4096
+    assert (init["diffusion"]["variant"], init["diffusion"]["guidance"], init["num_steps"]) == ("flux", 3.5, 28)
+
+
+def test_unet_lora_is_a_config_block():
+    parsed = print_config(REPO / "lightning_configs/real/stage3_alignment.yaml")
+    assert parsed["model"]["init_args"]["unet_lora"] is None  # off by default
 
 
 def test_real_stage3_fails_early_naming_the_missing_mllm(tmp_path, monkeypatch):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
@@ -26,6 +25,13 @@ from torch.utils.checkpoint import checkpoint
 from icg.diffusion.conditioning import Conditioning, predict_flow
 from icg.diffusion.flux import FluxComponents
 from icg.diffusion.sampler import GradWindow, _autocast, _window, decode, encode, gradient_steps
+
+
+def calculate_shift(seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float) -> float:
+    """FLUX's resolution-dependent shift ``mu``: linear in the number of image tokens (``FluxPipeline``'s formula;
+    restated here so that sampling does not import the pipeline module and its text-encoder dependencies)."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return seq_len * slope + base_shift - slope * base_seq_len
 
 
 def set_flow_timesteps(components: FluxComponents, num_steps: int, latent_size: tuple[int, int]) -> Tensor:
