@@ -97,6 +97,11 @@ def test_flux_folder_encodes_as_the_stock_pipeline(tmp_path):
     torch.testing.assert_close(out.pooled, pooled, rtol=0, atol=1e-6)
     assert prompt.tokenizer_2(["red star"]).input_ids[0][-1] == 1  # T5 ends with </s>: a real Unigram tokenizer
     assert PromptEncoder(str(tmp_path)).max_length == 512  # FluxPipeline's default
+    half = PromptEncoder(str(tmp_path), max_length=16, dtype="bfloat16")  # T5-XXL's usual dtype (9.5 GB, not 19)
+    assert half.encoder_2.dtype == half.encoder.dtype == torch.bfloat16
+    torch.testing.assert_close(half(TITLES).pooled.float(), out.pooled, rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match=r"title_prompt.init_args.dtype='fp8': expected one of"):
+        PromptEncoder(str(tmp_path), dtype="fp8")
     with pytest.raises(ValueError, match=r"title_prompt.init_args.max_length=16: only a Flux"):
         PromptEncoder(str(write_sd15(tmp_path / "sd15")), max_length=16)
 

@@ -31,6 +31,7 @@ from icg.diffusion.conditioning import Conditioning
 from icg.models.title_tokens import TITLE_ENCODER_DIR, TitleTokenEncoder, load_title_encoder
 
 FLUX_MAX_LENGTH = 512  # FluxPipeline's default max_sequence_length
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class PromptEncoder(nn.Module):
@@ -45,6 +46,8 @@ class PromptEncoder(nn.Module):
         seed: seed of the ``tiny`` encoder's weights.
         max_length: T5 tokens of a Flux title (None: FluxPipeline's 512; titles are short, 128 is plenty); other
             layouts take their tokenizer's length and refuse this argument.
+        dtype: weight dtype of the text encoders read from ``path`` (``float32``, ``bfloat16``, ``float16``; None:
+            float32). Flux's T5-XXL takes 19 GB in float32, 9.5 GB in bfloat16 (its usual dtype; it overflows in fp16).
         config_key: the config key of ``path``, named in errors.
     """
 
@@ -54,12 +57,16 @@ class PromptEncoder(nn.Module):
         tiny: dict | None = None,
         seed: int = 0,
         max_length: int | None = None,
+        dtype: str | None = None,
         config_key: str = "model.init_args.conditioner.init_args.title_prompt.init_args.path",
     ) -> None:
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
         if (path is None) == (tiny is None):
             raise ValueError(f"{config_key}: give either a diffusers folder (path) or tiny: {{...}}, not both/neither")
+        prefix = config_key.rsplit(".", 1)[0]
+        if dtype is not None and dtype not in _DTYPES:
+            raise ValueError(f"{prefix}.dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
         self.tokenizer = self.tokenizer_2 = None
         self.encoder_2: nn.Module | None = None
         if tiny is not None:
@@ -68,9 +75,9 @@ class PromptEncoder(nn.Module):
                 torch.manual_seed(seed)
                 self.encoder: nn.Module = TitleTokenEncoder(**tiny)
         else:
-            self.layout, self.encoder, self.tokenizer, self.encoder_2, self.tokenizer_2 = _load(Path(path), config_key)
+            loaded = _load(Path(path), config_key, _DTYPES[dtype] if dtype else None)
+            self.layout, self.encoder, self.tokenizer, self.encoder_2, self.tokenizer_2 = loaded
         if max_length is not None and self.layout != "flux":
-            prefix = config_key.rsplit(".", 1)[0]
             raise ValueError(f"{prefix}.max_length={max_length}: only a Flux title prompt (T5) takes a length")
         self.max_length = max_length or FLUX_MAX_LENGTH
         for encoder in (self.encoder, self.encoder_2):
@@ -142,8 +149,10 @@ def _architecture(folder: Path) -> str:
     return " ".join(config.get("architectures") or []) + " " + str(config.get("model_type", ""))
 
 
-def _load(folder: Path, config_key: str) -> tuple[str, nn.Module, object, nn.Module | None, object]:
-    """(layout, encoder, tokenizer, encoder_2, tokenizer_2) of a base model folder."""
+def _load(
+    folder: Path, config_key: str, dtype: torch.dtype | None = None
+) -> tuple[str, nn.Module, object, nn.Module | None, object]:
+    """(layout, encoder, tokenizer, encoder_2, tokenizer_2) of a base model folder, encoders in ``dtype``."""
     if (folder / TITLE_ENCODER_DIR).is_dir():
         return "stand_in", load_title_encoder(folder, config_key), None, None, None
     two = (folder / "text_encoder_2").is_dir()
@@ -157,19 +166,20 @@ def _load(folder: Path, config_key: str) -> tuple[str, nn.Module, object, nn.Mod
         )
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    kw = {"local_files_only": True} | ({"dtype": dtype} if dtype is not None else {})
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-    encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+    encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw)
     if not two:
         return "sd15", encoder, tokenizer, None, None
     second = _architecture(folder / "text_encoder_2")
     if "T5" in second or "t5" in second.split():
         from transformers import T5EncoderModel
 
-        encoder_2 = T5EncoderModel.from_pretrained(folder / "text_encoder_2", local_files_only=True)
+        encoder_2 = T5EncoderModel.from_pretrained(folder / "text_encoder_2", **kw)
         tokenizer_2 = AutoTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
         return "flux", encoder, tokenizer, encoder_2, tokenizer_2
     if "CLIPTextModelWithProjection" in second:
-        encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", local_files_only=True)
+        encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **kw)
         tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
         return "sdxl", encoder, tokenizer, encoder_2, tokenizer_2
     raise ValueError(
