@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU benchmark of icg.diffusion in one go, with the SD 1.5-sized preset (random weights, 512 px, bf16).
+# Every GPU benchmark of icg.diffusion in one go: the SD 1.5-sized preset (random weights, 512 px, bf16), then the
+# Flux-sized alignment step (FLUX.1-dev architecture, 512 and 1024 px, bf16).
 # Usage (from the repository root, on a CUDA machine):  bash benchmarks/gpu_all.sh OUT_DIR
 # Writes OUT_DIR/<benchmark>.json and .txt and OUT_DIR/env.txt. Needs torch with CUDA and diffusers; where diffusers
 # is missing (the lent GPU image has torch but not diffusers) it installs a wheel from .whl/ (carry that folder), e.g.
@@ -27,3 +28,9 @@ fi
   --json "$out/sampler_vs_pipeline.json" 2>&1 | tee "$out/sampler_vs_pipeline.txt"
 "$py" -m benchmarks.alignment_memory --device cuda --preset sd15 --reps 2 \
   --json "$out/alignment_memory.json" 2>&1 | tee "$out/alignment_memory.txt"
+# Flux-sized (FLUX.1-dev architecture, 12B, random weights, bf16): one alignment step at 512 and 1024 px (T=28;
+# K=1/2, checkpointing, ReFL, and a rank-16 transformer LoRA). Needs ~24 GB for the weights alone.
+"$py" -m benchmarks.alignment_memory --device cuda --preset flux --reps 2 \
+  --json "$out/alignment_memory_flux.json" 2>&1 | tee "$out/alignment_memory_flux.txt"
+"$py" -m benchmarks.alignment_memory --device cuda --preset flux1024 --reps 2 \
+  --json "$out/alignment_memory_flux1024.json" 2>&1 | tee "$out/alignment_memory_flux1024.txt"

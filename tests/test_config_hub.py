@@ -177,9 +177,31 @@ def test_configs_are_found():
 
 def test_sdxl_variant_stacks_on_the_real_stage3():
     parsed = print_config(*stack(CONFIG_DIR / "real/stage3_alignment_sdxl.yaml"))
-    adapter = parsed["model"]["init_args"]["conditioner"]["init_args"]["adapter"]["init_args"]
-    assert (adapter["cross_attention_dim"], adapter["pooled_dim"]) == (2048, 1280)
+    conditioner = parsed["model"]["init_args"]["conditioner"]["init_args"]
+    adapter = conditioner["adapter"]["init_args"]
+    # The title first, through SDXL's own two text encoders, which also give the pooled vector.
+    assert (adapter["cross_attention_dim"], adapter["pooled_dim"]) == (2048, None)
+    assert conditioner["title_prompt"]["init_args"]["path"] == "weights/stable-diffusion-xl-base-1.0"
     assert parsed["model"]["init_args"]["diffusion"]["variant"] == "sdxl"
+
+
+def test_flux_variant_stacks_on_the_real_stage3():
+    parsed = print_config(*stack(CONFIG_DIR / "real/stage3_alignment_flux.yaml"))
+    init = parsed["model"]["init_args"]
+    conditioner = init["conditioner"]["init_args"]
+    assert (
+        conditioner["adapter"]["init_args"]["cross_attention_dim"],
+        conditioner["adapter"]["init_args"]["pooled_dim"],
+    ) == (4096, None)
+    title = conditioner["title_prompt"]["init_args"]
+    assert (title["path"], title["max_length"]) == ("weights/FLUX.1-dev", 128)
+    assert conditioner["user_offset"]["init_args"]["width"] == 4096
+    assert (init["diffusion"]["variant"], init["diffusion"]["guidance"], init["num_steps"]) == ("flux", 3.5, 28)
+
+
+def test_unet_lora_is_a_config_block():
+    parsed = print_config(REPO / "lightning_configs/real/stage3_alignment.yaml")
+    assert parsed["model"]["init_args"]["unet_lora"] is None  # off by default
 
 
 def test_movielens_fragment_stacks_on_the_real_stage1():

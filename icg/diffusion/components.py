@@ -5,6 +5,8 @@ common checkpoints. This file loads the three parts alignment needs from a local
 SDXL layout (``unet/``, ``vae/``, ``scheduler/``; text encoders are not needed since the adapter replaces them), or
 builds them from config with random weights: ``tiny`` for tests and the demo, ``sd15`` (SD 1.5 architecture, random
 weights) for GPU benchmarks. Nothing is downloaded (``local_files_only=True``) and no diffusers code is edited.
+Fine-tuned SD 1.5 checkpoints (Realistic Vision, Anything...) are diffusers folders in the same layout and load the
+same way. Flux's transformer-based components live in ``icg.diffusion.flux`` with the same interface.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("diffusion_pytorch_model*.safetensors")) or any(folder.glob("diffusion_pytorch_model*.bin"))
+
+
 @dataclass
 class DiffusionComponents:
     """The frozen UNet, VAE and DDIM scheduler that the sampler uses.
@@ -61,11 +67,21 @@ class DiffusionComponents:
     scheduler: DDIMScheduler
 
     def __post_init__(self) -> None:
-        # Stock and frozen by contract: only the adapter (and an optional UNet LoRA added later) trains.
+        # Stock and frozen by contract: only the adapter (and an optional UNet LoRA, icg.diffusion.lora) trains.
         _freeze(self.unet)
         _freeze(self.vae)
 
     # ----------------------------------------------------------------------------------------------- properties
+    @property
+    def kind(self) -> str:
+        """``sd15`` or ``sdxl`` (``icg.diffusion.flux.FluxComponents`` is ``flux``)."""
+        return "sdxl" if self.pooled_dim is not None else "sd15"
+
+    @property
+    def denoiser(self) -> UNet2DConditionModel:
+        """The network that predicts the noise (what a LoRA adapts)."""
+        return self.unet
+
     @property
     def cross_attention_dim(self) -> int:
         return unet_cross_attention_dim(self.unet)
@@ -83,6 +99,11 @@ class DiffusionComponents:
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along each side (8 for SD 1.5 / SDXL), as diffusers' pipelines compute it."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Image sides must be multiples of this (the VAE factor)."""
+        return self.vae_scale_factor
 
     @property
     def default_image_size(self) -> int:
@@ -151,13 +172,16 @@ class DiffusionComponents:
                 f"{config_key}={str(path)!r}: not a directory; expected a local diffusers folder with unet/, vae/ "
                 "and scheduler/ subfolders (nothing is downloaded)"
             )
+        if (root / "transformer").is_dir() and not (root / "unet").is_dir():
+            raise MissingComponentError(
+                f"{config_key}={str(path)!r} holds a transformer/ (a Flux folder), not a UNet, but variant={variant!r} "
+                "was requested; set the variant to flux"
+            )
         for sub, cfg in (("unet", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json")):
             if not (root / sub / cfg).is_file():
                 raise MissingComponentError(f"{config_key}={str(path)!r}: missing {sub}/{cfg} (diffusers layout)")
         for sub in ("unet", "vae"):
-            if not any((root / sub).glob("diffusion_pytorch_model*.safetensors")) and not any(
-                (root / sub).glob("diffusion_pytorch_model*.bin")
-            ):
+            if not _has_weights(root / sub):
                 raise MissingComponentError(
                     f"{config_key}={str(path)!r}: missing weights {sub}/diffusion_pytorch_model.safetensors (or .bin)"
                 )
@@ -266,11 +290,18 @@ class DiffusionComponents:
 
     @classmethod
     def from_preset(cls, preset: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        """``tiny`` | ``tiny_sdxl`` | ``sd15`` (architecture only, random weights), on ``device`` in ``dtype``."""
+        """``tiny`` | ``tiny_sdxl`` | ``tiny_flux`` | ``sd15`` | ``flux`` (architectures only, random weights), on
+        ``device`` in ``dtype``; the Flux presets return ``icg.diffusion.flux.FluxComponents``."""
+        from icg.diffusion.flux import FluxComponents
+
         if preset == "tiny":
             return cls.tiny().to(device, dtype)
         if preset == "tiny_sdxl":
             return cls.tiny(variant="sdxl").to(device, dtype)
+        if preset == "tiny_flux":
+            return FluxComponents.tiny().to(device, dtype)
         if preset == "sd15":
             return cls.sd15_architecture(device, dtype)
-        raise ConfigError(f"unknown diffusion preset {preset!r}; expected tiny, tiny_sdxl or sd15")
+        if preset == "flux":
+            return FluxComponents.flux_architecture(device, dtype)
+        raise ConfigError(f"unknown diffusion preset {preset!r}; expected tiny, tiny_sdxl, tiny_flux, sd15 or flux")

@@ -1,11 +1,12 @@
-"""The conditioning contract between the ICG adapter and a stock diffusers UNet, and the one wrapper that calls it.
+"""The conditioning contract between the ICG adapter and a stock diffusers denoiser, and the wrappers that call it.
 
 ICG (Bian et al., EMNLP 2025) feeds a personalized context into a frozen, stock diffusion model through a small
-adapter. The adapter's output is a :class:`Conditioning`: cross-attention states (SD 1.5: 768-d; SDXL: 2048-d), an
-optional key mask and, for SDXL, the pooled vector (1280-d). :func:`predict_noise` is the only place that maps this
-contract onto ``UNet2DConditionModel.__call__`` (modelled on sgm's ``GeneralConditioner`` / ``wrappers.py``), so the
-sampler, the denoising regularizer and any inference comparison see exactly the same UNet call. Diffusers code is
-never edited.
+adapter. The adapter's output is a :class:`Conditioning`: a token stream (SD 1.5 cross-attention: 768-d; SDXL: 2048-d;
+Flux: 4096-d, T5's width), an optional key mask and, for SDXL and Flux, the pooled vector (SDXL: 1280-d; Flux: 768-d,
+CLIP's). :func:`predict_noise` is the only place that maps this contract onto ``UNet2DConditionModel.__call__``
+(modelled on sgm's ``GeneralConditioner`` / ``wrappers.py``) and :func:`predict_flow` its counterpart for
+``FluxTransformer2DModel``, so the samplers, the denoising regularizer and any inference comparison see exactly the
+same denoiser call. Diffusers code is never edited.
 """
 
 from __future__ import annotations
@@ -131,8 +132,16 @@ def _joined_mask(parts: list[Conditioning], dim: int) -> Tensor | None:
     )
 
 
+def is_flux(denoiser: nn.Module) -> bool:
+    """True for a Flux-style transformer (``FluxTransformer2DModel``: token stream + pooled vector, no mask)."""
+    return hasattr(denoiser.config, "joint_attention_dim")
+
+
 def unet_cross_attention_dim(unet: nn.Module) -> int:
-    """The single cross-attention width of a ``UNet2DConditionModel`` (a per-block list must be uniform)."""
+    """The width of the token stream the denoiser reads: a ``UNet2DConditionModel``'s single cross-attention width
+    (a per-block list must be uniform), or a Flux transformer's ``joint_attention_dim``."""
+    if is_flux(unet):
+        return int(unet.config.joint_attention_dim)
     dim = unet.config.cross_attention_dim
     if isinstance(dim, (list, tuple)):
         if len(set(dim)) != 1:
@@ -142,8 +151,11 @@ def unet_cross_attention_dim(unet: nn.Module) -> int:
 
 
 def unet_pooled_dim(unet: nn.Module) -> int | None:
-    """The pooled-vector width an SDXL-style UNet expects (``text_time`` added embedding), None for SD 1.5 UNets."""
+    """The pooled-vector width the denoiser expects: SDXL-style UNets (``text_time`` added embedding) and Flux
+    transformers (``pooled_projection_dim``); None for SD 1.5 UNets."""
     cfg = unet.config
+    if is_flux(unet):
+        return int(cfg.pooled_projection_dim)
     if cfg.addition_embed_type != "text_time":
         return None
     # SDXL's added embedding = pooled text embedding ++ Fourier features of the 6 time ids.
@@ -158,28 +170,37 @@ def check_widths(
     *,
     pooled_dim: int | None = None,
     pooled_key: str | None = None,
+    check_pooled: bool = True,
 ) -> None:
-    """Fail early, naming both config keys, when the adapter's output width does not fit the loaded UNet.
+    """Fail early, naming both config keys, when the adapter's output width does not fit the loaded denoiser.
 
     Args:
-        cond_dim: the adapter's cross-attention output width.
-        unet: the loaded ``UNet2DConditionModel``.
+        cond_dim: the adapter's token-stream (cross-attention) output width.
+        unet: the loaded ``UNet2DConditionModel`` or ``FluxTransformer2DModel``.
         adapter_key: config key that sets ``cond_dim`` (e.g. ``model.adapter.init_args.out_dim``).
-        unet_key: config key that chose the UNet (e.g. ``model.diffusion.path``).
-        pooled_dim: the adapter's pooled output width, or None if it emits none.
+        unet_key: config key that chose the denoiser (e.g. ``model.diffusion.path``).
+        pooled_dim: the pooled width given to the denoiser, or None if nothing gives one.
         pooled_key: config key that sets ``pooled_dim``; defaults to ``adapter_key``.
+        check_pooled: False checks the token stream only.
     """
+    flux = is_flux(unet)
+    what = "Flux transformer" if flux else "UNet"
+    width_name = "joint_attention_dim (its token stream)" if flux else "cross_attention_dim"
     unet_dim = unet_cross_attention_dim(unet)
     if int(cond_dim) != unet_dim:
         raise ConditioningError(
-            f"cross-attention width mismatch: {adapter_key}={cond_dim} but the UNet chosen by {unet_key} has "
-            f"cross_attention_dim={unet_dim}; set {adapter_key} to {unet_dim} or pick a matching UNet"
+            f"{'token-stream' if flux else 'cross-attention'} width mismatch: {adapter_key}={cond_dim} but the {what} "
+            f"chosen by {unet_key} has {width_name}={unet_dim}; set {adapter_key} to {unet_dim} or pick a matching "
+            f"{what}"
         )
+    if not check_pooled:
+        return
     expected_pooled = unet_pooled_dim(unet)
     pooled_key = pooled_key or adapter_key
     if expected_pooled is not None and pooled_dim != expected_pooled:
+        kind = "Flux transformer (pooled_projection_dim)" if flux else "SDXL-style UNet"
         raise ConditioningError(
-            f"pooled width mismatch: {pooled_key}={pooled_dim} but the SDXL-style UNet chosen by {unet_key} expects a "
+            f"pooled width mismatch: {pooled_key}={pooled_dim} but the {kind} chosen by {unet_key} expects a "
             f"pooled vector of width {expected_pooled}"
         )
     if expected_pooled is None and pooled_dim is not None:
@@ -252,3 +273,84 @@ def predict_noise(
         added_cond_kwargs=added_cond_kwargs,
         return_dict=False,
     )[0]
+
+
+def pack_latents(latents: Tensor) -> Tensor:
+    """B x C x h x w latents -> B x (h/2 * w/2) x 4C tokens of 2 x 2 patches, as ``FluxPipeline._pack_latents``."""
+    b, c, h, w = latents.shape
+    if h % 2 or w % 2:
+        raise ConditioningError(f"Flux latents need even sides (2 x 2 patches), got {h} x {w}")
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: Tensor, height: int, width: int) -> Tensor:
+    """Inverse of :func:`pack_latents` for latents of ``height`` x ``width`` cells."""
+    b, _, channels = tokens.shape
+    x = tokens.view(b, height // 2, width // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, channels // 4, height, width)
+
+
+def flux_image_ids(height: int, width: int, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
+    """(h/2 * w/2) x 3 rotary positions (0, row, column) of the packed latent tokens, as ``FluxPipeline`` makes them."""
+    ids = torch.zeros(height // 2, width // 2, 3)
+    ids[..., 1] = torch.arange(height // 2)[:, None]
+    ids[..., 2] = torch.arange(width // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def predict_flow(
+    transformer: nn.Module,
+    latents: Tensor,
+    timestep: Tensor,
+    cond: Conditioning,
+    *,
+    guidance: float | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """The one Flux transformer call: the flow-matching velocity for ``latents`` at ``timestep`` under ``cond``.
+
+    The Flux counterpart of :func:`predict_noise`, modelled on ``FluxPipeline.__call__``: latents are packed into 2 x 2
+    patch tokens with their rotary positions, the token stream gets all-zero text positions, the pooled vector goes
+    to ``pooled_projections`` and, for guidance-distilled transformers (FLUX.1-dev), ``guidance`` is embedded.
+
+    Args:
+        transformer: a diffusers ``FluxTransformer2DModel``.
+        latents: B x C x h x w latents (unpacked; h and w even).
+        timestep: the scheduler's timestep (0..1000 scale), a scalar tensor or a B-vector.
+        cond: the conditioning: token stream B x L x ``joint_attention_dim`` and pooled B x ``pooled_projection_dim``.
+            Flux attends to every token, so a mask that hides any token is an error.
+        guidance: the embedded guidance scale of a guidance-distilled transformer (FluxPipeline's
+            ``guidance_scale``); ignored by transformers without a guidance embedding.
+        dtype: the transformer's compute dtype if known (default ``transformer.dtype``).
+    """
+    b, _, h, w = latents.shape
+    if cond.batch_size != b:
+        raise ConditioningError(f"conditioning batch {cond.batch_size} != latents batch {b}")
+    if cond.pooled is None:
+        raise ConditioningError("a Flux transformer needs Conditioning.pooled (its pooled_projections)")
+    expected = unet_pooled_dim(transformer)
+    if cond.pooled.shape[-1] != expected:
+        raise ConditioningError(f"pooled width {cond.pooled.shape[-1]} != the Flux transformer's expected {expected}")
+    if cond.attention_mask is not None and not bool(cond.attention_mask.bool().all()):
+        raise ConditioningError("a Flux transformer attends to every token: its conditioning cannot mask padding")
+    dtype = dtype or transformer.dtype
+    guidance_tensor = None
+    if transformer.config.guidance_embeds:
+        if guidance is None:
+            raise ConditioningError("this Flux transformer is guidance-distilled (guidance_embeds): pass guidance")
+        guidance_tensor = torch.full([1], float(guidance), device=latents.device, dtype=torch.float32).expand(b)
+    timestep = torch.as_tensor(timestep, device=latents.device)
+    timestep = timestep.expand(b) if timestep.ndim == 0 else timestep
+    hs = cond.encoder_hidden_states.to(dtype)
+    out = transformer(
+        hidden_states=pack_latents(latents).to(dtype),
+        timestep=timestep.to(dtype) / 1000,
+        guidance=guidance_tensor,
+        pooled_projections=cond.pooled.to(dtype),
+        encoder_hidden_states=hs,
+        txt_ids=torch.zeros(hs.shape[1], 3, device=latents.device, dtype=dtype),
+        img_ids=flux_image_ids(h, w, latents.device, dtype),
+        return_dict=False,
+    )[0]
+    return unpack_latents(out, h, w)

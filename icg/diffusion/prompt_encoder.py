@@ -1,21 +1,26 @@
-"""The base diffusion model's own text encoder, frozen: titles -> the prompt part of the UNet's conditioning.
+"""The base diffusion model's own text encoder(s), frozen: titles -> the prompt part of the denoiser's conditioning.
 
 ICG's adapter tokens can either replace the base model's prompt (MetaQuery-style) or be appended to it, as
 IP-Adapter does with its image tokens: ``encoder_hidden_states = [prompt states of the title ; adapter tokens]``.
 Appending starts stage 3 from what the base model already does with the title, so the adapter only has to learn
 what the title does not say (the reference cover, the user) and the reward alignment starts from relevant covers.
-:class:`PromptEncoder` is that prompt half, read from the same local diffusers folder as the UNet:
+:class:`PromptEncoder` is that prompt half, read from the same local diffusers folder as the denoiser, and encodes
+exactly as the base model's diffusers pipeline does (tests/test_prompt_encoder.py compares each with ``encode_prompt``):
 
-* SD 1.5 layout: ``tokenizer/`` + ``text_encoder/`` (CLIP), encoded exactly as ``StableDiffusionPipeline`` does
-  (padded to the tokenizer's 77 tokens, last hidden state, no attention mask);
+* SD 1.5 layout: ``tokenizer/`` + ``text_encoder/`` (CLIP), as ``StableDiffusionPipeline`` (padded to 77 tokens,
+  last hidden state, no attention mask);
+* SDXL layout: ``tokenizer(_2)/`` + ``text_encoder/`` (CLIP-L) + ``text_encoder_2/`` (OpenCLIP-bigG with projection), as
+  ``StableDiffusionXLPipeline``: both encoders' penultimate hidden states side by side (768 + 1280 = 2048-d) and
+  ``text_encoder_2``'s projected pooled vector (1280-d);
+* Flux layout: ``tokenizer/`` + ``text_encoder/`` (CLIP-L: its pooled output, 768-d) and ``tokenizer_2/`` +
+  ``text_encoder_2/`` (T5: the token stream, 4096-d, ``max_length`` tokens), as ``FluxPipeline``;
 * the demo's stand-in base model: ``title_encoder/`` (``icg.models.title_tokens.TitleTokenEncoder``, with a mask);
 * ``tiny``: a seeded random ``TitleTokenEncoder`` built from config, for tests.
-
-SDXL's two text encoders (and the pooled vector they make) are not supported here: SDXL runs adapter-only.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -26,15 +31,24 @@ from icg.diffusion.conditioning import Conditioning
 from icg.errors import ConfigError, MissingFileError
 from icg.models.title_tokens import TITLE_ENCODER_DIR, TitleTokenEncoder, load_title_encoder
 
+FLUX_MAX_LENGTH = 512  # FluxPipeline's default max_sequence_length
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 class PromptEncoder(nn.Module):
-    """Frozen ``titles -> Conditioning`` (B x L x C prompt states, mask where the encoder has one).
+    """Frozen ``titles -> Conditioning`` (B x L x C prompt states, the pooled vector where the base has one, a mask
+    where the encoder has one).
 
     Args:
-        path: local diffusers folder holding ``tokenizer/`` + ``text_encoder/`` (SD 1.5) or ``title_encoder/`` (the
-            demo's stand-in base model); usually the same folder as ``model.init_args.diffusion.path``.
+        path: local diffusers folder holding the base model's tokenizer(s) and text encoder(s) (SD 1.5, SDXL or Flux
+            layout) or ``title_encoder/`` (the demo's stand-in base model); usually the same folder as
+            ``model.init_args.diffusion.path``.
         tiny: keyword arguments of ``TitleTokenEncoder`` for a seeded random encoder (tests); only without ``path``.
         seed: seed of the ``tiny`` encoder's weights.
+        max_length: T5 tokens of a Flux title (None: FluxPipeline's 512; titles are short, 128 is plenty); other
+            layouts take their tokenizer's length and refuse this argument.
+        dtype: weight dtype of the text encoders read from ``path`` (``float32``, ``bfloat16``, ``float16``; None:
+            float32). Flux's T5-XXL takes 19 GB in float32, 9.5 GB in bfloat16 (its usual dtype; it overflows in fp16).
         config_key: the config key of ``path``, named in errors.
     """
 
@@ -43,32 +57,67 @@ class PromptEncoder(nn.Module):
         path: str | None = None,
         tiny: dict | None = None,
         seed: int = 0,
+        max_length: int | None = None,
+        dtype: str | None = None,
         config_key: str = "model.init_args.conditioner.init_args.title_prompt.init_args.path",
     ) -> None:
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
         if (path is None) == (tiny is None):
             raise ConfigError(f"{config_key}: give either a diffusers folder (path) or tiny: {{...}}, not both/neither")
-        self.tokenizer = None
+        prefix = config_key.rsplit(".", 1)[0]
+        if dtype is not None and dtype not in _DTYPES:
+            raise ConfigError(f"{prefix}.dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
+        self.tokenizer = self.tokenizer_2 = None
+        self.encoder_2: nn.Module | None = None
         if tiny is not None:
+            self.layout = "tiny"
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.encoder: nn.Module = TitleTokenEncoder(**tiny)
         else:
-            self.encoder, self.tokenizer = _load(Path(path), config_key)
-        ckpt.freeze(self.encoder)
+            loaded = _load(Path(path), config_key, _DTYPES[dtype] if dtype else None)
+            self.layout, self.encoder, self.tokenizer, self.encoder_2, self.tokenizer_2 = loaded
+        if max_length is not None and self.layout != "flux":
+            raise ConfigError(f"{prefix}.max_length={max_length}: only a Flux title prompt (T5) takes a length")
+        self.max_length = max_length or FLUX_MAX_LENGTH
+        for encoder in (self.encoder, self.encoder_2):
+            if encoder is not None:
+                ckpt.freeze(encoder)
 
     @property
     def width(self) -> int:
-        """C, the width of the prompt states (must equal the UNet's cross-attention width)."""
-        if isinstance(self.encoder, TitleTokenEncoder):
+        """C, the width of the prompt states (must equal the denoiser's token-stream width)."""
+        if self.layout in ("tiny", "stand_in"):
             return self.encoder.dim
+        if self.layout == "sdxl":
+            return int(self.encoder.config.hidden_size) + int(self.encoder_2.config.hidden_size)
+        if self.layout == "flux":
+            return int(self.encoder_2.config.d_model)
         return int(self.encoder.config.hidden_size)
+
+    @property
+    def pooled_dim(self) -> int | None:
+        """The width of the pooled vector the prompt gives (SDXL: ``text_encoder_2``'s projection; Flux: CLIP's
+        pooled output), None where it gives none."""
+        if self.layout == "sdxl":
+            return int(self.encoder_2.config.projection_dim)
+        if self.layout == "flux":
+            return int(self.encoder.config.hidden_size)
+        return None
 
     def train(self, mode: bool = True) -> PromptEncoder:
         super().train(mode)
-        self.encoder.eval()  # frozen: never dropout, whatever the surrounding module's mode
+        for encoder in (self.encoder, self.encoder_2):
+            if encoder is not None:
+                encoder.eval()  # frozen: never dropout, whatever the surrounding module's mode
         return self
+
+    def _ids(self, tokenizer, titles: list[str], max_length: int) -> torch.Tensor:
+        device = next(self.encoder.parameters()).device
+        return tokenizer(
+            titles, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(device)
 
     def forward(self, titles: list[str]) -> Conditioning:
         titles = list(titles)
@@ -77,34 +126,64 @@ class PromptEncoder(nn.Module):
             # No mask where nothing is padding (an encoder with padding="attended"): the UNet call, and a stock
             # diffusers pipeline given these states as prompt_embeds, then compute exactly the same thing.
             return Conditioning(states, None if bool(mask.all()) else mask.long())
-        device = next(self.encoder.parameters()).device
-        ids = self.tokenizer(
-            titles,
-            padding="max_length",
-            max_length=min(self.tokenizer.model_max_length, self.encoder.config.max_position_embeddings),
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        return Conditioning(self.encoder(ids)[0])
+        if self.layout == "sdxl":  # StableDiffusionXLPipeline.encode_prompt (clip_skip=None)
+            parts, pooled = [], None
+            for tokenizer, encoder in ((self.tokenizer, self.encoder), (self.tokenizer_2, self.encoder_2)):
+                out = encoder(self._ids(tokenizer, titles, tokenizer.model_max_length), output_hidden_states=True)
+                if pooled is None and out[0].ndim == 2:  # the projected pooled vector of CLIPTextModelWithProjection
+                    pooled = out[0]
+                parts.append(out.hidden_states[-2])
+            return Conditioning(torch.cat(parts, dim=-1), None, pooled)
+        if self.layout == "flux":  # FluxPipeline.encode_prompt: CLIP pooled + T5 token stream
+            pooled = self.encoder(self._ids(self.tokenizer, titles, self.tokenizer.model_max_length)).pooler_output
+            states = self.encoder_2(self._ids(self.tokenizer_2, titles, self.max_length))[0]
+            return Conditioning(states, None, pooled)
+        max_length = min(self.tokenizer.model_max_length, self.encoder.config.max_position_embeddings)
+        return Conditioning(self.encoder(self._ids(self.tokenizer, titles, max_length))[0])
 
 
-def _load(folder: Path, config_key: str) -> tuple[nn.Module, object | None]:
+def _architecture(folder: Path) -> str:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    return " ".join(config.get("architectures") or []) + " " + str(config.get("model_type", ""))
+
+
+def _load(
+    folder: Path, config_key: str, dtype: torch.dtype | None = None
+) -> tuple[str, nn.Module, object, nn.Module | None, object]:
+    """(layout, encoder, tokenizer, encoder_2, tokenizer_2) of a base model folder, encoders in ``dtype``."""
     if (folder / TITLE_ENCODER_DIR).is_dir():
-        return load_title_encoder(folder, config_key), None
-    if (folder / "text_encoder_2").is_dir():
-        raise ConfigError(
-            f"{config_key}={folder} is an SDXL folder: its two text encoders are not supported as the title prompt; "
-            "leave model.init_args.conditioner.init_args.title_prompt unset (SDXL runs adapter-only)"
-        )
-    missing = [name for name in ("tokenizer", "text_encoder") if not (folder / name).is_dir()]
+        return "stand_in", load_title_encoder(folder, config_key), None, None, None
+    two = (folder / "text_encoder_2").is_dir()
+    names = ("tokenizer", "text_encoder") + (("tokenizer_2", "text_encoder_2") if two else ())
+    missing = [name for name in names if not (folder / name).is_dir()]
     if missing:
         raise MissingFileError(
             f"{config_key}={folder}: no text encoder to read the title with; expected tokenizer/ + text_encoder/ "
-            f"(an SD 1.5 diffusers folder) or {TITLE_ENCODER_DIR}/ (the demo's stand-in base model); missing: "
-            f"{', '.join(missing)}"
+            f"(SD 1.5), + tokenizer_2/ + text_encoder_2/ (SDXL, Flux), or {TITLE_ENCODER_DIR}/ (the demo's stand-in "
+            f"base model); missing: {', '.join(missing)}"
         )
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    kw = {"local_files_only": True} | ({"dtype": dtype} if dtype is not None else {})
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-    encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
-    return encoder, tokenizer
+    encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw)
+    if not two:
+        return "sd15", encoder, tokenizer, None, None
+    second = _architecture(folder / "text_encoder_2")
+    if "T5" in second or "t5" in second.split():
+        from transformers import T5EncoderModel
+
+        encoder_2 = T5EncoderModel.from_pretrained(folder / "text_encoder_2", **kw)
+        tokenizer_2 = AutoTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
+        return "flux", encoder, tokenizer, encoder_2, tokenizer_2
+    if "CLIPTextModelWithProjection" in second:
+        encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **kw)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
+        return "sdxl", encoder, tokenizer, encoder_2, tokenizer_2
+    raise ConfigError(
+        f"{config_key}={folder}: text_encoder_2/ holds {second.strip() or 'an unknown model'}; expected "
+        "CLIPTextModelWithProjection (SDXL) or T5EncoderModel (Flux)"
+    )

@@ -106,6 +106,33 @@ def gradient_steps(
     raise ConfigError(f"grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
 
 
+def _window(
+    grad_window: GradWindow,
+    k: int,
+    random_step_range: tuple[int, int],
+    x0_shortcut: bool | None,
+    run_steps: int,
+    num_steps: int,
+    strength: float,
+) -> tuple[list[int] | None, bool]:
+    """The gradient steps (None: ``random_step``, drawn later from the generator) and the resolved ``x0_shortcut``."""
+    if grad_window != "random_step":
+        return gradient_steps(run_steps, grad_window, k), bool(x0_shortcut)
+    # Validated now, drawn after the initial noise so that the noise matches the pipeline's for one generator.
+    lo, hi = random_step_range
+    if not 0 <= lo <= hi < run_steps:
+        raise ValueError(
+            f"random_step_range={tuple(random_step_range)} must satisfy 0 <= low <= high < {run_steps}, the "
+            f"number of steps that run (num_steps={num_steps}, strength={strength})"
+        )
+    if x0_shortcut is False:
+        raise ValueError(
+            "grad_window='random_step' returns the predicted x0 of its gradient step (ReFL); x0_shortcut=False "
+            "would finish the chain without gradient. Use grad_window='last_k' to back-propagate to the end."
+        )
+    return None, True
+
+
 def sample(
     components: DiffusionComponents,
     cond: Conditioning,
@@ -129,6 +156,9 @@ def sample(
     autocast_dtype: torch.dtype | str | None = "auto",
 ) -> Tensor:
     """Sample images with DDIM, keeping the autograd graph only inside the gradient window.
+
+    Flux components (``icg.diffusion.flux.FluxComponents``) take the same arguments and run the flow-matching loop
+    of ``icg.diffusion.flow_sampler.sample_flow`` instead.
 
     With ``strength < 1`` the chain is reference-guided (SDEdit, Meng et al. 2022; diffusers' img2img pipelines):
     it starts from the reference cover's latent noised to the level of step ``T - int(T * strength)`` and runs only the
@@ -165,6 +195,16 @@ def sample(
     Returns:
         B x 3 x H x W images in [0, 1], or B x C x h x w latents when ``decode=False``.
     """
+    if getattr(components, "kind", None) == "flux":  # the flow-matching loop, same arguments
+        from icg.diffusion.flow_sampler import sample_flow
+
+        return sample_flow(
+            components, cond, num_steps=num_steps, guidance_scale=guidance_scale, uncond=uncond,
+            grad_window=grad_window, k=k, random_step_range=random_step_range, x0_shortcut=x0_shortcut,
+            gradient_checkpointing=gradient_checkpointing, eta=eta, generator=generator, latents=latents,
+            reference=reference, strength=strength, height=height, width=width, decode=decode,
+            autocast_dtype=autocast_dtype,
+        )  # fmt: skip
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     run_steps = min(int(num_steps * strength), num_steps)  # the steps that run (diffusers' img2img get_timesteps)
@@ -172,24 +212,8 @@ def sample(
         raise ValueError(f"strength={strength} with num_steps={num_steps} runs no step; raise either")
     if strength < 1.0 and reference is None:
         raise ValueError("strength < 1 (reference-guided) needs `reference`, the images the chain starts from")
-    if grad_window == "random_step":
-        # Validated now, drawn after the initial noise so that the noise matches the pipeline's for one generator.
-        lo, hi = random_step_range
-        if not 0 <= lo <= hi < run_steps:
-            raise ValueError(
-                f"random_step_range={tuple(random_step_range)} must satisfy 0 <= low <= high < {run_steps}, the "
-                f"number of steps that run (num_steps={num_steps}, strength={strength})"
-            )
-        steps_with_grad = None
-        if x0_shortcut is False:
-            raise ValueError(
-                "grad_window='random_step' returns the predicted x0 of its gradient step (ReFL); x0_shortcut=False "
-                "would finish the chain without gradient. Use grad_window='last_k' to back-propagate to the end."
-            )
-        x0_shortcut = True
-    else:
-        steps_with_grad = gradient_steps(run_steps, grad_window, k)
-    x0_shortcut = bool(x0_shortcut)
+    window = _window(grad_window, k, random_step_range, x0_shortcut, run_steps, num_steps, strength)
+    steps_with_grad, x0_shortcut = window
     if guidance_scale > 1.0 and uncond is None:
         raise ValueError("guidance_scale > 1 needs `uncond` (the adapter's unconditional Conditioning)")
 
@@ -293,6 +317,8 @@ def denoising_loss(
 ) -> Tensor:
     """Standard diffusion loss on real images: the regularizer that guards alignment against reward hacking.
 
+    (Flux components: the flow-matching loss of ``icg.diffusion.flow_sampler.flow_denoising_loss``.)
+
     Encodes the images with the frozen VAE, noises them at a uniformly drawn training timestep and returns the MSE
     between the UNet's prediction under ``cond`` and its target (epsilon, or v for v-prediction schedulers).
 
@@ -303,6 +329,10 @@ def denoising_loss(
         generator: draws the VAE posterior sample, the noise and the timesteps.
         autocast_dtype: as in :func:`sample`.
     """
+    if getattr(components, "kind", None) == "flux":
+        from icg.diffusion.flow_sampler import flow_denoising_loss
+
+        return flow_denoising_loss(components, images_01, cond, generator, autocast_dtype)
     unet, vae, scheduler = components.unet, components.vae, components.scheduler
     device = components.device
     images_01 = images_01.to(device)

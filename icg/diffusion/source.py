@@ -1,7 +1,8 @@
 """Where the stock diffusion model comes from, as one small config block (``model.init_args.diffusion``).
 
-ICG keeps the UNet, VAE and scheduler stock and frozen, so a stage only needs to know where they are: a local
-diffusers folder (SD 1.5 or SDXL layout) or, for tests, a tiny model built from config with random weights.
+ICG keeps the denoiser (UNet or Flux transformer), VAE and scheduler stock and frozen, so a stage only needs to know
+where they are: a local diffusers folder (SD 1.5 -- or a fine-tune of it in the same layout, such as Realistic
+Vision --, SDXL or Flux layout) or, for tests, a tiny model built from config with random weights.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from dataclasses import dataclass, field
 import torch
 
 from icg.diffusion.components import DiffusionComponents
+from icg.diffusion.flux import AnyComponents, FluxComponents
 from icg.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VARIANTS = ("sd15", "sdxl", "flux")
 
 
 @dataclass
@@ -21,21 +24,35 @@ class DiffusionSource:
     """A stock diffusion model by path, or a tiny one from config.
 
     Args:
-        path: local diffusers folder with ``unet/``, ``vae/``, ``scheduler/``; None builds ``tiny`` instead.
-        variant: ``sd15`` or ``sdxl`` (checked against the loaded UNet).
-        tiny: keyword arguments of ``DiffusionComponents.tiny`` (used only when ``path`` is None).
-        dtype: UNet/VAE weight dtype: ``float32``, ``bfloat16`` or ``float16``.
+        path: local diffusers folder with ``unet/`` (SD 1.5, SDXL) or ``transformer/`` (Flux), ``vae/`` and
+            ``scheduler/``; None builds ``tiny`` instead.
+        variant: ``sd15``, ``sdxl`` or ``flux`` (checked against the loaded folder).
+        tiny: keyword arguments of ``DiffusionComponents.tiny`` / ``FluxComponents.tiny`` (only when ``path`` is None).
+        dtype: denoiser/VAE weight dtype: ``float32``, ``bfloat16`` or ``float16``.
+        guidance: FLUX.1-dev's embedded (distilled) guidance, ``FluxPipeline``'s ``guidance_scale``; bases without a
+            guidance embedding (SD, FLUX.1-schnell) ignore it.
     """
 
     path: str | None = None
     variant: str = "sd15"
     tiny: dict = field(default_factory=dict)
     dtype: str = "float32"
+    guidance: float = 3.5
 
-    def load(self, config_key: str = "model.init_args.diffusion.path") -> DiffusionComponents:
+    def load(self, config_key: str = "model.init_args.diffusion.path") -> AnyComponents:
         """The frozen components; errors name ``config_key``."""
+        prefix = config_key.rsplit(".", 1)[0]
         if self.dtype not in DTYPES:
-            raise ConfigError(f"{config_key.rsplit('.', 1)[0]}.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+            raise ConfigError(f"{prefix}.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"{prefix}.variant={self.variant!r}: expected one of {', '.join(VARIANTS)}")
+        if self.variant == "flux":
+            if self.path is None:
+                components = FluxComponents.tiny(**{"guidance": self.guidance, **self.tiny})
+                return components if self.dtype == "float32" else components.to(dtype=DTYPES[self.dtype])
+            return FluxComponents.from_pretrained_folder(
+                self.path, config_key=config_key, torch_dtype=DTYPES[self.dtype], guidance=self.guidance
+            )
         if self.path is None:
             components = DiffusionComponents.tiny(**{"variant": self.variant, **self.tiny})
             return components if self.dtype == "float32" else components.to(dtype=DTYPES[self.dtype])

@@ -14,6 +14,10 @@ stock diffusion model, so that is all an export holds, plus what generation need
 ``negative.safetensors``
     classifier-free guidance's negative conditioning (empty title, blank reference, cold-start user), so guidance
     needs nothing else.
+``pytorch_lora_weights.safetensors`` (only when stage 3 trained a ``unet_lora``)
+    the denoiser's LoRA in diffusers' format: ``pipe.load_lora_weights(folder)`` of a stock pipeline reads it (with
+    ``pipeline_inputs`` it then draws the same covers); ``CoverGenerator`` puts it onto the stock UNet / transformer,
+    after checking that it fits (a LoRA of another base model is refused).
 
 Generating needs no stage-1 or stage-2 file and no reward weights. The base model and MLLM paths can be overridden
 when loading (``CoverGenerator.from_pretrained(folder, base_model=..., mllm=...)``), e.g. on a cluster with another
@@ -36,6 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from icg import ckpt
 from icg.diffusion.conditioning import Conditioning
+from icg.diffusion.lora import LORA_WEIGHTS, UNetLoRA, current_lora, load_lora, read_lora, save_lora
 from icg.diffusion.source import DTYPES, DiffusionSource
 from icg.errors import UserError
 from icg.generation.generator import CoverGenerator, SamplerSettings
@@ -63,6 +68,7 @@ class ExportParts:
     settings: SamplerSettings
     source: DiffusionSource
     provenance: dict[str, Any] = field(default_factory=dict)
+    lora: tuple[UNetLoRA, dict[str, torch.Tensor]] | None = None  # the denoiser's LoRA (config, peft-named tensors)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -144,8 +150,11 @@ def checkpoint_parts(
     settings = SamplerSettings(**{k: hparams[k] for k in asdict(SamplerSettings()) if k in hparams})
     provenance = {"stage3_ckpt": _absolute(str(stage3_ckpt)), "preference_ckpt": _absolute(str(stage1)),
                   "rewards_ckpt": block.get("rewards_ckpt"), "global_step": checkpoint.get("global_step")}  # fmt: skip
+    lora = None
+    if block.get("unet_lora"):
+        lora = (UNetLoRA(**block["unet_lora"]), ckpt.sub_state_dict(checkpoint["state_dict"], "unet_lora"))
     return ExportParts(ckpt.freeze(conditioner), UserTable.from_preference_model(model, user_ids), settings, source,
-                       provenance)  # fmt: skip
+                       provenance, lora)  # fmt: skip
 
 
 def export_checkpoint(
@@ -181,7 +190,7 @@ def write_export(generator: CoverGenerator, folder: str | Path, provenance: dict
     if generator.source is None:
         raise ValueError("this generator does not know where its diffusion model came from (source=None)")
     parts = ExportParts(generator.conditioner, generator.users, generator.settings, generator.source,
-                        dict(provenance or {}))  # fmt: skip
+                        dict(provenance or {}), current_lora(generator.diffusion.denoiser))  # fmt: skip
     return write_parts(parts, folder, overwrite=overwrite)
 
 
@@ -204,6 +213,8 @@ def write_parts(parts: ExportParts, folder: str | Path, overwrite: bool = False)
             generator = CoverGenerator(parts.conditioner, _NoDiffusion(), parts.users, parts.settings)
             negative = generator.unconditional(1)
         save_file(_conditioning_tensors(negative), str(tmp / NEGATIVE))
+        if parts.lora is not None:
+            save_lora(tmp, *parts.lora, kind=source.variant)
         config = {
             "format": EXPORT_FORMAT,
             "version": EXPORT_VERSION,
@@ -211,6 +222,7 @@ def write_parts(parts: ExportParts, folder: str | Path, overwrite: bool = False)
             "diffusion": asdict(source),
             "sampler": asdict(parts.settings),
             "users": {"count": len(parts.users), "embed_dim": parts.users.embed_dim, "fallback": "last row"},
+            "unet_lora": asdict(parts.lora[0]) if parts.lora is not None else None,
             "provenance": parts.provenance,
         }
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -260,6 +272,8 @@ def read_config(folder: str | Path, config_key: str = "export folder") -> dict[s
     if int(config.get("version", 0)) > EXPORT_VERSION:
         raise ExportError(f"{config_key}: {folder} is export version {config['version']}; this icg reads up to "
                           f"{EXPORT_VERSION}")  # fmt: skip
+    if config.get("unet_lora") and not (folder / LORA_WEIGHTS).is_file():
+        raise ExportError(f"{config_key}: {folder} lacks {LORA_WEIGHTS} (its {CONFIG} names a unet_lora)")
     return config
 
 
@@ -278,9 +292,13 @@ def load_export(
     conditioner = ckpt.instantiate(spec)
     conditioner.load_trained_state_dict(load_file(str(folder / WEIGHTS)))
     negative = load_file(str(folder / NEGATIVE))
+    lora = None
+    if config.get("unet_lora"):
+        lora = (UNetLoRA(**config["unet_lora"]), read_lora(folder, source.variant))
     parts = ExportParts(ckpt.freeze(conditioner), UserTable.load(folder), SamplerSettings(**config["sampler"]), source,
-                        config.get("provenance", {}))  # fmt: skip
-    generator = _assemble(parts, device=device, dtype=dtype, config_key="base_model")
+                        config.get("provenance", {}), lora)  # fmt: skip
+    generator = _assemble(parts, device=device, dtype=dtype, config_key="base_model",
+                          lora_name=f"the UNet LoRA in {folder / LORA_WEIGHTS}")  # fmt: skip
     generator.negative = Conditioning(
         negative["encoder_hidden_states"], negative.get("attention_mask"), negative.get("pooled")
     ).to(generator.device)
@@ -288,12 +306,14 @@ def load_export(
 
 
 def _assemble(parts: ExportParts, device: torch.device | str, dtype: torch.dtype | str | None,
-              config_key: str) -> CoverGenerator:  # fmt: skip
+              config_key: str, lora_name: str = "the stage-3 checkpoint's UNet LoRA") -> CoverGenerator:  # fmt: skip
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise UserError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
         dtype = DTYPES[dtype]
     diffusion = parts.source.load(config_key)
+    if parts.lora is not None:  # the trained LoRA onto the stock denoiser, refused if it was trained on another base
+        load_lora(diffusion.denoiser, *parts.lora, config_key=config_key, what=lora_name)
     generator = CoverGenerator(parts.conditioner, diffusion, parts.users, parts.settings, source=parts.source,
                                provenance=parts.provenance)  # fmt: skip
     return generator.to(device, dtype)

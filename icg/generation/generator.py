@@ -359,12 +359,16 @@ class CoverGenerator:
     ) -> dict[str, Any]:
         """Keyword arguments that make a stock diffusers pipeline draw the same covers as ``self(...)``.
 
-        ICG's conditioning goes in as ``prompt_embeds`` (+ ``pooled_prompt_embeds`` for SDXL) and its guidance
+        ICG's conditioning goes in as ``prompt_embeds`` (+ ``pooled_prompt_embeds`` for SDXL and Flux) and its guidance
         negative as ``negative_prompt_embeds``; the per-pair seeds as a list of generators. Use
         ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` (or their ``Img2Img`` variants when
         ``strength < 1``: the dict then carries ``image`` and ``strength``) loaded from the base model's folder with a
         ``DDIMScheduler`` from its config for identical images; any other scheduler, offloading or callback works as
-        diffusers documents it. Raises when the conditioning masks padding tokens, which diffusers' pipelines cannot
+        diffusers documents it. Flux: ``FluxPipeline`` / ``FluxImg2ImgPipeline`` with its own scheduler; ICG's
+        guidance is the pipeline's ``true_cfg_scale`` and FLUX.1-dev's embedded guidance its ``guidance_scale``. An
+        export with a UNet LoRA: ``pipe.load_lora_weights(export_folder)`` first.
+
+        Raises when the conditioning masks padding tokens, which diffusers' pipelines cannot
         take (SD 1.5 / SDXL text encoders do not mask; the demo's stand-in encodes titles with ``padding="attended"``
         for that reason).
         """
@@ -381,11 +385,15 @@ class CoverGenerator:
         guidance_scale = s.guidance_scale if guidance_scale is None else guidance_scale
         strength = s.strength if strength is None else strength
         parts = [("", cond)] + ([("negative_", self.unconditional(len(user_ids)))] if guidance_scale > 1 else [])
+        flux = getattr(self.diffusion, "kind", None) == "flux"
         kwargs: dict[str, Any] = {
             "num_inference_steps": s.num_steps if num_steps is None else num_steps,
-            "guidance_scale": guidance_scale,
             "generator": pair_generators(self.seeds(user_ids, keys, seed)),
         }
+        if flux:  # true CFG on ICG's negative; FLUX.1-dev's distilled guidance as the base model configures it
+            kwargs |= {"true_cfg_scale": guidance_scale, "guidance_scale": self.diffusion.guidance}
+        else:
+            kwargs["guidance_scale"] = guidance_scale
         for prefix, part in parts:
             mask = part.attention_mask
             if mask is not None and not bool(mask.bool().all()):
@@ -398,7 +406,7 @@ class CoverGenerator:
                 kwargs[f"{prefix}pooled_prompt_embeds"] = part.pooled
         if strength < 1:
             kwargs |= {"image": references, "strength": strength}
-        else:
+        if strength == 1 or flux:  # (Flux's img2img pipeline takes the size too; SD's takes the image's)
             kwargs |= {"height": self.image_size, "width": self.image_size}
         return kwargs
 

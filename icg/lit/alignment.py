@@ -8,8 +8,10 @@ frozen stage-2 reward bundle and minimizes
     loss = -mean(sum_i w_i * normalized reward_i) + reg_weight * denoising loss on the item's reference cover
 
 (the regularizer guards against reward hacking; ``warmup_steps`` train on the denoising loss alone). Frozen parts --
-the MLLM, the UNet/VAE, the reward bundle and the stage-1 user tower -- are kept out of the optimizer and out of the
-checkpoint's state dict (they are rebuilt from their own paths), so checkpoints hold only what this stage trains.
+the MLLM, the UNet (or Flux transformer)/VAE, the reward bundle and the stage-1 user tower -- are kept out of the
+optimizer and out of the checkpoint's state dict (they are rebuilt from their own paths), so checkpoints hold only what
+this stage trains: the conditioner's trained parts and, with ``unet_lora``, the denoiser's LoRA matrices (AlignProp /
+DRaFT align such a LoRA under the same rewards).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from lightning.pytorch.utilities import grad_norm
 from torch import Tensor
 
 from icg import ckpt
-from icg.diffusion.conditioning import Conditioning, check_widths
+from icg.diffusion.conditioning import Conditioning
+from icg.diffusion.lora import UNetLoRA, add_lora
 from icg.diffusion.sampler import denoising_loss, sample
 from icg.diffusion.source import DiffusionSource
 from icg.errors import ConfigError
@@ -54,7 +57,9 @@ class AlignmentStage(LightningModule):
         conditioner: meta-token prompter + user fusion + adapter (the trained part).
         preference_ckpt: stage-1 checkpoint: the frozen user tower whose embeddings the fusion refines.
         rewards_ckpt: stage-2 reward-bundle checkpoint: the frozen rewards, weights and normalization.
-        diffusion: the stock UNet/VAE/scheduler (local diffusers folder, or tiny from config).
+        diffusion: the stock UNet (or Flux transformer)/VAE/scheduler (local diffusers folder, or tiny from config).
+        unet_lora: a LoRA on the denoiser trained with the adapter under the same loss (rank, alpha, target modules);
+            None (default) keeps the denoiser entirely frozen. Exported in diffusers' LoRA format.
         optimizer: optimizer for the trained parameters.
         num_steps: T, DDIM steps per sample during training and validation.
         grad_window: ``last_k`` (DRaFT-K), ``random_step`` (ReFL) or ``none`` (denoising loss only).
@@ -86,6 +91,7 @@ class AlignmentStage(LightningModule):
         preference_ckpt: str,
         rewards_ckpt: str,
         diffusion: DiffusionSource | None = None,
+        unet_lora: UNetLoRA | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         num_steps: int = 20,
         grad_window: str = "last_k",
@@ -108,9 +114,11 @@ class AlignmentStage(LightningModule):
             raise ConfigError(f"model.init_args.grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
         if not 0.0 < strength <= 1.0:
             raise ConfigError(f"model.init_args.strength must be in (0, 1], got {strength}")
-        self.save_hyperparameters(ignore=["conditioner", "optimizer", "diffusion"])
+        self.save_hyperparameters(ignore=["conditioner", "optimizer", "diffusion", "unet_lora"])
         self.conditioner = conditioner
         self.diffusion_source = diffusion or DiffusionSource()
+        self.unet_lora_config = unet_lora
+        self.unet_lora: torch.nn.Module | None = None  # the LoRA matrices (registered in setup, once the UNet exists)
         self.optimizer_factory = optimizer
         # Frozen parts live in a plain dict: not registered, so never in the state dict or the optimizer.
         self.frozen: dict[str, Any] = {}
@@ -129,16 +137,9 @@ class AlignmentStage(LightningModule):
                 bundle.reweight(dict(self.hparams.reward_weights), "model.init_args.reward_weights")
             self.frozen["rewards"] = bundle
         diffusion = self.diffusion_source.load("model.init_args.diffusion.path")
-        self.conditioner.adapter.check_unet(
-            diffusion.unet, "model.init_args.diffusion", "model.init_args.conditioner.init_args.adapter.init_args"
-        )
-        if self.conditioner.title_prompt is not None:
-            check_widths(
-                self.conditioner.title_prompt.width,
-                diffusion.unet,
-                "model.init_args.conditioner.init_args.title_prompt (its text encoder's width)",
-                "model.init_args.diffusion",
-            )
+        self.conditioner.check_denoiser(diffusion.denoiser, "model.init_args.diffusion")
+        if self.unet_lora_config is not None:
+            self.unet_lora = add_lora(diffusion.denoiser, self.unet_lora_config, "model.init_args.unet_lora")
         offset = self.conditioner.user_offset
         if offset is not None and offset.user_dim != users.embed_dim:
             raise ConfigError(
@@ -180,16 +181,24 @@ class AlignmentStage(LightningModule):
     def on_fit_start(self) -> None:
         self._place_frozen()
         trained = {id(p) for p in self.conditioner.parameters() if p.requires_grad}
+        lora = self.unet_lora is not None
         log.info(
-            "alignment trains %d tensors (%d values); MLLM, UNet, VAE, rewards and user tower are frozen",
+            "alignment trains %d conditioner tensors%s (%d values); MLLM, %s, VAE, rewards and user tower are frozen",
             len(trained),
+            f" + {len(list(self.unet_lora.parameters()))} LoRA tensors" if lora else "",
             sum(p.numel() for p in self.parameters() if p.requires_grad),
+            "the denoiser's base weights" if lora else "the denoiser",
         )
 
     on_validation_start = on_test_start = on_predict_start = _place_frozen
 
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer steps: the conditioner's trained parameters and the denoiser's LoRA (if any)."""
+        params = [p for p in self.conditioner.parameters() if p.requires_grad]
+        return params + (list(self.unet_lora.parameters()) if self.unet_lora is not None else [])
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory([p for p in self.conditioner.parameters() if p.requires_grad])
+        return self.optimizer_factory(self.trained_parameters())
 
     # ------------------------------------------------------------------------------------------------ steps
     def stage1_users(self, user_idx: Tensor) -> Tensor:
@@ -314,6 +323,10 @@ class AlignmentStage(LightningModule):
         norms = grad_norm(self.conditioner, norm_type=2)
         if "grad_2.0_norm_total" in norms:
             self.log("train/grad_norm", norms["grad_2.0_norm_total"])
+        if self.unet_lora is not None:
+            lora_norms = grad_norm(self.unet_lora, norm_type=2)
+            if "grad_2.0_norm_total" in lora_norms:
+                self.log("train/grad_norm_unet_lora", lora_norms["grad_2.0_norm_total"])
 
     def batch_seeds(self, batch: dict[str, Any]) -> list[int]:
         """The per-(user, item) seeds of a batch of pairs (``icg.generation.seeds.pair_seed``)."""
@@ -349,7 +362,7 @@ class AlignmentStage(LightningModule):
     # ------------------------------------------------------------------------------------------- checkpoints
     def _frozen_keys(self) -> set[str]:
         trained = {f"conditioner.{k}" for k in self.conditioner.trained_state_dict()}
-        return {k for k in self.state_dict() if k not in trained}
+        return {k for k in self.state_dict() if k not in trained and not k.startswith("unet_lora.")}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for key in self._frozen_keys():  # the stock MLLM is rebuilt from its path, not copied into every checkpoint
@@ -360,6 +373,7 @@ class AlignmentStage(LightningModule):
             "specs": {"conditioner": self.conditioner.spec},
             # Absolute paths: the checkpoint is read from other folders (evaluation, export) than training ran in.
             "diffusion": asdict(self.diffusion_source) | {"path": _absolute(self.diffusion_source.path)},
+            "unet_lora": asdict(self.unet_lora_config) if self.unet_lora_config is not None else None,
             "user_ids": list(self.frozen.get("user_ids", [])),
             "preference_ckpt": _absolute(self.hparams.preference_ckpt),
             "rewards_ckpt": _absolute(self.hparams.rewards_ckpt),
@@ -370,6 +384,12 @@ class AlignmentStage(LightningModule):
         stage = checkpoint.get(ckpt.ICG_KEY, {}).get("stage")
         if stage != STAGE:
             raise ckpt.CheckpointError(f"--ckpt_path: a {stage!r} stage checkpoint cannot resume the {STAGE!r} stage")
+        has_lora = any(k.startswith("unet_lora.") for k in checkpoint["state_dict"])
+        if has_lora != (self.unet_lora is not None):
+            raise ckpt.CheckpointError(
+                f"--ckpt_path: the checkpoint was trained {'with' if has_lora else 'without'} a UNet LoRA but "
+                f"model.init_args.unet_lora is {'unset' if has_lora else 'set'}; resume with the same setting"
+            )
         own = self.state_dict()
         for key in self._frozen_keys():
             checkpoint["state_dict"].setdefault(key, own[key])

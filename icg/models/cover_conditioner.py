@@ -4,7 +4,8 @@ The three trained parts of ICG (Bian et al., EMNLP 2025) in one plain module: th
 reference image through learnable meta tokens (``MetaTokenPrompter``, MetaQuery-style), the stage-1 user embedding
 refines the meta-token features (``UserFusion``), and a connector maps them to the UNet's cross-attention inputs
 (``ConditioningAdapter``). Optionally the base model's own prompt of the title comes first and the adapter tokens
-are appended to it (``title_prompt``, IP-Adapter style; see ``icg.diffusion.prompt_encoder``). Only what trains is
+are appended to it (``title_prompt``, IP-Adapter style; see ``icg.diffusion.prompt_encoder``); where the base model's
+prompt has a pooled vector (SDXL, Flux), that pooled vector is the conditioning's. Only what trains is
 exported (``trained_state_dict``): meta tokens (and LoRA), fusion and adapter; the MLLM and the text encoder stay the
 stock checkpoints named in the spec.
 """
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from icg import ckpt
-from icg.diffusion.conditioning import Conditioning
+from icg.diffusion.conditioning import Conditioning, check_widths
 from icg.diffusion.prompt_encoder import PromptEncoder
 from icg.errors import ConfigError
 from icg.models.adapter import ConditioningAdapter
@@ -31,7 +32,8 @@ class CoverConditioner(nn.Module):
         fusion: user refinement of the features (``fusion_type`` none | user_token | film).
         adapter: connector to the UNet's conditioning (widths checked against the loaded UNet).
         title_prompt: the base model's frozen text encoder; when set, the conditioning is ``[its states of the title ;
-            the adapter tokens]``, so the adapter adds to the base model's prompt instead of replacing it.
+            the adapter tokens]``, so the adapter adds to the base model's prompt instead of replacing it. A prompt
+            with a pooled vector (SDXL, Flux) gives the conditioning's pooled vector, so the adapter then has none.
         user_offset: a per-user additive offset on the adapter's output tokens (``icg.models.fusion.UserOffset``),
             the user's direct path past the adapter's shared output LayerNorm; None: none.
     """
@@ -61,6 +63,11 @@ class CoverConditioner(nn.Module):
                 f"title_prompt gives states of width {title_prompt.width} but "
                 f"adapter.init_args.cross_attention_dim={adapter.cross_attention_dim}; both must equal the UNet's"
             )
+        if title_prompt is not None and title_prompt.pooled_dim is not None and adapter.pooled_dim is not None:
+            raise ConfigError(
+                f"adapter.init_args.pooled_dim={adapter.pooled_dim} but the title_prompt already gives the pooled "
+                f"vector (its base model's, width {title_prompt.pooled_dim}); set adapter.init_args.pooled_dim to null"
+            )
         if user_offset is not None and (user_offset.num_tokens, user_offset.width) != (
             adapter.num_tokens,
             adapter.cross_attention_dim,
@@ -74,6 +81,35 @@ class CoverConditioner(nn.Module):
         self.adapter = adapter
         self.title_prompt = title_prompt
         self.user_offset = user_offset
+
+    @property
+    def pooled_dim(self) -> int | None:
+        """The width of the conditioning's pooled vector (from the title prompt or the adapter), None if none."""
+        if self.title_prompt is not None and self.title_prompt.pooled_dim is not None:
+            return self.title_prompt.pooled_dim
+        return self.adapter.pooled_dim
+
+    def check_denoiser(
+        self, denoiser: nn.Module, denoiser_key: str, prefix: str = "model.init_args.conditioner.init_args"
+    ) -> None:
+        """Raise ``ConditioningError`` naming the config keys when the conditioning does not fit the loaded denoiser.
+
+        Args:
+            denoiser: the loaded ``UNet2DConditionModel`` or ``FluxTransformer2DModel``.
+            denoiser_key: the config key that chose it (e.g. ``model.init_args.diffusion``).
+            prefix: where this conditioner's init args live in the config.
+        """
+        adapter = f"{prefix}.adapter.init_args"
+        title = f"{prefix}.title_prompt"
+        if self.title_prompt is not None and self.title_prompt.pooled_dim is not None:
+            pooled_key = f"{title} (its text encoders' pooled vector)"
+        else:
+            pooled_key = f"{adapter}.pooled_dim"
+        check_widths(self.adapter.cross_attention_dim, denoiser, f"{adapter}.cross_attention_dim", denoiser_key,
+                     pooled_dim=self.pooled_dim, pooled_key=pooled_key)  # fmt: skip
+        if self.title_prompt is not None:
+            check_widths(self.title_prompt.width, denoiser, f"{title} (its text encoder's width)", denoiser_key,
+                         check_pooled=False)  # fmt: skip
 
     def item_features(self, titles: list[str], images: Tensor) -> Tensor:
         """B x N x D meta-token features of the items (user-independent; cacheable when the prompter is frozen)."""
