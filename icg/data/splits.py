@@ -5,7 +5,8 @@ as used for the stage-1 preference model of ICG (Bian et al., EMNLP 2025): per u
 (ties broken by item id, then by file row), the last ``holdout`` go to test, the ``holdout`` before them to val,
 the rest to train. A user with fewer than ``2 * holdout + 1`` interactions stays entirely in train (nothing would
 be left to learn them from otherwise). Everything is vectorised numpy over int32 codes so a Pixel1M-sized log
-(~20M interactions) splits in seconds.
+(~20M interactions) splits in seconds; :func:`time_order` sorts it with a radix-style pass of packed 64-bit keys
+(numpy's vectorised value sort) instead of ``np.lexsort``, which is about 5x slower at that size.
 
 Negatives for implicit data are drawn per row from a generator seeded by ``(seed, stream, epoch, row)``: the same
 row gets the same negatives in every process and DataLoader worker, without storing them, and never a user's own
@@ -19,6 +20,54 @@ import numpy as np
 TRAIN, VAL, TEST = 0, 1, 2
 PARTS = {"train": TRAIN, "val": VAL, "test": TEST}
 _MAX_DRAWS = 64  # rejection rounds before declaring a user unsamplable (only hit when a user clicked ~every item)
+
+
+def _stable_pass(key: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """One least-significant-digit pass: ``order`` re-sorted stably by ``key[order]`` (a key < 2**32 per row).
+
+    The key goes into the high 32 bits and the current position into the low 32 bits of one uint64, so a plain
+    (vectorised, unstable) value sort of distinct numbers is a stable sort by key; the low bits give the permutation.
+    """
+    n = len(key)
+    packed = (key if order is None else key[order]).astype(np.uint64)
+    packed <<= np.uint64(32)
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    packed &= np.uint64(0xFFFFFFFF)
+    step = packed.astype(np.int32 if n < 2**31 else np.int64)
+    del packed
+    return step if order is None else order[step]
+
+
+def time_order(user: np.ndarray, timestamp: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """Rows sorted by (user, timestamp, item, row): the order of :func:`split_parts` and of duplicate detection.
+
+    Equal to ``np.lexsort((item, timestamp, user))``; computed as stable passes over 32-bit keys (item, the low and
+    high halves of the timestamp's offset from its minimum, user), each one sort of packed uint64s.
+
+    Args:
+        user: non-negative int codes (< 2**32) per row.
+        timestamp: int64 per row, any range.
+        item: non-negative int codes (< 2**32) per row.
+
+    Returns:
+        row indices, int32 below 2**31 rows (half the memory of int64 at Pixel8M's 158M rows), else int64.
+    """
+    n = len(user)
+    if n == 0:
+        return np.zeros(0, np.int32)
+    if n >= 2**32:  # positions no longer fit the low half of the packed key
+        return np.lexsort((item, timestamp, user)).astype(np.int64)
+    # offset from the minimum, exact in uint64 (wraps mod 2**64, and the true offset is below 2**64)
+    offset = timestamp.view(np.uint64) - np.asarray(timestamp.min(), np.int64).view(np.uint64)
+    order = _stable_pass(item, None)
+    order = _stable_pass((offset & np.uint64(0xFFFFFFFF)).astype(np.uint32), order)
+    high = offset >> np.uint64(32)
+    del offset
+    if high.any():  # seconds since any date in 136 years fit the low half: this pass is rare
+        order = _stable_pass(high.astype(np.uint32), order)
+    del high
+    return _stable_pass(user, order)
 
 
 def per_user_offsets(user: np.ndarray, num_users: int) -> np.ndarray:
@@ -45,11 +94,11 @@ def split_parts(user: np.ndarray, num_users: int, holdout: int) -> tuple[np.ndar
     counts = np.diff(offsets)
     eligible = counts >= 2 * holdout + 1 if holdout > 0 else np.zeros(num_users, bool)
     train_end = offsets[1:] - np.where(eligible, 2 * holdout, 0)
-    rank_from_end = (offsets[1:][user] - 1) - np.arange(len(user), dtype=np.int64)
     part = np.zeros(len(user), np.int8)
-    held = eligible[user]
-    part[held & (rank_from_end < holdout)] = TEST
-    part[held & (rank_from_end >= holdout) & (rank_from_end < 2 * holdout)] = VAL
+    ends = offsets[1:][eligible]  # held-out rows are the last 2 * holdout of each eligible user: index them directly
+    for back in range(holdout):
+        part[ends - 1 - back] = TEST
+        part[ends - 1 - holdout - back] = VAL
     return part, train_end
 
 
@@ -123,12 +172,14 @@ class InteractionLog:
 
     def counts(self) -> dict[str, int]:
         """Interactions and clicks per part, and users with held-out rows."""
+        rows = np.bincount(self.part, minlength=len(PARTS))
+        clicks = np.bincount(self.part[self.click.astype(bool)], minlength=len(PARTS))
         out = {}
         for name, part in PARTS.items():
-            mask = self.part == part
-            out[f"{name}_interactions"] = int(mask.sum())
-            out[f"{name}_clicks"] = int(self.click[mask].sum())
-        out["evaluated_users"] = int((np.bincount(self.user[self.part == TEST], minlength=1) > 0).sum())
+            out[f"{name}_interactions"] = int(rows[part])
+            out[f"{name}_clicks"] = int(clicks[part])
+        tested = self.user[self.part == TEST]  # sorted by user: count the distinct ones by their changes
+        out["evaluated_users"] = int((np.diff(tested) != 0).sum()) + 1 if len(tested) else 0
         return out
 
 
@@ -154,10 +205,19 @@ class NegativeSampler:
         if distribution not in ("uniform", "popularity"):
             raise ValueError(f"negative_sampling must be 'uniform' or 'popularity', got {distribution!r}")
         self.num_items = num_items
-        keys = np.sort(user.astype(np.int64) * num_items + item)  # sorted (user, item) positive pairs
-        self.keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
-        per_user = np.bincount((self.keys // num_items).astype(np.int64)) if len(self.keys) else np.zeros(0, int)
-        self.max_positives = int(per_user.max()) if len(per_user) else 0
+        keys = user.astype(np.int64)  # sorted (user, item) positive pairs, built in place (158M rows: 1.3 GB each)
+        keys *= num_items
+        keys += item
+        keys.sort()
+        if len(keys):
+            first = np.empty(len(keys), bool)
+            first[0] = True
+            np.not_equal(keys[1:], keys[:-1], out=first[1:])
+            if not first.all():
+                keys = keys[first]
+            del first
+        self.keys = keys
+        self.max_positives = int(np.bincount(keys // num_items).max()) if len(keys) else 0
         self.cdf = None
         if distribution == "popularity":
             counts = np.bincount(popularity_items if popularity_items is not None else item, minlength=num_items)

@@ -266,12 +266,10 @@ def validate(
     bad_click = ~inter.click_ok
     # one stable sort by (user, timestamp, item); the codes follow sorted ids, so this is the split's time order
     # and exact duplicates (same user, item, timestamp) sit next to each other with the first file row first
-    order = np.lexsort((inter.item_code, inter.timestamp, inter.user_code)).astype(np.int64)
-    same = (
-        (np.diff(inter.user_code[order]) == 0)
-        & (np.diff(inter.timestamp[order]) == 0)
-        & (np.diff(inter.item_code[order]) == 0)
-    )
+    order = inter.time_order()
+    same = np.diff(inter.user_code[order]) == 0  # one sorted column at a time: 158M rows stay within memory
+    same &= np.diff(inter.item_code[order]) == 0
+    same &= np.diff(inter.timestamp[order]) == 0
     duplicate = np.zeros(len(inter), bool)
     duplicate[order[1:][same]] = True
     duplicate &= inter.timestamp_ok  # rows with unreadable timestamps are reported as such, not as duplicates
