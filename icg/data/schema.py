@@ -16,6 +16,7 @@ non-clicks as well (MovieLens ratings below a threshold). docs/data.md documents
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from icg.data import splits
 
 FORMAT_NAME = "icg-dataset"
 FORMAT_VERSION = 1
@@ -120,6 +123,8 @@ class InteractionArrays:
         timestamp_ok: bool per row.
         click: int8 per row (0 where ``click_ok`` is False).
         click_ok: bool per row.
+        order: the rows in (user, timestamp, item, row) order, when already known (a cached table carries it);
+            :meth:`time_order` computes it otherwise.
     """
 
     path: Path
@@ -131,9 +136,16 @@ class InteractionArrays:
     timestamp_ok: np.ndarray
     click: np.ndarray
     click_ok: np.ndarray
+    order: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.user_code)
+
+    def time_order(self) -> np.ndarray:
+        """Rows sorted by (user, timestamp, item, file row) (:func:`icg.data.splits.time_order`), computed once."""
+        if self.order is None:
+            self.order = splits.time_order(self.user_code, self.timestamp, self.item_code)
+        return self.order
 
 
 def _encode_ids(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,36 +176,57 @@ def _to_int(column: pa.ChunkedArray, dtype: type) -> tuple[np.ndarray, np.ndarra
         return column.fill_null(False).to_numpy(zero_copy_only=False).astype(dtype), ~column.is_null().to_numpy(
             zero_copy_only=False
         )
-    # text or floats: coerce; only the (rare) files that need it pay for pandas' parser
+    if (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) and column.null_count == 0:
+        try:  # CSV columns are text: arrow's cast is vectorised and succeeds whenever every row is a plain integer
+            return column.cast(pa.int64()).to_numpy().astype(dtype), np.ones(len(column), bool)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    # floats or text with bad rows: coerce; only the (rare) files that need it pay for pandas' parser
     numbers = pd.to_numeric(pd.Series(column.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(float)
     ok = np.isfinite(numbers) & (np.floor(numbers) == numbers)
     return np.where(ok, numbers, 0).astype(dtype), ok
 
 
-def read_interaction_arrays(root: str | Path) -> InteractionArrays:
-    """Read the interactions table of ``root`` into :class:`InteractionArrays` (no validation beyond columns)."""
-    path = table_path(root, INTERACTIONS_TABLE)
+def _column_reader(path: Path):
+    """``(column names, read(name) -> ChunkedArray)`` of a table file; parquet reads one column at a time."""
     try:
-        if path.suffix == ".parquet":
-            table = pq.read_table(path)
-        else:
-            table = pacsv.read_csv(
-                path,
-                convert_options=pacsv.ConvertOptions(
-                    column_types={c: pa.string() for c in INTERACTION_COLUMNS}, strings_can_be_null=False
-                ),
-            )
+        if path.suffix == ".parquet":  # one reader per column: columns are read from several threads
+            names = pq.ParquetFile(path).schema_arrow.names
+            return names, lambda name: pq.ParquetFile(path).read(columns=[name]).column(0)
+        table = pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in INTERACTION_COLUMNS}, strings_can_be_null=False
+            ),
+        )
     except (pa.ArrowInvalid, OSError) as err:
         raise DatasetFormatError(f"{path}: cannot be read as a table ({err})") from err
-    missing = [c for c in INTERACTION_COLUMNS if c not in table.column_names]
+    return table.column_names, table.column
+
+
+def read_interaction_arrays(root: str | Path) -> InteractionArrays:
+    """Read the interactions table of ``root`` into :class:`InteractionArrays` (no validation beyond columns).
+
+    A parquet file is read one column at a time, the two id columns in two threads (arrow releases the GIL while it
+    decodes and hashes); each column's strings are dropped once encoded, so at most the two id columns are held as
+    text (158M rows of 8-character ids: ~4 GB), never the whole table as Python objects.
+    """
+    path = table_path(root, INTERACTIONS_TABLE)
+    names, column = _column_reader(path)
+    missing = [c for c in INTERACTION_COLUMNS if c not in names]
     if missing:
         raise DatasetFormatError(f"{path}: missing column(s) {missing}; expected at least {list(INTERACTION_COLUMNS)}")
-    user_code, user_values = _encode_ids(table.column("user_id"))
-    item_code, item_values = _encode_ids(table.column("item_id"))
-    timestamp, timestamp_ok = _to_int(table.column("timestamp"), np.int64)
-    click, click_numeric = _to_int(table.column("click"), np.int64)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            users = pool.submit(lambda: _encode_ids(column("user_id")))
+            items = pool.submit(lambda: _encode_ids(column("item_id")))
+            timestamp, timestamp_ok = _to_int(column("timestamp"), np.int64)
+            click, click_numeric = _to_int(column("click"), np.int64)
+            (user_code, user_values), (item_code, item_values) = users.result(), items.result()
+    except (pa.ArrowInvalid, OSError) as err:  # a parquet file can be truncated past its footer
+        raise DatasetFormatError(f"{path}: cannot be read as a table ({err})") from err
     click_ok = click_numeric & ((click == 0) | (click == 1))
-    del table
+    click = np.where(click_ok, click, 0).astype(np.int8)
     return InteractionArrays(
         path=path,
         user_code=user_code,
@@ -202,7 +235,7 @@ def read_interaction_arrays(root: str | Path) -> InteractionArrays:
         item_values=item_values,
         timestamp=timestamp,
         timestamp_ok=timestamp_ok,
-        click=np.where(click_ok, click, 0).astype(np.int8),
+        click=click,
         click_ok=click_ok,
     )
 
