@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from test_schema import make_dataset
 
+from icg.data import splits
 from icg.data.datamodule import ICGDataModule
 from icg.data.splits import TEST, TRAIN, VAL, InteractionLog, NegativeSampler, row_rng, split_parts, time_order
 
@@ -22,8 +23,10 @@ def test_split_parts_last_k_held_out():
 
 
 @pytest.mark.parametrize("span", [(0, 3), (1_600_000_000, 1_600_000_050), (-(2**62), 2**62)])
-def test_time_order_equals_lexsort(span):
-    # many ties in every key (few users, items, timestamps) and, in the last case, timestamps over 2**32 apart
+def test_time_order_equals_lexsort(span, monkeypatch):
+    # many ties in every key (few users, items, timestamps) and, in the last case, timestamps over 2**32 apart;
+    # keys are built in chunks of 999 rows here so that the chunk boundaries are crossed
+    monkeypatch.setattr(splits, "_CHUNK", 999)
     rng = np.random.default_rng(1)
     for rows in (0, 1, 2, 50, 20_000):
         user = rng.integers(0, 40, rows).astype(np.int32)

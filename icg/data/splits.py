@@ -15,6 +15,8 @@ positive (any click of that user in the whole dataset, held-out ones included).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 TRAIN, VAL, TEST = 0, 1, 2
@@ -22,19 +24,29 @@ PARTS = {"train": TRAIN, "val": VAL, "test": TEST}
 _MAX_DRAWS = 64  # rejection rounds before declaring a user unsamplable (only hit when a user clicked ~every item)
 
 
-def _stable_pass(key: np.ndarray, order: np.ndarray | None) -> np.ndarray:
-    """One least-significant-digit pass: ``order`` re-sorted stably by ``key[order]`` (a key < 2**32 per row).
+_CHUNK = 1 << 22  # rows per step when building packed keys: temporaries stay at a few tens of MB
+
+
+def _stable_pass(key: Callable[[np.ndarray], np.ndarray], order: np.ndarray | None, n: int) -> np.ndarray:
+    """One least-significant-digit pass: ``order`` re-sorted stably by ``key(order)``, a uint32 key per row.
 
     The key goes into the high 32 bits and the current position into the low 32 bits of one uint64, so a plain
     (vectorised, unstable) value sort of distinct numbers is a stable sort by key; the low bits give the permutation.
+    Keys are computed chunk by chunk, so the pass holds the packed array and the orders and nothing row-sized else.
     """
-    n = len(key)
-    packed = (key if order is None else key[order]).astype(np.uint64)
-    packed <<= np.uint64(32)
-    packed |= np.arange(n, dtype=np.uint64)
+    packed = np.empty(n, np.uint64)
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        rows = np.arange(start, stop) if order is None else order[start:stop]
+        chunk = key(rows).astype(np.uint64)
+        chunk <<= np.uint64(32)
+        chunk |= np.arange(start, stop, dtype=np.uint64)
+        packed[start:stop] = chunk
     packed.sort()
-    packed &= np.uint64(0xFFFFFFFF)
-    step = packed.astype(np.int32 if n < 2**31 else np.int64)
+    step = np.empty(n, np.int32 if n < 2**31 else np.int64)
+    for start in range(0, n, _CHUNK):
+        np.bitwise_and(packed[start : start + _CHUNK], np.uint64(0xFFFFFFFF), out=packed[start : start + _CHUNK])
+        step[start : start + _CHUNK] = packed[start : start + _CHUNK]
     del packed
     return step if order is None else order[step]
 
@@ -58,16 +70,14 @@ def time_order(user: np.ndarray, timestamp: np.ndarray, item: np.ndarray) -> np.
         return np.zeros(0, np.int32)
     if n >= 2**32:  # positions no longer fit the low half of the packed key
         return np.lexsort((item, timestamp, user)).astype(np.int64)
-    # offset from the minimum, exact in uint64 (wraps mod 2**64, and the true offset is below 2**64)
-    offset = timestamp.view(np.uint64) - np.asarray(timestamp.min(), np.int64).view(np.uint64)
-    order = _stable_pass(item, None)
-    order = _stable_pass((offset & np.uint64(0xFFFFFFFF)).astype(np.uint32), order)
-    high = offset >> np.uint64(32)
-    del offset
-    if high.any():  # seconds since any date in 136 years fit the low half: this pass is rare
-        order = _stable_pass(high.astype(np.uint32), order)
-    del high
-    return _stable_pass(user, order)
+    # the offset from the minimum, exact in uint64 (the subtraction wraps mod 2**64; the true offset is below 2**64)
+    base = np.asarray(timestamp.min(), np.int64).view(np.uint64)
+    offset = lambda rows: timestamp[rows].view(np.uint64) - base  # noqa: E731
+    order = _stable_pass(lambda rows: item[rows], None, n)
+    order = _stable_pass(lambda rows: offset(rows).astype(np.uint32), order, n)  # the low 32 bits
+    if int(timestamp.max()) - int(timestamp.min()) >= 2**32:  # seconds within 136 years fit the low half: rare
+        order = _stable_pass(lambda rows: (offset(rows) >> np.uint64(32)).astype(np.uint32), order, n)
+    return _stable_pass(lambda rows: user[rows], order, n)
 
 
 def per_user_offsets(user: np.ndarray, num_users: int) -> np.ndarray:
@@ -78,19 +88,22 @@ def per_user_offsets(user: np.ndarray, num_users: int) -> np.ndarray:
     return offsets
 
 
-def split_parts(user: np.ndarray, num_users: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+def split_parts(
+    user: np.ndarray, num_users: int, holdout: int, offsets: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The part (TRAIN/VAL/TEST) of each row of a (user, time)-sorted log, and each user's end of train.
 
     Args:
         user: int user index per row, sorted by (user, time).
         num_users: number of users.
         holdout: interactions per user held out for test, and again for val.
+        offsets: :func:`per_user_offsets` of ``user`` when the caller has it already.
 
     Returns:
         ``(part int8 per row, train_end int64 per user)`` where ``train_end[u]`` is the sorted position just after
         user ``u``'s last train row.
     """
-    offsets = per_user_offsets(user, num_users)
+    offsets = per_user_offsets(user, num_users) if offsets is None else offsets
     counts = np.diff(offsets)
     eligible = counts >= 2 * holdout + 1 if holdout > 0 else np.zeros(num_users, bool)
     train_end = offsets[1:] - np.where(eligible, 2 * holdout, 0)
@@ -127,12 +140,14 @@ class InteractionLog:
         self.num_users = num_users
         self.holdout = holdout
         self.user_start = per_user_offsets(user, num_users)
-        self.part, self.train_end = split_parts(user, num_users, holdout)
+        self.part, self.train_end = split_parts(user, num_users, holdout, self.user_start)
         index = np.int32 if len(user) < 2**31 else np.int64
         # clicks before sorted position p = click_cum[p]; the clicked items themselves, in the same order
         self.click_cum = np.zeros(len(user) + 1, index)
         np.cumsum(click, out=self.click_cum[1:])
-        self.click_items = item[click.astype(bool)]
+        clicked = click.astype(bool)
+        self.every_click = bool(clicked.all())  # implicit data: then masks by click are skipped
+        self.click_items = item if self.every_click else item[clicked]
 
     def __len__(self) -> int:
         return len(self.user)
@@ -140,7 +155,7 @@ class InteractionLog:
     def positions(self, part: int, clicks_only: bool = False) -> np.ndarray:
         """Sorted positions of the rows in ``part`` (optionally only clicks)."""
         mask = self.part == part
-        if clicks_only:
+        if clicks_only and not self.every_click:
             mask &= self.click.astype(bool)
         return np.flatnonzero(mask)
 
@@ -173,7 +188,7 @@ class InteractionLog:
     def counts(self) -> dict[str, int]:
         """Interactions and clicks per part, and users with held-out rows."""
         rows = np.bincount(self.part, minlength=len(PARTS))
-        clicks = np.bincount(self.part[self.click.astype(bool)], minlength=len(PARTS))
+        clicks = rows if self.every_click else np.bincount(self.part[self.click.astype(bool)], minlength=len(PARTS))
         out = {}
         for name, part in PARTS.items():
             out[f"{name}_interactions"] = int(rows[part])
@@ -217,7 +232,10 @@ class NegativeSampler:
                 keys = keys[first]
             del first
         self.keys = keys
-        self.max_positives = int(np.bincount(keys // num_items).max()) if len(keys) else 0
+        self.max_positives = 0
+        if len(keys):  # positives per user: where each user's block of keys ends
+            ends = np.searchsorted(keys, (np.arange(int(keys[-1] // num_items) + 1, dtype=np.int64) + 1) * num_items)
+            self.max_positives = int(np.diff(ends, prepend=0).max())
         self.cdf = None
         if distribution == "popularity":
             counts = np.bincount(popularity_items if popularity_items is not None else item, minlength=num_items)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when InteractionArrays or the parsing rules change: old entries are then never read
 MANIFEST = "manifest.json"
 ROW_ARRAYS = ("user_code", "item_code", "timestamp", "timestamp_ok", "click", "click_ok", "order")
+SORTED_COLUMNS = ("user_code", "item_code", "timestamp", "click")  # also kept in time order: the split reads them
 VOCABULARIES = ("user_values", "item_values")
 _HASH_CHUNK = 1 << 24
 
@@ -70,12 +71,15 @@ def write_entry(entry: Path, inter: InteractionArrays) -> None:
     When another process (a DDP rank, a second node on a shared file system) renamed its copy first, this one is
     dropped and theirs is kept: both hold the same bytes.
     """
-    inter.time_order()
+    for name in SORTED_COLUMNS:
+        inter.sorted(name)
     temp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     temp.mkdir(parents=True)
     try:
         for name in ROW_ARRAYS:
             np.save(temp / f"{name}.npy", np.ascontiguousarray(getattr(inter, name)), allow_pickle=False)
+        for name in SORTED_COLUMNS:
+            np.save(temp / f"sorted_{name}.npy", inter.sorted(name), allow_pickle=False)
         for name in VOCABULARIES:
             _write_vocabulary(temp / f"{name}.arrow", getattr(inter, name))
         stat = inter.path.stat()
@@ -102,13 +106,13 @@ def read_entry(entry: Path, path: Path) -> InteractionArrays:
     if manifest.get("version") != CACHE_VERSION:
         raise ValueError(f"{entry}: cache version {manifest.get('version')!r}, expected {CACHE_VERSION}")
     # plain read-only ndarray views of the maps (np.memmap subclasses would leak into every derived array)
-    arrays = {
-        name: np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False).view(np.ndarray) for name in ROW_ARRAYS
-    }
-    if any(len(a) != manifest["rows"] for a in arrays.values()):
+    load = lambda name: np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False).view(np.ndarray)  # noqa: E731
+    arrays = {name: load(name) for name in ROW_ARRAYS}
+    in_order = {name: load(f"sorted_{name}") for name in SORTED_COLUMNS}
+    if any(len(a) != manifest["rows"] for a in [*arrays.values(), *in_order.values()]):
         raise ValueError(f"{entry}: arrays do not have the manifest's {manifest['rows']} rows")
     vocabularies = {name: _read_vocabulary(entry / f"{name}.arrow") for name in VOCABULARIES}
-    return InteractionArrays(path=path, **arrays, **vocabularies)
+    return InteractionArrays(path=path, **arrays, **vocabularies, in_order=in_order)
 
 
 def cached_interaction_arrays(

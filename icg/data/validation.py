@@ -211,6 +211,11 @@ def check_images(root: Path, paths: np.ndarray) -> dict[str, str]:
     return {rel: kind for rel, kind in zip(distinct, kinds, strict=True) if kind is not None}
 
 
+def _equal_neighbours(values: np.ndarray) -> np.ndarray:
+    """``values[1:] == values[:-1]`` (bool; unlike ``np.diff(values) == 0`` no row-sized integer temporary)."""
+    return values[1:] == values[:-1]
+
+
 def validate(
     root: str | Path,
     items: pd.DataFrame,
@@ -267,9 +272,9 @@ def validate(
     # one stable sort by (user, timestamp, item); the codes follow sorted ids, so this is the split's time order
     # and exact duplicates (same user, item, timestamp) sit next to each other with the first file row first
     order = inter.time_order()
-    same = np.diff(inter.user_code[order]) == 0  # one sorted column at a time: 158M rows stay within memory
-    same &= np.diff(inter.item_code[order]) == 0
-    same &= np.diff(inter.timestamp[order]) == 0
+    same = _equal_neighbours(inter.sorted("user_code"))  # sorted columns: ICGDataModule.setup() reuses them
+    same &= _equal_neighbours(inter.sorted("item_code"))
+    same &= _equal_neighbours(inter.sorted("timestamp"))
     duplicate = np.zeros(len(inter), bool)
     duplicate[order[1:][same]] = True
     duplicate &= inter.timestamp_ok  # rows with unreadable timestamps are reported as such, not as duplicates
