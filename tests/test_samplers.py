@@ -3,16 +3,20 @@ shards disjoint and covering, a new order each epoch, world size 1 = the single-
 
 from __future__ import annotations
 
+import json
 import tracemalloc
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import pytest
+import torch
 from lightning.pytorch.trainer.states import RunningStage
 from test_datamodule import _dm, _Stage
 from test_schema import make_dataset
 from torch.utils.data import SequentialSampler
 
+from icg.data.datamodule import ICGDataModule
 from icg.data.samplers import EpochSampler, FeistelPermutation, epoch_permutation
 
 
@@ -150,3 +154,54 @@ def test_lightning_keeps_our_sampler_under_ddp(tmp_path):
     predict = dm.dataloader("predict", "pairs", rank=1, world_size=3)
     rebuilt = connector._prepare_dataloader(predict, shuffle=False, mode=RunningStage.PREDICTING)
     assert rebuilt.batch_sampler.sampler is predict.sampler  # Lightning only records the indices it yields
+
+
+class _Recorder(pl.LightningModule):
+    """Writes every (user, item, click) row its rank trained on, per epoch, to ``out/rank{r}-epoch{e}.json``."""
+
+    data_unit = "interactions"
+    data_fields = ("user_idx", "item_idx", "click")
+
+    def __init__(self, out: str):
+        super().__init__()
+        self.out, self.rows = out, []
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        columns = (batch["user_idx"].tolist(), batch["item_idx"].tolist(), batch["click"].tolist())
+        self.rows += list(zip(*columns, strict=True))
+        return (self.weight * batch["click"]).sum()
+
+    def on_train_epoch_end(self):
+        sampler = self.trainer.train_dataloader.sampler
+        record = {"sampler": type(sampler).__name__, "rows": self.rows}
+        (Path(self.out) / f"rank{self.global_rank}-epoch{self.current_epoch}.json").write_text(json.dumps(record))
+        self.rows = []
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_on_disjoint_shards(tmp_path):
+    """A real two-process DDP fit (gloo, spawned): Lightning keeps our sampler, each epoch's shards are disjoint and
+    together are exactly the rows (with their sampled negatives) a single process sees in that epoch."""
+    root = make_dataset(tmp_path / "data", users=6, items=16, per_user=6)
+    dm = ICGDataModule(root, image_size=8, batch_size=4, negatives_per_positive=2, eval_candidates=3)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(_Recorder(str(tmp_path)), datamodule=dm)
+    dm.setup("fit")
+    train = dm.dataset("train", "interactions", _Recorder.data_fields)
+    n = len(train)
+    for epoch in range(2):
+        ranks = [json.loads((tmp_path / f"rank{r}-epoch{epoch}.json").read_text()) for r in range(2)]
+        assert [r["sampler"] for r in ranks] == ["EpochSampler", "EpochSampler"]
+        expected = sorted(
+            (row["user_idx"], row["item_idx"], row["click"].item()) for row in (train[epoch * n + i] for i in range(n))
+        )
+        seen = sorted(tuple(row) for r in ranks for row in r["rows"])
+        assert len(ranks[0]["rows"]) == len(ranks[1]["rows"]) == n // 2  # 72 rows: no padding needed
+        assert seen == expected
