@@ -5,6 +5,7 @@ broken or unwritable cache degrades to parsing."""
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import pytest
 import torch
 from test_schema import make_dataset
 
+from icg.data import validation
 from icg.data.datamodule import ICGDataModule
 from icg.data.schema import read_interaction_arrays
 from icg.data.table_cache import cached_interaction_arrays
@@ -63,7 +65,7 @@ def test_cached_setup_serves_identical_batches(tmp_path, caplog, table_format):
         first = _setup(root, cache)  # parses and writes the entry
         warm = _setup(root, cache)  # memory-maps it
     assert "parsed table cached in" in caplog.text and "parsed table read from the cache" in caplog.text
-    assert len(list(cache.iterdir())) == 1
+    assert len(list(cache.glob("interactions-*"))) == 1
     assert _files(root) == before  # nothing written, moved or touched in the dataset
     expected = _batches(plain)
     _assert_same_batches(expected, _batches(first))
@@ -93,7 +95,7 @@ def test_changed_table_gets_a_new_entry(tmp_path):
     frame.loc[0, "timestamp"] += 1  # same size, same columns, different bytes
     frame.to_parquet(root / "interactions.parquet", index=False)
     dm = _setup(root, cache)
-    assert len(list(cache.iterdir())) == 2
+    assert len(list(cache.glob("interactions-*"))) == 2
     assert np.array_equal(dm.log.timestamp, _setup(root).log.timestamp)
 
 
@@ -110,7 +112,7 @@ def test_broken_entry_is_replaced(tmp_path, caplog):
     root = make_dataset(tmp_path / "data", users=5, items=10, per_user=4)
     cache = tmp_path / "cache"
     expected = _setup(root, cache).log.item.copy()
-    (entry,) = cache.iterdir()
+    (entry,) = cache.glob("interactions-*")
     (entry / "item_code.npy").write_bytes(b"not an array")
     with caplog.at_level(logging.WARNING, logger="icg.data.table_cache"):
         dm = _setup(root, cache)
@@ -133,5 +135,40 @@ def test_prepare_data_fills_the_cache(tmp_path):
     root = make_dataset(tmp_path / "data", users=5, items=10, per_user=4)
     cache = tmp_path / "cache"
     ICGDataModule(root, cache_dir=cache).prepare_data()
-    assert [p.name.startswith("interactions-v") for p in cache.iterdir()] == [True]
+    assert [p.name.startswith("interactions-v") for p in cache.iterdir()] == [True]  # covers: checked in setup
     ICGDataModule(root).prepare_data()  # no cache_dir: nothing to prepare
+
+
+def test_verified_covers_are_not_opened_again(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "data", users=5, items=10, per_user=4)
+    cache = tmp_path / "cache"
+    opened = []
+    real_open = validation.Image.open
+    monkeypatch.setattr(validation.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    _setup(root, cache)
+    assert len(opened) == 10  # first set-up: every cover verified
+    opened.clear()
+    _setup(root, cache)
+    assert opened == []  # same files: existence and root checked, not re-opened
+    cover = root / "images" / "i04.png"
+    cover.write_bytes(cover.read_bytes()[:40])  # truncated in place: a new size and mtime
+    with pytest.raises(DataValidationError, match=r"(?s)corrupt image.*i04"):
+        _setup(root, cache)
+    assert [os.path.basename(p) for p in opened] == ["i04.png"]
+
+
+def test_resolve_equals_realpath(tmp_path):
+    root = tmp_path / "root"
+    (root / "images" / "sub").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "images" / "a.png").write_bytes(b"x")
+    (root / "linked").symlink_to(root / "images")
+    (root / "images" / "out.png").symlink_to(tmp_path / "outside" / "b.png")
+    (root / "away").symlink_to(tmp_path / "outside")
+    real = os.path.realpath(root)
+    parents: dict[str, str] = {}
+    for relative in [
+        "images/a.png", "linked/a.png", "images/out.png", "away/b.png", "images/../images/a.png", "../outside/b.png",
+        "images/sub/", "images/.", "images/..", "a.png", "images/missing.png", "linked/sub/../a.png",
+    ]:  # fmt: skip
+        assert validation._resolve(real, relative, parents) == os.path.realpath(os.path.join(real, relative)), relative

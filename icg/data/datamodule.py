@@ -33,7 +33,12 @@ from torch.utils.data import DataLoader, Dataset
 from icg.data.samplers import EpochSampler
 from icg.data.schema import read_interaction_arrays, read_meta
 from icg.data.splits import PARTS, TRAIN, InteractionLog, NegativeSampler, row_rng
-from icg.data.table_cache import cached_interaction_arrays
+from icg.data.table_cache import (
+    cached_interaction_arrays,
+    image_ledger_path,
+    read_image_ledger,
+    write_image_ledger,
+)
 from icg.data.validation import DataValidationError, read_items, validate
 
 log = logging.getLogger(__name__)
@@ -314,7 +319,12 @@ class ICGDataModule(pl.LightningDataModule):
         meta = read_meta(self.root)
         items, items_path = read_items(self.root)
         inter = self._interactions()
-        report = validate(self.root, items, items_path, inter)
+        ledger_path = image_ledger_path(self.cache_dir, self.root) if self.cache_dir is not None else None
+        verified = read_image_ledger(ledger_path) if ledger_path is not None else None
+        known = dict(verified) if verified is not None else None
+        report = validate(self.root, items, items_path, inter, verified_images=verified)
+        if ledger_path is not None and verified != known:
+            write_image_ledger(ledger_path, verified, "data.cache_dir")
         if not report.ok:
             if self.on_bad_record == "error":
                 raise DataValidationError(report.message())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,34 +181,67 @@ def _interaction_example(inter: InteractionArrays, row: int) -> str:
     return f"{row_label(inter.path, row)} (user_id {user!r}, item_id {item!r})"
 
 
-def _check_image(root_real: str, relative: str) -> str | None:
-    """The problem kind of one image path, or None when it is a readable image inside the root."""
+def _resolve(root_real: str, relative: str, parents: dict[str, str]) -> str:
+    """``os.path.realpath(root_real/relative)``, resolving each parent folder once (covers share one or a few)."""
+    head, name = os.path.split(relative)
+    if name in ("", ".", ".."):
+        return os.path.realpath(os.path.join(root_real, relative))
+    parent = parents.get(head)
+    if parent is None:
+        parent = parents[head] = os.path.realpath(os.path.join(root_real, head))
+    full = os.path.join(parent, name)
+    return os.path.realpath(full) if os.path.islink(full) else full
+
+
+def _check_image(root_real: str, relative: str, parents: dict[str, str], verified: dict | None) -> str | None:
+    """The problem kind of one image path, or None when it is a readable image inside the root.
+
+    ``verified`` maps relative paths to the (size, mtime_ns, inode) of a file that passed PIL's ``verify()``; a file
+    that still matches is not opened again, one that passes now is added (the parsed-table cache keeps the map).
+    """
     if not relative:
         return "missing_image"
     if os.path.isabs(relative):
         return "image_escapes_root"
-    full = os.path.realpath(os.path.join(root_real, relative))  # realpath: a symlink out of the root escapes too
+    full = _resolve(root_real, relative, parents)  # resolved: a symlink out of the root escapes too
     if not full.startswith(root_real + os.sep):
         return "image_escapes_root"
-    if not os.path.isfile(full):
+    try:
+        info = os.stat(full)
+    except OSError:
         return "missing_image"
+    if not stat.S_ISREG(info.st_mode):
+        return "missing_image"
+    key = (info.st_size, info.st_mtime_ns, info.st_ino)
+    if verified is not None and verified.get(relative) == key:
+        return None
     try:
         with Image.open(full) as image:
             image.verify()
     except Exception:  # noqa: BLE001 - PIL raises many types for broken files; all mean "corrupt"
         return "corrupt_image"
+    if verified is not None:
+        verified[relative] = key
     return None
 
 
-def check_images(root: Path, paths: np.ndarray) -> dict[str, str]:
-    """Problem kind per distinct image path (only the bad ones), checked in a small thread pool."""
+def check_images(root: Path, paths: np.ndarray, verified: dict | None = None) -> dict[str, str]:
+    """Problem kind per distinct image path (only the bad ones), checked in a small thread pool.
+
+    Args:
+        root: the dataset folder.
+        paths: image paths relative to it (repeats are checked once).
+        verified: relative path -> (size, mtime_ns, inode) of files already verified; read and updated in place.
+    """
     root_real = os.path.realpath(root)
     distinct = list(dict.fromkeys(str(p) for p in paths))
+    parents: dict[str, str] = {}
+    check = lambda rel: _check_image(root_real, rel, parents, verified)  # noqa: E731
     if len(distinct) > 64:
         with ThreadPoolExecutor(_VERIFY_THREADS) as pool:
-            kinds = list(pool.map(lambda rel: _check_image(root_real, rel), distinct, chunksize=256))
+            kinds = list(pool.map(check, distinct, chunksize=256))
     else:
-        kinds = [_check_image(root_real, rel) for rel in distinct]
+        kinds = [check(rel) for rel in distinct]
     return {rel: kind for rel, kind in zip(distinct, kinds, strict=True) if kind is not None}
 
 
@@ -222,6 +256,7 @@ def validate(
     items_path: Path,
     interactions: InteractionArrays,
     check_image_files: bool = True,
+    verified_images: dict | None = None,
 ) -> ValidationReport:
     """Find every bad record of a dataset already read from disk.
 
@@ -231,6 +266,7 @@ def validate(
         items_path: its file, for the report.
         interactions: the interactions as compact arrays (file order).
         check_image_files: check existence and readability of images (``icg data stats`` skips it).
+        verified_images: see :func:`check_images` (existence and the root are checked regardless).
     """
     root = Path(root)
     problems: list[Problem] = []
@@ -245,7 +281,7 @@ def validate(
     item_example = lambda row: _item_example(items, items_path, row)  # noqa: E731
     item_bad = np.zeros(len(items), bool)
     if check_image_files:
-        bad_images = check_images(root, items["image"].to_numpy(dtype=object))
+        bad_images = check_images(root, items["image"].to_numpy(dtype=object), verified_images)
         image_kind = items["image"].map(bad_images).to_numpy(dtype=object)
         for kind in ("missing_image", "corrupt_image", "image_escapes_root"):
             mask = image_kind == kind
