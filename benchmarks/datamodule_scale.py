@@ -13,6 +13,7 @@ rounded figures). Bars: Pixel1M <= 10 s; Pixel8M <= 90 s and <= 12 GiB.
     python benchmarks/datamodule_scale.py                            # Pixel1M size only
     python benchmarks/datamodule_scale.py --rows 2M 19886579 80M 158M  # the scaling table of docs/performance.md
     python benchmarks/datamodule_scale.py --measure DIR [--cache-dir C]  # one set-up of an existing dataset
+    python benchmarks/datamodule_scale.py --covers 100541                # cover checks, one JPEG per item
 """
 
 from __future__ import annotations
@@ -113,6 +114,28 @@ def generate(root: Path, rows: int, seed: int = 0) -> dict:
     return sizes
 
 
+def covers(count: int, folder: Path) -> dict:
+    """CPU seconds of the cover checks of ``setup()`` for ``count`` distinct small JPEG files (the tables above share
+    16 files): without the verified-cover map (every file opened), filling it, and with it (no file opened)."""
+    from PIL import Image
+
+    from icg.data.validation import check_images
+
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / "images" / f"{k:06d}.jpg", quality=80)
+    paths = np.array([f"images/{k:06d}.jpg" for k in range(count)], dtype=object)
+    verified: dict = {}
+    out = {"covers": count}
+    for label, ledger in (("no_map", None), ("filling_map", verified), ("with_map", verified)):
+        start, cpu = time.perf_counter(), time.process_time()
+        assert not check_images(folder, paths, ledger)
+        out[label] = {"s": round(time.perf_counter() - start, 2), "cpu_s": round(time.process_time() - cpu, 2)}
+    return out
+
+
 def _proc_status(key: str) -> float:
     """A memory figure of /proc/self/status in GiB (Linux); falls back to ru_maxrss elsewhere."""
     try:
@@ -179,24 +202,36 @@ def _memory_available_gib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=[str(PIXEL1M["interactions"])], help="sizes, e.g. 2M 158M")
-    parser.add_argument("--dir", type=Path, default=None, help="where to write datasets (default: a temp dir)")
+    parser.add_argument("--dir", type=Path, default=None, help="keep (and reuse) the datasets here (default: temp)")
     parser.add_argument("--modes", nargs="+", default=["cold", "first", "warm"], choices=["cold", "first", "warm"])
     parser.add_argument("--measure", type=Path, default=None, help="only time setup() on an existing dataset folder")
     parser.add_argument("--cache-dir", type=Path, default=None, help="with --measure: the DataModule's cache_dir")
+    parser.add_argument("--covers", type=int, default=None, help="only time the checks of this many distinct covers")
     args = parser.parse_args()
     if args.measure is not None:
         sys.stdout.write(json.dumps(measure(args.measure, args.cache_dir)) + "\n")
         return
+    if args.covers is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            sys.stdout.write(json.dumps(covers(args.covers, Path(tmp))) + "\n")
+        return
     results = []
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.dir or Path(tmp)  # --dir keeps the generated datasets for the next run
         for text in args.rows:
             rows = _rows(text)
-            root, cache = Path(tmp) / f"rows{rows}", Path(tmp) / f"cache{rows}"
+            root, cache = folder / f"rows{rows}", Path(tmp) / f"cache{rows}"
             start = time.perf_counter()
-            sizes = generate(root, rows)
+            if (root / "meta.json").is_file() and json.loads((root / "meta.json").read_text())["extra"] == {
+                "rows": rows
+            }:
+                sizes = shape(rows)
+                sys.stdout.write(f"reusing {root}\n")
+            else:
+                sizes = generate(root, rows)
             mb = (root / "interactions.parquet").stat().st_size / 2**20
             sys.stdout.write(
-                f"generated {sizes} ({mb:.0f} MB parquet) in {time.perf_counter() - start:.0f} s; "
+                f"{sizes} ({mb:.0f} MB parquet) ready in {time.perf_counter() - start:.0f} s; "
                 f"MemAvailable {_memory_available_gib():.1f} GiB\n"
             )
             row = {**sizes, "parquet_mb": round(mb)}
@@ -205,7 +240,6 @@ def main() -> None:
                 sys.stdout.write(f"  {mode}: {json.dumps(row[mode])}\n")
                 sys.stdout.flush()
             results.append(row)
-            shutil.rmtree(root)
             shutil.rmtree(cache, ignore_errors=True)
     modes = args.modes
     header = "| rows | users | items | " + " | ".join(f"{m}: s (CPU s), GiB" for m in modes) + " |"
