@@ -172,3 +172,23 @@ def test_resolve_equals_realpath(tmp_path):
         "images/sub/", "images/.", "images/..", "a.png", "images/missing.png", "linked/sub/../a.png",
     ]:  # fmt: skip
         assert validation._resolve(real, relative, parents) == os.path.realpath(os.path.join(real, relative)), relative
+
+
+def test_cached_table_reports_the_same_bad_rows(tmp_path):
+    root = make_dataset(tmp_path / "data", users=5, items=10, per_user=4, table_format="csv")
+    path = root / "interactions.csv"
+    lines = path.read_text().splitlines()
+    first = lines[1].split(",")
+    lines[2] = ",".join([*lines[2].split(",")[:3], "last tuesday"])  # a timestamp outside the rule
+    lines.append(",".join([first[0], "nope", *first[2:]]))  # an unknown item
+    lines.append(lines[1])  # a duplicate row
+    path.write_text("\n".join(lines) + "\n")
+    messages = []
+    for cache_dir in (None, tmp_path / "cache", tmp_path / "cache"):  # uncached, filling, memory-mapped
+        with pytest.raises(DataValidationError) as caught:
+            _setup(root, cache_dir)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] == messages[2]
+    assert "timestamp" in messages[0] and "unknown item" in messages[0] and "duplicate" in messages[0]
+    skipped = [_setup(root, cache_dir, on_bad_record="skip") for cache_dir in (None, tmp_path / "cache")]
+    assert np.array_equal(skipped[0].log.user, skipped[1].log.user) and len(skipped[0].log) == 5 * 4 + 2 - 3
