@@ -248,13 +248,20 @@ def main() -> None:
         cells = [f"{row[m]['setup_s']} ({row[m]['setup_cpu_s']}), {row[m]['peak_rss_gib']}" for m in modes]
         lines.append(f"| {row['interactions']:,} | {row['users']:,} | {row['items']:,} | " + " | ".join(cells) + " |")
     sys.stdout.write("\n".join(lines) + "\n")
-    for row in results:  # the bars, for the rows that have one
+    for row in results:  # the bars, for the rows that have one (wall time needs an idle machine)
         bars = {PIXEL1M["interactions"]: (10, None), PIXEL8M["interactions"]: (90, 12)}.get(row["interactions"])
         if bars is not None:
             for mode in modes:
-                seconds, gib = row[mode]["setup_s"], row[mode]["peak_rss_gib"]
-                ok = seconds <= bars[0] and (bars[1] is None or gib <= bars[1])
-                sys.stdout.write(f"{row['interactions']:,} rows, {mode}: bars {bars} {'met' if ok else 'NOT met'}\n")
+                gib_ok = bars[1] is None or row[mode]["peak_rss_gib"] <= bars[1]
+                verdict = {
+                    clock: "met" if row[mode][key] <= bars[0] and gib_ok else "NOT met"
+                    for clock, key in (("wall", "setup_s"), ("CPU", "setup_cpu_s"))
+                }
+                sys.stdout.write(
+                    f"{row['interactions']:,} rows, {mode}: <= {bars[0]} s"
+                    + (f", <= {bars[1]} GiB" if bars[1] else "")
+                    + f": wall {verdict['wall']}, CPU {verdict['CPU']}\n"
+                )
 
 
 if __name__ == "__main__":
