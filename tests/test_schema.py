@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from PIL import Image
 
+from icg.data import schema
 from icg.data.schema import (
     DatasetFormatError,
     DatasetMeta,
@@ -105,3 +107,27 @@ def test_missing_meta_and_columns_are_named(tmp_path):
     pd.DataFrame({"user_id": ["u"], "item_id": ["i00"]}).to_parquet(tmp_path / "interactions.parquet")
     with pytest.raises(DatasetFormatError, match=r"interactions.parquet: missing column\(s\) \['click', 'timestamp'\]"):
         read_interaction_arrays(tmp_path)
+
+
+ID_SETS = {
+    "short, mixed widths, non-ASCII": ["b", "a", "", None, "ab", "abc", "a", "zz", "é", "éa", "日本", "🙂", "1234567"],
+    "fixed width 8": ["u0000001", "u0000000", "u0000001", "u9999999"],
+    "integers": ["1", "10", "9", "100", "09", "10"],
+    "longer than 8 bytes": ["abcdefghi", "a", "abcdefgh"],
+    "NUL bytes": ["a\x00", "a", "a\x00\x00", "b"],
+}
+
+
+@pytest.mark.parametrize("name", list(ID_SETS))
+def test_id_encoding_matches_sorted_python_strings(name, monkeypatch):
+    # short ids take the 64-bit key path, the others the string path; both must give the same codes and order as
+    # sorting Python strings (chunks of 3 rows here so that chunk and slice boundaries are crossed)
+    monkeypatch.setattr(schema, "_KEY_CHUNK", 3)
+    ids = ID_SETS[name]
+    column = pa.chunked_array([pa.array(ids[:5], pa.string()), pa.array(["pad", *ids[5:]], pa.string()).slice(1)])
+    expected_values = sorted({i or "" for i in ids})
+    codes, values = schema._encode_ids(lambda: column)
+    assert list(values) == expected_values
+    assert codes.tolist() == [expected_values.index(i or "") for i in ids]
+    short = name not in ("longer than 8 bytes", "NUL bytes")
+    assert (schema._short_id_keys(column.fill_null("")) is not None) == short

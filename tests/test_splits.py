@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from test_schema import make_dataset
 
+from icg.data import splits
 from icg.data.datamodule import ICGDataModule
-from icg.data.splits import TEST, TRAIN, VAL, InteractionLog, NegativeSampler, row_rng, split_parts
+from icg.data.splits import TEST, TRAIN, VAL, InteractionLog, NegativeSampler, row_rng, split_parts, time_order
 
 
 def test_split_parts_last_k_held_out():
@@ -18,6 +20,19 @@ def test_split_parts_last_k_held_out():
     assert part[7:11].tolist() == [TRAIN] * 4  # 4 < 2*2+1: stays in train
     assert part[11:].tolist() == [TRAIN, VAL, VAL, TEST, TEST]
     assert train_end.tolist() == [3, 11, 12]
+
+
+@pytest.mark.parametrize("span", [(0, 3), (1_600_000_000, 1_600_000_050), (-(2**62), 2**62)])
+def test_time_order_equals_lexsort(span, monkeypatch):
+    # many ties in every key (few users, items, timestamps) and, in the last case, timestamps over 2**32 apart;
+    # keys are built in chunks of 999 rows here so that the chunk boundaries are crossed
+    monkeypatch.setattr(splits, "_CHUNK", 999)
+    rng = np.random.default_rng(1)
+    for rows in (0, 1, 2, 50, 20_000):
+        user = rng.integers(0, 40, rows).astype(np.int32)
+        item = rng.integers(0, 6, rows).astype(np.int32)
+        timestamp = rng.integers(*span, rows)
+        assert time_order(user, timestamp, item).tolist() == np.lexsort((item, timestamp, user)).tolist()
 
 
 def _toy_log(holdout=1):

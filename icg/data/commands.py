@@ -106,16 +106,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 def dataset_stats(root: Path, holdout: int) -> dict:
     """Counts of a dataset as on disk (bad rows included; ``icg data validate`` reports those)."""
-    import numpy as np
 
     from icg.data.schema import read_interaction_arrays, read_meta
-    from icg.data.splits import InteractionLog
+    from icg.data.splits import InteractionLog, time_order
     from icg.data.validation import read_items
 
     meta = read_meta(root)
     items, _ = read_items(root)
     inter = read_interaction_arrays(root)
-    order = np.lexsort((inter.item_code, inter.timestamp, inter.user_code))
+    order = time_order(inter.user_code, inter.timestamp, inter.item_code)
     log_ = InteractionLog(
         inter.user_code[order],
         inter.item_code[order],

@@ -10,8 +10,11 @@ consumes with a class attribute ``data_unit`` and optionally which fields with `
 - ``pairs``: (user, item) pairs; train = train positives, val/test = held-out positives; predict = test pairs.
 
 Batches are dicts (see docs/architecture.md). Nothing is read in ``__init__``; ``setup()`` reads, validates
-(icg.data.validation) and splits (icg.data.splits) with vectorised numpy, so a Pixel1M-sized dataset sets up in
-well under a minute. Images are decoded on demand (PIL, then torch) and kept in a bounded per-process LRU cache.
+(icg.data.validation) and splits (icg.data.splits) with vectorised numpy, optionally through a binary cache of the
+parsed table (icg.data.table_cache, written by ``prepare_data``); docs/performance.md has the set-up time and memory
+from Pixel1M to Pixel8M size. Rows are served by icg.data.samplers.EpochSampler, which shards them across DDP ranks
+itself, in O(1) memory, so Lightning does not wrap it. Images are decoded on demand (PIL, then torch) and kept in a
+bounded per-process LRU cache.
 """
 
 from __future__ import annotations
@@ -25,10 +28,17 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from icg.data.samplers import EpochSampler
 from icg.data.schema import DatasetFormatError, read_interaction_arrays, read_meta
 from icg.data.splits import PARTS, TRAIN, InteractionLog, NegativeSampler, row_rng
+from icg.data.table_cache import (
+    cached_interaction_arrays,
+    image_ledger_path,
+    read_image_ledger,
+    write_image_ledger,
+)
 from icg.data.validation import DataValidationError, read_items, validate
 from icg.errors import ConfigError
 
@@ -90,40 +100,6 @@ class CoverImages:
         return state
 
 
-class EpochSampler(Sampler):
-    """Shuffles with a generator seeded by (seed, epoch) and yields ``epoch * length + index`` so rows know their epoch.
-
-    Lightning calls ``set_epoch`` before every training epoch (and forwards it through the DistributedSampler
-    wrapper it injects under DDP); carrying the epoch in the (plain int) index keeps DataLoader workers in step
-    without shared state. The permutation is int32 and converted to Python ints in slices, so 100M rows cost
-    400 MB, not a list of 100M objects.
-
-    Args:
-        length: number of rows.
-        seed: base seed.
-        shuffle: permute the rows each epoch.
-    """
-
-    _SLICE = 1 << 16
-
-    def __init__(self, length: int, seed: int, shuffle: bool = True) -> None:
-        self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self):
-        order = np.arange(self.length, dtype=np.int32 if self.length < 2**31 else np.int64)
-        if self.shuffle:
-            np.random.default_rng((self.seed, self.epoch)).shuffle(order)
-        offset = self.epoch * self.length
-        for start in range(0, self.length, self._SLICE):
-            yield from (offset + order[start : start + self._SLICE].astype(np.int64)).tolist()
-
-
 class _Catalogue:
     """Item ids, titles and image paths in item-index order, plus the image decoder."""
 
@@ -143,7 +119,7 @@ class _Catalogue:
 
 
 class _RecordsDataset(Dataset):
-    """Base: splits the keys of :class:`EpochSampler` (``epoch * len + index``) into (epoch, index)."""
+    """Base: splits the sampler's keys (``epoch * len + index``, see icg.data.samplers) into (epoch, index)."""
 
     def _key(self, key) -> tuple[int, int]:
         return divmod(int(key), len(self)) if len(self) else (0, int(key))
@@ -272,6 +248,8 @@ class ICGDataModule(pl.LightningDataModule):
         skip_report: where skip mode writes its JSON report (None: ``<root>/skip_report.json``).
         image_cache_mb: decoded-image cache per process in MiB.
         seed: seed of negative sampling and shuffling.
+        cache_dir: folder for a binary copy of the parsed interactions table, memory-mapped by later set-ups (every
+            stage, every DDP rank); keyed by the table's content, never inside the dataset. None: no cache.
     """
 
     def __init__(
@@ -290,6 +268,7 @@ class ICGDataModule(pl.LightningDataModule):
         skip_report: str | Path | None = None,
         image_cache_mb: float = 256.0,
         seed: int = 0,
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         checks = {  # key: (value, ok, the rule)
@@ -321,7 +300,18 @@ class ICGDataModule(pl.LightningDataModule):
         self.negative_sampling, self.history_length = negative_sampling, history_length
         self.on_bad_record, self.skip_report = on_bad_record, skip_report
         self.image_cache_mb, self.seed = image_cache_mb, seed
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._ready = False
+
+    def prepare_data(self) -> None:
+        """Fill the parsed-table cache once per node (Lightning calls this on local rank 0 before ``setup``)."""
+        if self.cache_dir is not None:
+            cached_interaction_arrays(self.root, self.cache_dir, "data.cache_dir")
+
+    def _interactions(self):
+        if self.cache_dir is None:
+            return read_interaction_arrays(self.root)
+        return cached_interaction_arrays(self.root, self.cache_dir, "data.cache_dir")
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
@@ -332,8 +322,13 @@ class ICGDataModule(pl.LightningDataModule):
             raise DatasetFormatError(f"data.root: {self.root} is not a folder (an icg dataset, docs/data.md)")
         meta = read_meta(self.root)
         items, items_path = read_items(self.root)
-        inter = read_interaction_arrays(self.root)
-        report = validate(self.root, items, items_path, inter)
+        inter = self._interactions()
+        ledger_path = image_ledger_path(self.cache_dir, self.root) if self.cache_dir is not None else None
+        verified = read_image_ledger(ledger_path) if ledger_path is not None else None
+        known = dict(verified) if verified is not None else None
+        report = validate(self.root, items, items_path, inter, verified_images=verified)
+        if ledger_path is not None and verified != known:
+            write_image_ledger(ledger_path, verified, "data.cache_dir")
         if not report.ok:
             if self.on_bad_record == "error":
                 raise DataValidationError(report.message())
@@ -351,23 +346,35 @@ class ICGDataModule(pl.LightningDataModule):
         order = np.argsort(kept_items["item_id"].to_numpy(dtype=object), kind="stable")
         kept_items = kept_items.iloc[order]
         self.item_ids = kept_items["item_id"].to_numpy(dtype=object)
-        # interactions: kept rows in (user, timestamp, item, file row) order, codes mapped to the final vocabularies
-        rows = report.time_order[report.interaction_keep[report.time_order]]
-        raw_user = inter.user_code[rows]
-        present = np.bincount(raw_user, minlength=len(inter.user_values)) > 0
-        user_map = np.full(len(inter.user_values), -1, np.int32)
-        user_map[present] = np.arange(int(present.sum()), dtype=np.int32)
-        self.user_ids = inter.user_values[present]
+        # interactions: kept rows in (user, timestamp, item, file row) order, codes mapped to the final vocabularies;
+        # the columns come already sorted (validation gathered them, or the cache holds them), and each remapping is
+        # skipped when it is the identity (a clean dataset): every step over 158M rows costs seconds
+        kept = report.interaction_keep[report.time_order]
+        every = bool(kept.all())
+        column = {
+            name: inter.sorted(name) if every else inter.sorted(name)[kept]
+            for name in ("user_code", "item_code", "click", "timestamp")
+        }
+        user = column["user_code"]
+        present = np.bincount(user, minlength=len(inter.user_values)) > 0
+        self.user_ids = inter.user_values
+        if not present.all():  # users whose every row was left out leave the vocabulary
+            user_map = np.full(len(inter.user_values), -1, np.int32)
+            user_map[present] = np.arange(int(present.sum()), dtype=np.int32)
+            self.user_ids, user = inter.user_values[present], user_map[user]
+        item = column["item_code"]
         item_map = pd.Index(self.item_ids).get_indexer(inter.item_values).astype(np.int32)
+        if not np.array_equal(item_map, np.arange(len(item_map))):
+            item = item_map[item]
         self.log = InteractionLog(
-            user=user_map[raw_user],
-            item=item_map[inter.item_code[rows]],
-            click=inter.click[rows],
-            timestamp=inter.timestamp[rows],
+            user=user,
+            item=item,
+            click=column["click"],
+            timestamp=column["timestamp"],
             num_users=len(self.user_ids),
             holdout=self.holdout,
         )
-        del inter, rows, raw_user
+        del inter, kept, user, item, column  # the file-order columns go; the log keeps the sorted ones
         self._user_index = pd.Index(self.user_ids)
         self._item_index = pd.Index(self.item_ids)
         self.catalogue = _Catalogue(
@@ -379,14 +386,18 @@ class ICGDataModule(pl.LightningDataModule):
         self.sampler = None
         if self.implicit:
             clicks = self.log.click.astype(bool)
-            train_clicks = clicks & (self.log.part == TRAIN)
+            every = bool(clicks.all())  # implicit data is all clicks: no need to copy the columns
+            popularity = None
+            if self.negative_sampling == "popularity":
+                popularity = self.log.item[(self.log.part == TRAIN) & clicks]
             self.sampler = NegativeSampler(
-                self.log.user[clicks],
-                self.log.item[clicks],
+                self.log.user if every else self.log.user[clicks],
+                self.log.item if every else self.log.item[clicks],
                 len(self.item_ids),
                 self.negative_sampling,
-                popularity_items=self.log.item[train_clicks],
+                popularity_items=popularity,
             )
+            del clicks, popularity
             # eval candidates are distinct, train negatives need just one item the user never clicked
             needed = max(self.eval_candidates, min(self.negatives_per_positive, 1))
             if self.sampler.max_positives + needed > len(self.item_ids):
@@ -508,6 +519,8 @@ class ICGDataModule(pl.LightningDataModule):
         fields: tuple[str, ...] | None = None,
         shuffle: bool = False,
         batch_size: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> DataLoader:
         """A DataLoader of ``unit`` for ``split``; ``shuffle`` reshuffles (and resamples negatives) per epoch.
 
@@ -515,16 +528,22 @@ class ICGDataModule(pl.LightningDataModule):
             split: ``train``, ``val``, ``test`` or ``predict`` (test pairs).
             unit: ``interactions``, ``items`` or ``pairs``.
             fields: the batch fields to produce (None: all of the unit's).
-            shuffle: shuffle with an :class:`EpochSampler` (Lightning sets its epoch).
+            shuffle: shuffle with an :class:`~icg.data.samplers.EpochSampler` (Lightning sets its epoch).
             batch_size: None: ``batch_size`` for train, ``eval_batch_size`` otherwise.
+            rank: this process's rank (the Trainer's ``global_rank``).
+            world_size: ranks sharing the rows (the Trainer's ``world_size``); above 1 each rank gets its own shard,
+                padded to equal length except for ``predict`` (Lightning's semantics).
         """
         dataset = self.dataset(split, unit, fields)
         if batch_size is None:
             batch_size = self.batch_size if split == "train" else (self.eval_batch_size or self.batch_size)
+        sampler = None  # plain order in one process: the DataLoader's SequentialSampler
+        if shuffle or world_size > 1:
+            sampler = EpochSampler(len(dataset), self.seed, shuffle, rank, world_size, pad=split != "predict")
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=False,  # workers must see each epoch's sampler state afresh
         )
@@ -539,25 +558,30 @@ class ICGDataModule(pl.LightningDataModule):
             )
         return unit, getattr(module, "data_fields", None)
 
-    def train_dataloader(self) -> DataLoader:
+    def _trainer_loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """The loader of ``split`` for the attached Trainer: its stage's unit and fields, this rank's shard."""
         unit, fields = self._stage_request()
-        loader = self.dataloader("train", unit, fields, shuffle=True)
-        world = self.trainer.world_size
-        if self.batch_size * world > len(loader.dataset):
+        rank, world = getattr(self.trainer, "global_rank", 0), self.trainer.world_size
+        return self.dataloader(split, unit, fields, shuffle=shuffle, rank=rank, world_size=world)
+
+    def train_dataloader(self) -> DataLoader:
+        loader = self._trainer_loader("train", shuffle=True)
+        world, rows = self.trainer.world_size, len(loader.dataset)
+        if self.batch_size * world > rows:
             raise ConfigError(
                 f"ICGDataModule: batch_size {self.batch_size} x world size {world} = {self.batch_size * world} is "
-                f"larger than the train set ({len(loader.dataset)} rows of unit {unit!r}); lower data.batch_size"
+                f"larger than the train set ({rows} rows of unit {self._stage_request()[0]!r}); lower data.batch_size"
             )
         return loader
 
     def val_dataloader(self) -> DataLoader:
-        return self.dataloader("val", *self._stage_request())
+        return self._trainer_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self.dataloader("test", *self._stage_request())
+        return self._trainer_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self.dataloader("predict", *self._stage_request())
+        return self._trainer_loader("predict")
 
     def stats(self) -> dict[str, int]:
         """Users, items, interactions, clicks and per-split counts."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,7 @@ KINDS = {
 MAX_EXAMPLES = 5
 SKIP_REPORT_NAME = "skip_report.json"
 _VERIFY_THREADS = 8  # image checks are I/O bound; threads overlap the stat/open latency of network file systems
+_PROBE, _SLOW_STAT_S = 256, 100e-6  # paths located first, in this thread; slower than this each: use the threads
 
 
 class DataValidationError(UserError, ValueError):
@@ -187,35 +190,91 @@ def _interaction_example(inter: InteractionArrays, row: int) -> str:
     return f"{row_label(inter.path, row)} ({value}user_id {user!r}, item_id {item!r})"
 
 
-def _check_image(root_real: str, relative: str) -> str | None:
-    """The problem kind of one image path, or None when it is a readable image inside the root."""
+def _resolve(root_real: str, relative: str, parents: dict[str, str]) -> str:
+    """``os.path.realpath(root_real/relative)``, resolving each parent folder once (covers share one or a few)."""
+    head, name = os.path.split(relative)
+    if name in ("", ".", ".."):
+        return os.path.realpath(os.path.join(root_real, relative))
+    parent = parents.get(head)
+    if parent is None:
+        parent = parents[head] = os.path.realpath(os.path.join(root_real, head))
+    full = os.path.join(parent, name)
+    return os.path.realpath(full) if os.path.islink(full) else full
+
+
+def _locate(root_real: str, relative: str, parents: dict[str, str]) -> tuple[str | None, str, tuple[int, int, int]]:
+    """``(problem kind or None, resolved path, (size, mtime_ns, inode))`` of one image path, without opening it."""
     if not relative:
-        return "missing_image"
+        return "missing_image", "", (0, 0, 0)
     if os.path.isabs(relative):
-        return "image_escapes_root"
-    full = os.path.realpath(os.path.join(root_real, relative))  # realpath: a symlink out of the root escapes too
+        return "image_escapes_root", "", (0, 0, 0)
+    full = _resolve(root_real, relative, parents)  # resolved: a symlink out of the root escapes too
     if not full.startswith(root_real + os.sep):
-        return "image_escapes_root"
-    if not os.path.isfile(full):
-        return "missing_image"
+        return "image_escapes_root", full, (0, 0, 0)
+    try:
+        info = os.stat(full)
+    except OSError:
+        return "missing_image", full, (0, 0, 0)
+    if not stat.S_ISREG(info.st_mode):
+        return "missing_image", full, (0, 0, 0)
+    return None, full, (info.st_size, info.st_mtime_ns, info.st_ino)
+
+
+def _readable(full: str) -> bool:
     try:
         with Image.open(full) as image:
             image.verify()
     except Exception:  # noqa: BLE001 - PIL raises many types for broken files; all mean "corrupt"
-        return "corrupt_image"
-    return None
+        return False
+    return True
 
 
-def check_images(root: Path, paths: np.ndarray) -> dict[str, str]:
-    """Problem kind per distinct image path (only the bad ones), checked in a small thread pool."""
+def check_images(root: Path, paths: np.ndarray, verified: dict | None = None) -> dict[str, str]:
+    """Problem kind per distinct image path (only the bad ones).
+
+    Every path is resolved and stat-ed (in this thread: ~6 us each on a local disk, where worker threads cost more
+    than they save; in the thread pool when the first ones show a slow file system), then the files not already in
+    ``verified`` are opened with PIL's ``verify()`` in the thread pool.
+
+    Args:
+        root: the dataset folder.
+        paths: image paths relative to it (repeats are checked once).
+        verified: relative path -> (size, mtime_ns, inode) of files that passed ``verify()`` before; a file that
+            still matches is not opened again; files that pass now are added (read and updated in place).
+    """
     root_real = os.path.realpath(root)
     distinct = list(dict.fromkeys(str(p) for p in paths))
-    if len(distinct) > 64:
+    parents: dict[str, str] = {}
+    locate = lambda rel: _locate(root_real, rel, parents)  # noqa: E731
+    start = time.perf_counter()
+    located = [locate(rel) for rel in distinct[:_PROBE]]
+    if len(distinct) > _PROBE and time.perf_counter() - start > _PROBE * _SLOW_STAT_S:  # network file system
         with ThreadPoolExecutor(_VERIFY_THREADS) as pool:
-            kinds = list(pool.map(lambda rel: _check_image(root_real, rel), distinct, chunksize=256))
+            located += pool.map(locate, distinct[_PROBE:], chunksize=256)
     else:
-        kinds = [_check_image(root_real, rel) for rel in distinct]
-    return {rel: kind for rel, kind in zip(distinct, kinds, strict=True) if kind is not None}
+        located += [locate(rel) for rel in distinct[_PROBE:]]
+    bad = {rel: kind for rel, (kind, _, _) in zip(distinct, located, strict=True) if kind is not None}
+    unseen = [
+        (rel, full, key)
+        for rel, (kind, full, key) in zip(distinct, located, strict=True)
+        if kind is None and (verified is None or verified.get(rel) != key)
+    ]
+    if len(unseen) > 64:
+        with ThreadPoolExecutor(_VERIFY_THREADS) as pool:
+            readable = list(pool.map(lambda item: _readable(item[1]), unseen, chunksize=64))
+    else:
+        readable = [_readable(full) for _, full, _ in unseen]
+    for (rel, _, key), ok in zip(unseen, readable, strict=True):
+        if not ok:
+            bad[rel] = "corrupt_image"
+        elif verified is not None:
+            verified[rel] = key
+    return bad
+
+
+def _equal_neighbours(values: np.ndarray) -> np.ndarray:
+    """``values[1:] == values[:-1]`` (bool; unlike ``np.diff(values) == 0`` no row-sized integer temporary)."""
+    return values[1:] == values[:-1]
 
 
 def validate(
@@ -224,6 +283,7 @@ def validate(
     items_path: Path,
     interactions: InteractionArrays,
     check_image_files: bool = True,
+    verified_images: dict | None = None,
 ) -> ValidationReport:
     """Find every bad record of a dataset already read from disk.
 
@@ -233,6 +293,7 @@ def validate(
         items_path: its file, for the report.
         interactions: the interactions as compact arrays (file order).
         check_image_files: check existence and readability of images (``icg data stats`` skips it).
+        verified_images: see :func:`check_images` (existence and the root are checked regardless).
     """
     root = Path(root)
     for path, rows in ((items_path, len(items)), (interactions.path, len(interactions))):
@@ -250,7 +311,7 @@ def validate(
     item_example = lambda row: _item_example(items, items_path, row)  # noqa: E731
     item_bad = np.zeros(len(items), bool)
     if check_image_files:
-        bad_images = check_images(root, items["image"].to_numpy(dtype=object))
+        bad_images = check_images(root, items["image"].to_numpy(dtype=object), verified_images)
         image_kind = items["image"].map(bad_images).to_numpy(dtype=object)
         for kind in ("missing_image", "corrupt_image", "image_escapes_root"):
             mask = image_kind == kind
@@ -276,12 +337,10 @@ def validate(
     bad_click = ~inter.click_ok
     # one stable sort by (user, timestamp, item); the codes follow sorted ids, so this is the split's time order
     # and exact duplicates (same user, item, timestamp) sit next to each other with the first file row first
-    order = np.lexsort((inter.item_code, inter.timestamp, inter.user_code)).astype(np.int64)
-    same = (
-        (np.diff(inter.user_code[order]) == 0)
-        & (np.diff(inter.timestamp[order]) == 0)
-        & (np.diff(inter.item_code[order]) == 0)
-    )
+    order = inter.time_order()
+    same = _equal_neighbours(inter.sorted("user_code"))  # sorted columns: ICGDataModule.setup() reuses them
+    same &= _equal_neighbours(inter.sorted("item_code"))
+    same &= _equal_neighbours(inter.sorted("timestamp"))
     duplicate = np.zeros(len(inter), bool)
     duplicate[order[1:][same]] = True
     duplicate &= inter.timestamp_ok  # rows with unreadable timestamps are reported as such, not as duplicates
