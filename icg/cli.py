@@ -18,12 +18,16 @@ from icg.data.datamodule import ICGDataModule
 DATA_COMMAND = "data"
 EVALUATE_COMMAND = "evaluate"
 EXPORT_COMMAND = "export"
+GENERATE_COMMAND = "generate"
+USERS_COMMAND = "users"
 STUDY_COMMAND = "study"
 
 OVERVIEW = """usage: icg {fit,validate,test,predict} [--config YAML ...] [options]
        icg data {synth,validate,stats,convert} ...
        icg evaluate --data_root DIR --stage1_ckpt CKPT --stage3_ckpt CKPT --base_model DIR [...]
        icg export --stage3_ckpt CKPT --out DIR [--base_model DIR] [--mllm DIR]
+       icg generate --export DIR --pairs FILE --out DIR [--data_root DIR] [--devices N] [...]
+       icg users fold-in --export DIR --data_root DIR [--users ...]
        icg study {serve,results,simulate} ...
 
 Stages (Lightning CLI; --print_config, repeated --config stacking, --help on each):
@@ -44,6 +48,8 @@ Evaluation:
 
 Generation:
   export          a stage-3 checkpoint -> one folder that CoverGenerator.from_pretrained loads (docs/generation.md)
+  generate        a cover per (user, item) of a pairs file: batched, resumable, DDP/SLURM, manifest.jsonl
+  users fold-in   embeddings for users with clicks but none from stage 1, added to an export (no retraining)
 """
 
 
@@ -130,6 +136,14 @@ def main(args: list[str] | None = None) -> int:
         from icg.generation.commands import run_export
 
         return run_export(words[1:])
+    if words and words[0] == GENERATE_COMMAND:
+        from icg.generation.commands import run_generate
+
+        return run_generate(words[1:])
+    if words and words[0] == USERS_COMMAND:
+        from icg.generation.commands import run_users
+
+        return run_users(words[1:])
     if words and words[0] == STUDY_COMMAND:
         from icg.study.commands import run_study_command
 
