@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,11 @@ def generate(
 
     Returns:
         on global rank 0, a summary (manifest path, covers in it, made now, kept from before, skipped, fallback
-        count); None on other ranks.
+        count, seconds of the predict loop: loading the models excluded, writing the covers included); None on
+        other ranks.
     """
     from lightning.pytorch import Trainer
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
     from torch.utils.data import DataLoader
 
     from icg.errors import UserError
@@ -180,10 +183,13 @@ def generate(
     skipped = [b.as_dict() for b in bad]
     writer = CoverFolderWriter(folder, state, method, [p.key for p in found], skipped, skip_report)
     world = devices * num_nodes
+    # Under SLURM a preempted generation needs no checkpoint (it resumes from its folder): Lightning's requeue
+    # handler, which saves one, stays off; generate.sbatch requeues from its batch shell instead.
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     trainer = Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy="ddp" if world > 1 else "auto",
         logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress_bar,
-        callbacks=[writer],
+        callbacks=[writer], plugins=plugins,
     )  # fmt: skip
     if remaining:
         from icg.generation.generator import CoverGenerator
@@ -193,11 +199,13 @@ def generate(
         module = CoverGeneration(generator, seed, num_steps, guidance_scale, strength, rewards, reward_users)
         loader = DataLoader(PairsDataset(remaining, generator.image_size), batch_size=batch_size,
                             num_workers=num_workers)  # fmt: skip
+        began = time.perf_counter()
         trainer.predict(module, dataloaders=loader, return_predictions=False)
+        seconds = time.perf_counter() - began
         rows = writer.merged
     elif trainer.is_global_zero:  # nothing left to make: only the manifest to settle (e.g. after a kill mid-merge)
         folder.prepare(state, skipped, Path(skip_report) if skip_report else None)
-        rows = folder.finalize(writer.order)
+        rows, seconds = folder.finalize(writer.order), 0.0
     if not trainer.is_global_zero:
         return None
     current = {p.key for p in found}
@@ -209,6 +217,7 @@ def generate(
         "kept": len(state.finished),
         "skipped": len(bad),
         "fallback": sum(bool(r.get("fallback")) for r in in_run),
+        "seconds": round(seconds, 3),
     }
     if len(in_run) != len(found):
         raise RuntimeError(f"{folder.manifest} lists {len(in_run)} of the {len(found)} pairs after the run")
@@ -236,8 +245,9 @@ def run_generate(args: list[str]) -> int:
         skipped = f", {summary['skipped']} bad row(s) skipped" if summary["skipped"] else ""
         fallback = (f"; {summary['fallback']} for users unknown to the export (the cold-start fallback; add them with "
                     "icg users fold-in)") if summary["fallback"] else ""  # fmt: skip
+        rate = f" in {summary['seconds']:.1f} s" if summary["made"] else ""
         sys.stdout.write(f"{summary['manifest']}: {summary['covers']} covers ({summary['made']} made now, "
-                         f"{summary['kept']} kept from before{skipped}){fallback}\n")  # fmt: skip  # cli-output
+                         f"{summary['kept']} kept from before{skipped}){rate}{fallback}\n")  # fmt: skip  # cli-output
     return 0
 
 
