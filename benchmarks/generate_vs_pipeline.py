@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_export(folder: Path, users: list[str], steps: int) -> Path:
-    """A random-weight export: tiny Qwen2-VL prompter + adapter + title prompt on the tiny diffusion model (32 px)."""
+    """A random-weight export: tiny Qwen2-VL prompter + adapter + title prompt on the tiny diffusion model (32 px);
+    the title prompt attends to padding (as CLIP does), which diffusers' pipelines need."""
     import torch
 
     from icg.diffusion.prompt_encoder import PromptEncoder
@@ -54,7 +55,7 @@ def tiny_export(folder: Path, users: list[str], steps: int) -> Path:
         MetaTokenPrompter(tiny_config={}, num_meta_tokens=8, image_size=56),
         UserFusion(32, 12, "user_token"),
         ConditioningAdapter(32, 64, num_layers=2, num_heads=4, num_tokens=8, hidden_dim=64),
-        title_prompt=PromptEncoder(tiny={"num_buckets": 256, "dim": 64, "max_tokens": 12}),
+        title_prompt=PromptEncoder(tiny={"num_buckets": 256, "dim": 64, "max_tokens": 12, "padding": "attended"}),
         user_offset=UserOffset(12, 8, 64),
     ).eval()
     source = DiffusionSource(tiny={"cross_attention_dim": 64, "sample_size": 16})

@@ -84,6 +84,9 @@ def test_a_rerun_resumes_and_redoes_only_what_is_missing_or_incomplete(export, p
     assert {r["file"]: (out / r["file"]).read_bytes() for r in after} == before  # remade identically
     assert not list(out.glob("manifest.rank*")) and not list(out.rglob("*.tmp"))
     assert run(export, pairs, out, data_root=str(tiny_platform))["made"] == 0  # nothing left: nothing runs
+    more = pairs_csv(tiny_platform, pairs.with_name("more.csv"), rows=10, users=["u0000", "u0001", "u0002"])
+    summary = run(export, more, out, data_root=str(tiny_platform))  # the platform asks for two more covers
+    assert (summary["made"], summary["kept"], summary["covers"]) == (2, 8, 10)
 
 
 def test_other_settings_are_refused_unless_overwrite(export, pairs, tiny_platform, tmp_path):
@@ -162,9 +165,10 @@ def test_rank_shards_merge_into_one_manifest_in_pairs_order(tmp_path):
         for user in users:
             shard.write(image, {"user_id": user, "item_id": "i", "seed": 1})
         shard.close()
-    rows = folder.finalize([("u1", "i"), ("u2", "i"), ("u3", "i")])
-    assert [r["user_id"] for r in rows] == ["u1", "u2", "u3"] and not list(tmp_path.glob("manifest.rank*"))
-    assert len(read_manifest(tmp_path)) == 3
+    (tmp_path / "manifest.jsonl").write_text(json.dumps({"user_id": "u0", "item_id": "i", "file": "gone.png"}) + "\n")
+    merged = folder.finalize([("u1", "i"), ("u2", "i"), ("u3", "i")])
+    assert list(merged) == [("u1", "i"), ("u2", "i"), ("u3", "i")]  # pairs order; a line without its cover dropped
+    assert [e.user_id for e in read_manifest(tmp_path)] == ["u1", "u2", "u3"] and not list(tmp_path.glob("manifest.r*"))
 
 
 def test_icg_generate_through_the_cli(export, pairs, tiny_platform, tmp_path, capsys):

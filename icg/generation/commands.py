@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +128,8 @@ def generate(
 
     Returns:
         on global rank 0, a summary (manifest path, covers in it, made now, kept from before, skipped, fallback
-        count, seconds of the predict loop: loading the models excluded, writing the covers included); None on
-        other ranks.
+        count, and seconds from every rank ready to the merged manifest: start-up and loading excluded, writing the
+        covers included); None on other ranks.
     """
     from lightning.pytorch import Trainer
     from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -199,24 +198,22 @@ def generate(
         module = CoverGeneration(generator, seed, num_steps, guidance_scale, strength, rewards, reward_users)
         loader = DataLoader(PairsDataset(remaining, generator.image_size), batch_size=batch_size,
                             num_workers=num_workers)  # fmt: skip
-        began = time.perf_counter()
         trainer.predict(module, dataloaders=loader, return_predictions=False)
-        seconds = time.perf_counter() - began
-        rows = writer.merged
+        merged, seconds = writer.merged, writer.seconds
     elif trainer.is_global_zero:  # nothing left to make: only the manifest to settle (e.g. after a kill mid-merge)
         folder.prepare(state, skipped, Path(skip_report) if skip_report else None)
-        rows, seconds = folder.finalize(writer.order), 0.0
+        merged, seconds = folder.finalize(writer.order), 0.0
     if not trainer.is_global_zero:
         return None
-    current = {p.key for p in found}
-    in_run = [r for r in rows if (r["user_id"], r["item_id"]) in current]
+    in_run = [fallback for key, fallback in merged.items() if key in writer.current]
+    kept = len(found) - len(remaining)
     summary = {
         "manifest": str(folder.manifest),
         "covers": len(in_run),
-        "made": len(in_run) - len(state.finished),
-        "kept": len(state.finished),
+        "made": len(in_run) - kept,
+        "kept": kept,
         "skipped": len(bad),
-        "fallback": sum(bool(r.get("fallback")) for r in in_run),
+        "fallback": sum(in_run),
         "seconds": round(seconds, 3),
     }
     if len(in_run) != len(found):

@@ -95,8 +95,18 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _read_lines(path: Path) -> Iterable[dict]:
-    """The JSON objects of a manifest file; a torn or foreign line (a kill mid-append) is left out."""
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One manifest line as read back: its text (rewritten verbatim when merging) and what resuming checks."""
+
+    text: str
+    file: str
+    bytes: int
+    fallback: bool
+
+
+def _read_lines(path: Path) -> Iterable[tuple[tuple[str, str], Line]]:
+    """The ``((user, item), Line)`` of a manifest file; a torn or foreign line (a kill mid-append) is left out."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -107,7 +117,9 @@ def _read_lines(path: Path) -> Iterable[dict]:
         except json.JSONDecodeError:
             continue
         if isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("user_id", "item_id", "file")):
-            yield row
+            size = row.get("bytes")
+            size = size if isinstance(size, int) else -1
+            yield (row["user_id"], row["item_id"]), Line(line, row["file"], size, bool(row.get("fallback")))
 
 
 @dataclass
@@ -115,11 +127,11 @@ class FolderState:
     """What an output folder holds before a run.
 
     Args:
-        finished: (user, item) -> manifest row of every complete cover made with the same settings.
+        finished: the (user, item) of every complete cover made with the same settings (kept by the run).
         replace: the folder holds an earlier run with other settings, to be deleted first (``overwrite``).
     """
 
-    finished: dict[tuple[str, str], dict] = field(default_factory=dict)
+    finished: set[tuple[str, str]] = field(default_factory=set)
     replace: bool = False
 
 
@@ -145,20 +157,18 @@ class CoverFolder:
     def manifest_files(self) -> list[Path]:
         return [self.manifest, *sorted(self.root.glob(SHARD_GLOB))]
 
-    def rows(self) -> dict[tuple[str, str], dict]:
-        """(user, item) -> the last row written for it, over the manifest and every rank's shard."""
-        found: dict[tuple[str, str], dict] = {}
+    def lines(self) -> dict[tuple[str, str], Line]:
+        """(user, item) -> the last line written for it, over the manifest and every rank's shard."""
+        found: dict[tuple[str, str], Line] = {}
         for path in self.manifest_files():
-            for row in _read_lines(path):
-                found[(row["user_id"], row["item_id"])] = row
+            found.update(_read_lines(path))
         return found
 
-    def complete(self, row: dict) -> bool:
-        """Whether a row's cover is in place with the size the row records (renamed into place, so whole)."""
-        path = self.root / row["file"]
+    def complete(self, line: Line) -> bool:
+        """Whether a line's cover is in place with the size it records (renamed into place, so whole)."""
         try:
-            return path.stat().st_size == int(row.get("bytes", -1))
-        except (OSError, ValueError):
+            return (self.root / line.file).stat().st_size == line.bytes
+        except OSError:
             return False
 
     # ------------------------------------------------------------------------------------------ before a run
@@ -201,9 +211,7 @@ class CoverFolder:
             return FolderState(replace=True)
         known = set(known_users)
         finished = {
-            key: row
-            for key, row in self.rows().items()
-            if self.complete(row) and not (row.get("fallback") and key[0] in known)
+            key for key, line in self.lines().items() if self.complete(line) and not (line.fallback and key[0] in known)
         }
         return FolderState(finished=finished)
 
@@ -223,8 +231,8 @@ class CoverFolder:
         """Delete what an earlier run wrote: its covers (by its manifests), manifests, settings and skip list."""
         covers = (self.root / COVERS).resolve()
         removed = 0
-        for row in self.rows().values():
-            path = (self.root / row["file"]).resolve()
+        for line in self.lines().values():
+            path = (self.root / line.file).resolve()
             if path.is_relative_to(covers) and path.suffix == ".png":
                 path.unlink(missing_ok=True)
                 removed += 1
@@ -233,24 +241,24 @@ class CoverFolder:
         log.info("--overwrite: deleted %d covers of the earlier run in %s", removed, self.root)
 
     # ------------------------------------------------------------------------------------------ after a run
-    def finalize(self, order: Sequence[tuple[str, str]]) -> list[dict]:
+    def finalize(self, order: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:
         """Rank 0, once every rank is done: merge manifest and shards into one ``manifest.jsonl``, drop the shards.
 
-        Rows come in ``order`` (the pairs file's), then any others an earlier run made; one row per (user, item),
-        only rows whose cover is complete. Temporary files of killed writes are removed.
+        Lines come in ``order`` (the pairs file's), then any others an earlier run made; one line per (user, item),
+        only lines whose cover is complete. Temporary files of killed writes are removed.
 
         Returns:
-            the rows of the merged manifest.
+            (user, item) -> whether its cover used the cold-start fallback, for every line of the merged manifest.
         """
-        found = {key: row for key, row in self.rows().items() if self.complete(row)}
-        keys = [k for k in dict.fromkeys(order) if k in found] + [k for k in found if k not in set(order)]
-        rows = [found[k] for k in keys]
-        write_atomic(self.manifest, "".join(json.dumps(row) + "\n" for row in rows).encode())
+        found = {key: line for key, line in self.lines().items() if self.complete(line)}
+        ordered = [k for k in dict.fromkeys(order) if k in found]
+        keys = ordered + [k for k in found.keys() - set(ordered)]
+        write_atomic(self.manifest, "".join(found[k].text + "\n" for k in keys).encode())
         for shard in self.root.glob(SHARD_GLOB):
             shard.unlink(missing_ok=True)
         for tmp in (self.root / COVERS).glob("*/.*.tmp"):
             tmp.unlink(missing_ok=True)
-        return rows
+        return {k: found[k].fallback for k in keys}
 
 
 class ShardWriter:

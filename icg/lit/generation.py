@@ -14,6 +14,7 @@ device at the start), so DDP does not wrap it and nothing is broadcast between r
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,16 +122,19 @@ class CoverFolderWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.folder, self.state, self.method = folder, state, method
         self.order, self.skipped = list(order), list(skipped)
+        self.current = set(self.order)
         self.skip_report = Path(skip_report) if skip_report is not None else None
         self.shard: ShardWriter | None = None
         self.written = 0
-        self.merged: list[dict] | None = None
+        self.merged: dict[tuple[str, str], bool] = {}  # rank 0: (user, item) -> fallback, over the merged manifest
+        self.seconds = 0.0  # from every rank ready to the merged manifest: what the covers cost, start-up excluded
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if trainer.is_global_zero:
             self.folder.prepare(self.state, self.skipped, self.skip_report)
         trainer.strategy.barrier("icg-generate-prepared")  # no rank writes a cover before the folder is ready
         self.shard = ShardWriter(self.folder, trainer.global_rank, self.method)
+        self._started = time.perf_counter()
 
     def write_on_batch_end(
         self,
@@ -164,3 +168,4 @@ class CoverFolderWriter(BasePredictionWriter):
         trainer.strategy.barrier("icg-generate-written")
         if trainer.is_global_zero:
             self.merged = self.folder.finalize(self.order)
+        self.seconds = time.perf_counter() - self._started
