@@ -151,6 +151,10 @@ def generate(
             raise UserError(f"--{name} must be >= 1, got {value}")
     if num_workers < 0:
         raise UserError(f"--num_workers must be >= 0, got {num_workers}")
+    if num_steps is not None and num_steps < 1:
+        raise UserError(f"--num_steps must be >= 1, got {num_steps}")
+    if strength is not None and not 0 < strength <= 1:
+        raise UserError(f"--strength must be in (0, 1] (1: from pure noise, < 1: from the reference), got {strength}")
     found, bad = read_pairs(pairs, data_root)
     if bad and on_bad_record == "error":
         raise UserError(bad_rows_message(pairs, bad))
@@ -162,10 +166,11 @@ def generate(
     def pick(value, key):
         return sampler[key] if value is None else value
 
+    prompter = config["conditioner"]["init_args"].get("prompter", {}).get("init_args", {})
     settings = {
         "export_weights": _export_fingerprint(Path(export), config),
         "base_model": _absolute(base_model) or config["diffusion"].get("path"),
-        "mllm": _absolute(mllm),
+        "mllm": _absolute(mllm) or prompter.get("mllm_path"),
         "dtype": dtype or config["diffusion"].get("dtype"),
         "method": method,
         "seed": int(pick(seed, "seed")),
