@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -239,9 +240,12 @@ def fold_in_users(
     items, interactions, meta = read_dataset(data_root)
     root = Path(data_root)
     index = {item: i for i, item in enumerate(items["item_id"])}
-    interactions = interactions[interactions["item_id"].isin(index)]
-    interactions = interactions.assign(item=interactions["item_id"].map(index))
-    clicked = interactions[interactions["click"].astype(int) == 1]
+    # Rows `icg data validate` would reject (unknown item, click not 0/1) are left out rather than guessed at.
+    click = pd.to_numeric(interactions["click"], errors="coerce")
+    interactions = interactions[interactions["item_id"].isin(index) & click.isin([0, 1])]
+    interactions = interactions.assign(item=interactions["item_id"].map(index), click=click.astype("Int64"),
+                                       timestamp=pd.to_numeric(interactions["timestamp"], errors="coerce"))  # fmt: skip
+    clicked = interactions[interactions["click"] == 1]
     if user_ids is None:
         skip = set(exclude)
         user_ids = sorted(u for u in clicked["user_id"].unique() if u not in skip)
@@ -273,7 +277,7 @@ def fold_in_users(
     embeddings, losses = [], []
     for start in range(0, len(user_ids), chunk):
         chunk_ids = user_ids[start : start + chunk]
-        clicks = {u: (grouped[u]["item"].to_numpy(), grouped[u]["click"].astype(int).to_numpy()) for u in chunk_ids}
+        clicks = {u: (grouped[u]["item"].to_numpy(), grouped[u]["click"].to_numpy(dtype=int)) for u in chunk_ids}
         targets, weights = user_rows(clicks, len(items), bool(meta.implicit), stage1.negatives_per_positive,
                                      popularity)  # fmt: skip
         recent = [list(reversed(items_[labels == 1][-stage1.history_length :])) for items_, labels in clicks.values()]
