@@ -131,8 +131,6 @@ def generate(
         count, and seconds from every rank ready to the merged manifest: start-up and loading excluded, writing the
         covers included); None on other ranks.
     """
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
     from torch.utils.data import DataLoader
 
     from icg.errors import UserError
@@ -186,15 +184,7 @@ def generate(
     remaining = [p for p in found if p.key not in state.finished]
     skipped = [b.as_dict() for b in bad]
     writer = CoverFolderWriter(folder, state, method, [p.key for p in found], skipped, skip_report)
-    world = devices * num_nodes
-    # Under SLURM a preempted generation needs no checkpoint (it resumes from its folder): Lightning's requeue
-    # handler, which saves one, stays off; generate.sbatch requeues from its batch shell instead.
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
-    trainer = Trainer(
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy="ddp" if world > 1 else "auto",
-        logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress_bar,
-        callbacks=[writer], plugins=plugins,
-    )  # fmt: skip
+    trainer = generation_trainer(accelerator, devices, num_nodes, [writer], progress_bar)
     if remaining:
         from icg.generation.generator import CoverGenerator
 
@@ -224,6 +214,23 @@ def generate(
     if len(in_run) != len(found):
         raise RuntimeError(f"{folder.manifest} lists {len(in_run)} of the {len(found)} pairs after the run")
     return summary
+
+
+def generation_trainer(accelerator: str, devices: int, num_nodes: int, callbacks: list, progress_bar: bool = True):
+    """The Trainer of ``icg generate``: predict only, no logger or checkpoints; DDP across more than one device.
+
+    Under SLURM a preempted generation needs no checkpoint (it resumes from its folder), so Lightning's requeue
+    handler, which would save one, stays off; ``generate.sbatch`` requeues from its batch shell instead.
+    """
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    return Trainer(
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+        strategy="ddp" if devices * num_nodes > 1 else "auto", logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=progress_bar, callbacks=callbacks, plugins=plugins,
+    )  # fmt: skip
 
 
 def _reward_bundle(rewards_ckpt: str) -> tuple[Any, list[str]]:

@@ -45,15 +45,3 @@ def test_trainer_fragment_is_cpu_ddp_with_gloo() -> None:
     assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.DDPStrategy"
     assert trainer["strategy"]["init_args"]["process_group_backend"] == "gloo"
     assert trainer["num_nodes"] == 2 and trainer["devices"] == 1
-
-
-def test_generate_template_runs_icg_generate_on_the_allocation_and_requeues_from_the_batch_shell() -> None:
-    text = (SLURM_CONFIGS / "generate.sbatch").read_text()
-    directives = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(\S+))?", text, flags=re.M))
-    # Resumable, so no checkpoint: the batch shell takes the signal and requeues; the ranks are simply stopped.
-    assert directives["signal"] == "B:USR1@90" and "requeue" in directives and directives["open-mode"] == "append"
-    assert "trap requeue USR1" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
-    srun = text[text.index("srun ") :]
-    assert " generate " in srun and '--num_nodes "$SLURM_JOB_NUM_NODES" --devices "$TASKS_PER_NODE"' in srun
-    assert srun.rstrip().endswith("&\nwait $!")  # backgrounded: bash runs the trap while it waits
-    assert "${ICG_SHARED_DIR:?" in text
