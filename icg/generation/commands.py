@@ -128,8 +128,8 @@ def generate(
 
     Returns:
         on global rank 0, a summary (manifest path, covers in it, made now, kept from before, skipped, fallback
-        count, and seconds from every rank ready to the merged manifest: start-up and loading excluded, writing the
-        covers included); None on other ranks.
+        count, and the wall and CPU seconds (summed over ranks) from every rank ready to the merged manifest:
+        start-up and loading excluded, writing the covers included); None on other ranks.
     """
     from torch.utils.data import DataLoader
 
@@ -194,10 +194,10 @@ def generate(
         loader = DataLoader(PairsDataset(remaining, generator.image_size), batch_size=batch_size,
                             num_workers=num_workers)  # fmt: skip
         trainer.predict(module, dataloaders=loader, return_predictions=False)
-        merged, seconds = writer.merged, writer.seconds
+        merged, seconds, cpu_seconds = writer.merged, writer.seconds, writer.cpu_seconds
     elif trainer.is_global_zero:  # nothing left to make: only the manifest to settle (e.g. after a kill mid-merge)
         folder.prepare(state, skipped, Path(skip_report) if skip_report else None)
-        merged, seconds = folder.finalize(writer.order), 0.0
+        merged, seconds, cpu_seconds = folder.finalize(writer.order), 0.0, 0.0
     if not trainer.is_global_zero:
         return None
     in_run = [fallback for key, fallback in merged.items() if key in writer.current]
@@ -210,6 +210,7 @@ def generate(
         "skipped": len(bad),
         "fallback": sum(in_run),
         "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
     }
     if len(in_run) != len(found):
         raise RuntimeError(f"{folder.manifest} lists {len(in_run)} of the {len(found)} pairs after the run")
@@ -254,7 +255,7 @@ def run_generate(args: list[str]) -> int:
         skipped = f", {summary['skipped']} bad row(s) skipped" if summary["skipped"] else ""
         fallback = (f"; {summary['fallback']} for users unknown to the export (the cold-start fallback; add them with "
                     "icg users fold-in)") if summary["fallback"] else ""  # fmt: skip
-        rate = f" in {summary['seconds']:.1f} s" if summary["made"] else ""
+        rate = f" in {summary['seconds']:.1f} s ({summary['cpu_seconds']:.1f} s CPU)" if summary["made"] else ""
         sys.stdout.write(f"{summary['manifest']}: {summary['covers']} covers ({summary['made']} made now, "
                          f"{summary['kept']} kept from before{skipped}){rate}{fallback}\n")  # fmt: skip  # cli-output
     return 0

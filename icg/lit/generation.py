@@ -125,16 +125,16 @@ class CoverFolderWriter(BasePredictionWriter):
         self.current = set(self.order)
         self.skip_report = Path(skip_report) if skip_report is not None else None
         self.shard: ShardWriter | None = None
-        self.written = 0
         self.merged: dict[tuple[str, str], bool] = {}  # rank 0: (user, item) -> fallback, over the merged manifest
         self.seconds = 0.0  # from every rank ready to the merged manifest: what the covers cost, start-up excluded
+        self.cpu_seconds = 0.0  # CPU time of that span, summed over the ranks
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if trainer.is_global_zero:
             self.folder.prepare(self.state, self.skipped, self.skip_report)
         trainer.strategy.barrier("icg-generate-prepared")  # no rank writes a cover before the folder is ready
         self.shard = ShardWriter(self.folder, trainer.global_rank, self.method)
-        self._started = time.perf_counter()
+        self._started, self._cpu = time.perf_counter(), time.process_time()
 
     def write_on_batch_end(
         self,
@@ -158,14 +158,15 @@ class CoverFolderWriter(BasePredictionWriter):
             if prediction["scores"]:
                 row["scores"] = {name: float(value[i]) for name, value in prediction["scores"].items()}
             self.shard.write(image, row)
-            self.written += 1
         self.shard.flush()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """After the loop on every rank (also one whose shard was empty): close, wait for all, rank 0 merges."""
         if self.shard is not None:
             self.shard.close()
-        trainer.strategy.barrier("icg-generate-written")
+        cpu = torch.tensor(time.process_time() - self._cpu, dtype=torch.float64, device=pl_module.device)
+        self.cpu_seconds = float(trainer.strategy.reduce(cpu, reduce_op="sum"))  # also the barrier before merging
         if trainer.is_global_zero:
+            self.cpu_seconds += time.process_time() - self._cpu - float(cpu)  # and rank 0's merge
             self.merged = self.folder.finalize(self.order)
         self.seconds = time.perf_counter() - self._started
