@@ -63,8 +63,8 @@ def tiny_export(folder: Path, users: list[str], steps: int) -> Path:
     return CoverGenerator(conditioner, source.load(), table, settings, source=source).save_pretrained(folder)
 
 
-def tiny_inputs(work: Path, count: int, steps: int) -> tuple[Path, Path, None]:
-    """A small synthetic platform's covers, ``count`` pairs with title + image columns, and a tiny export."""
+def tiny_inputs(work: Path, counts: dict[str, int], steps: int) -> tuple[Path, dict[str, Path], None]:
+    """A small synthetic platform's covers, pairs files with title + image columns (name -> rows), a tiny export."""
     import pandas as pd
 
     from icg.data.schema import read_dataset
@@ -72,11 +72,14 @@ def tiny_inputs(work: Path, count: int, steps: int) -> tuple[Path, Path, None]:
 
     platform = generate_platform(work / "platform", users=40, items=80, seed=0, image_size=32)
     items, interactions, _ = read_dataset(platform)
-    pairs = interactions.sort_values(["timestamp", "user_id"]).head(count).merge(items, on="item_id")
-    pairs["image"] = [str(platform / p) for p in pairs["image"]]
-    pairs[["user_id", "item_id", "title", "image"]].to_csv(work / "pairs.csv", index=False)
+    files = {}
+    for name, count in counts.items():
+        pairs = interactions.sort_values(["timestamp", "user_id"]).head(count).merge(items, on="item_id")
+        pairs["image"] = [str(platform / p) for p in pairs["image"]]
+        files[name] = work / f"{name}.csv"
+        pairs[["user_id", "item_id", "title", "image"]].to_csv(files[name], index=False)
     export = tiny_export(work / "export", sorted(pd.unique(interactions["user_id"]))[::2], steps)
-    return export, work / "pairs.csv", None
+    return export, files, None
 
 
 def run_generate(export: Path, pairs: Path, data_root: Path | None, out: Path, batch: int, **kwargs) -> dict:
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance", type=float, default=None, help="override the export's guidance scale")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 8], help="pipeline comparison batch sizes")
     parser.add_argument("--ranks", type=int, nargs="*", default=[1, 2], help="DDP world sizes to time")
+    parser.add_argument("--rank_covers", type=int, default=128, help="covers per timed run of the ranks (tiny export)")
     parser.add_argument("--rank_batch", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", default=None, help="also write the result to this file")
@@ -188,9 +192,10 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="icg-bench-generate-"))
     try:
         if args.export is None:
-            export, pairs, data_root = tiny_inputs(work, args.covers, args.steps)
+            export, files, data_root = tiny_inputs(work, {"pairs": args.covers, "ranks": args.rank_covers}, args.steps)
         else:
-            export, pairs, data_root = args.export, args.pairs, args.data_root
+            export, data_root = args.export, args.data_root
+            files = {"pairs": args.pairs, "ranks": args.pairs}
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
         result = {
@@ -198,8 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
             "machine": f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
             "export": str(args.export or "tiny (random weights, built here)"),
             "settings": json.loads((Path(export) / "icg_config.json").read_text())["sampler"],
-            "pipeline": [compare(export, pairs, data_root, b, args.reps, work, args.guidance) for b in args.batches],
-            "ranks": ranks(export, pairs, data_root, args.rank_batch, args.ranks, work),
+            "pipeline": [
+                compare(export, files["pairs"], data_root, b, args.reps, work, args.guidance) for b in args.batches
+            ],
+            "ranks": ranks(export, files["ranks"], data_root, args.rank_batch, args.ranks, work),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -164,9 +164,10 @@ class CoverFolderWriter(BasePredictionWriter):
         """After the loop on every rank (also one whose shard was empty): close, wait for all, rank 0 merges."""
         if self.shard is not None:
             self.shard.close()
-        cpu = torch.tensor(time.process_time() - self._cpu, dtype=torch.float64, device=pl_module.device)
-        self.cpu_seconds = float(trainer.strategy.reduce(cpu, reduce_op="sum"))  # also the barrier before merging
+        own = time.process_time() - self._cpu
+        total = torch.tensor(own, dtype=torch.float64, device=pl_module.device)
+        self.cpu_seconds = float(trainer.strategy.reduce(total, reduce_op="sum"))  # also the barrier before merging
         if trainer.is_global_zero:
-            self.cpu_seconds += time.process_time() - self._cpu - float(cpu)  # and rank 0's merge
             self.merged = self.folder.finalize(self.order)
+            self.cpu_seconds += time.process_time() - self._cpu - own  # and rank 0's wait and merge
         self.seconds = time.perf_counter() - self._started
