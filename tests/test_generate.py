@@ -6,6 +6,7 @@ the slow ones run it as a user does, in subprocesses: two DDP ranks against one 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from icg.errors import UserError
 from icg.generation import CoverGenerator, UserTable
 from icg.generation.commands import generate
 from icg.generation.cover_folder import SETTINGS, CoverFolder, OutputFolderError, ShardWriter, cover_file
+from icg.generation.export import ExportError
 from icg.generation.pairs import read_pairs
 from tests.conftest import REPO, run_cli
 from tests.generation_fixtures import pairs_csv, write_tiny_export
@@ -147,6 +149,15 @@ def test_bad_rows_are_named_or_skipped_and_written_down(export, tiny_platform, t
     assert [s["reason"].split(" ")[0] for s in skipped] == ["unknown", "missing", "unreadable", "empty", "duplicate"]
     with pytest.raises(UserError, match="no title/image in the row and no --data_root"):
         run(export, tmp_path / "pairs.csv", tmp_path / "out2")
+
+
+def test_an_incomplete_export_is_named_before_anything_is_written(export, pairs, tiny_platform, tmp_path):
+    broken = tmp_path / "export"
+    shutil.copytree(export, broken)
+    (broken / "conditioner.safetensors").unlink()
+    with pytest.raises(ExportError, match="--export: .* lacks conditioner.safetensors"):
+        run(broken, pairs, tmp_path / "out", data_root=str(tiny_platform))
+    assert not (tmp_path / "out").exists()
 
 
 def test_scores_only_with_a_reward_bundle(export, pairs, tiny_platform, tiny_stage2_ckpt, tmp_path):
