@@ -103,10 +103,13 @@ def test_fold_in_refuses_what_it_cannot_do(stage1_export, tiny_platform, tiny_st
     with pytest.raises(FoldInError, match="does not record its stage-1 checkpoint"):
         fold_in_export(stranger, tiny_platform)
     ids = (stage1_export / USERS_IDS).read_text()
+    (stage1_export / "pytorch_lora_weights.safetensors").write_bytes(b"a file the export format may hold")
     copy = tmp_path / "copy"
     shutil.copytree(stage1_export, copy)
     report = fold_in_export(stage1_export, tiny_platform, users=NEW[:1], out=str(tmp_path / "new_export"))
     assert report["user_ids"] == NEW[:1] and (stage1_export / USERS_IDS).read_text() == ids  # the input untouched
     assert json.loads((tmp_path / "new_export" / USERS_IDS).read_text())[-1] == NEW[0]
+    lora = (tmp_path / "new_export" / "pytorch_lora_weights.safetensors").read_bytes()
+    assert lora == b"a file the export format may hold"  # every other file of the export comes along
     with pytest.raises(Exception, match="exists and is not empty"):
         fold_in_export(stage1_export, tiny_platform, users=NEW[1:2], out=str(copy))

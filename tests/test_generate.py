@@ -101,6 +101,11 @@ def test_other_settings_are_refused_unless_overwrite(export, pairs, tiny_platfor
         run(export, pairs, out, data_root=str(tiny_platform), seed=6)
     with pytest.raises(OutputFolderError, match="num_steps 3 -> 2"):
         run(export, pairs, out, data_root=str(tiny_platform), num_steps=2)
+    other = tmp_path / "other_export"  # the same export plus a tensor file (e.g. a LoRA): other covers
+    shutil.copytree(export, other)
+    (other / "pytorch_lora_weights.safetensors").write_bytes(b"lora")
+    with pytest.raises(OutputFolderError, match="export_weights"):
+        run(other, pairs, out, data_root=str(tiny_platform))
     summary = run(export, pairs, out, data_root=str(tiny_platform), seed=6, overwrite=True)
     assert summary["made"] == 8 and json.loads((out / SETTINGS).read_text())["seed"] == 6
     new = {r["file"] for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}

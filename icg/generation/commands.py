@@ -55,14 +55,16 @@ ON_BAD_RECORD = ("error", "skip")
 
 
 def _export_fingerprint(folder: Path, config: dict[str, Any]) -> str:
-    """What the covers depend on in an export: its trained weights, guidance negative and model specs (not its users:
-    folding users in must not invalidate finished covers)."""
+    """What the covers depend on in an export: every tensor file but the user table (trained weights, guidance
+    negative, a LoRA if any) and the model specs. Not its users: folding users in must not invalidate finished
+    covers."""
     from icg.generation.cover_folder import file_sha256
-    from icg.generation.export import NEGATIVE, WEIGHTS
+    from icg.generation.users import USERS_WEIGHTS
 
     digest = hashlib.sha256()
-    for name in (WEIGHTS, NEGATIVE):
-        digest.update(file_sha256(folder / name).encode())
+    for path in sorted(folder.glob("*.safetensors")):
+        if path.name != USERS_WEIGHTS:
+            digest.update(path.name.encode() + file_sha256(path).encode())
     digest.update(json.dumps([config.get("conditioner"), config.get("diffusion")], sort_keys=True).encode())
     return digest.hexdigest()[:32]
 

@@ -250,13 +250,14 @@ def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
-        for name in EXPORT_FILES:
-            if name in (CONFIG, USERS_WEIGHTS, USERS_IDS):
+        # Every other file as it is (weights, guidance negative, and whatever else the export holds, e.g. a LoRA).
+        for path in sorted(folder.iterdir()):
+            if path.name in (CONFIG, USERS_WEIGHTS, USERS_IDS) or not path.is_file():
                 continue
             try:
-                os.link(folder / name, tmp / name)
+                os.link(path, tmp / path.name)
             except OSError:
-                shutil.copy2(folder / name, tmp / name)
+                shutil.copy2(path, tmp / path.name)
         users.save(tmp)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if target.exists():
