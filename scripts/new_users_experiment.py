@@ -1,4 +1,4 @@
-"""New users without retraining, measured on the synthetic platform (issue 12 part 5; docs/generation.md).
+"""New users without retraining, measured on the synthetic platform (docs/generation.md has the figures).
 
 ICG (Bian et al., EMNLP 2025) personalizes covers with the stage-1 user embedding. A user who joins after training
 has clicks but no embedding; ``icg users fold-in`` fits one from those clicks with the click model's item tower
@@ -6,17 +6,17 @@ frozen. This script measures what that buys, on users that stages 1-3 never saw:
 
 1. ``prepare``: ``icg data synth`` (the demo's platform, 200 users x 300 items), then three datasets beside it:
    ``runs/demo/data`` = the platform without the held-out users' interactions (what stages 1-3 train on),
-   ``history/`` = the platform without each held-out user's last ``--holdout`` clicks (the click log a fold-in reads),
+   ``history/`` = the platform without each held-out user's last 3 clicks (the click log a fold-in reads),
    and ``pairs.csv`` = those last clicks (user_id, item_id): the covers to measure.
 2. ``train``: the demo's stand-in base model and stages 1-3 (``lightning_configs/demo``), run in the work folder so
    the demo configs' ``runs/demo/...`` paths land there; then ``icg export``.
 3. ``measure``: ``icg users fold-in`` into a copy of the export; ``icg generate`` of ``pairs.csv`` with the fold-in
    export (the users' own embeddings) and with the plain export (the users are unknown: the cold-start fallback);
    title-only covers from the base model; the oracle's true click probability of every cover for its user, the
-   same for the trained users' own test clicks (known users, the reference), and the stage-1 model's AUC on the
-   held-out clicks with each embedding. Writes ``results.json`` and prints the table.
+   same for the trained users' own test clicks (known users, the reference), and the stage-1 model's GAUC on the
+   held-out clicks with each embedding. Writes ``results.json`` and prints it.
 
-    python scripts/new_users_experiment.py --workdir runs/new_users all      # ~25 min on 2 shared cores
+    python scripts/new_users_experiment.py --workdir runs/new_users --seed 0 all     # 20-26 min on 2 shared cores
 
 Every step is the ``icg`` command a user would type, run as a subprocess from the work folder.
 """

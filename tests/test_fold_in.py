@@ -1,4 +1,4 @@
-"""New users without retraining: ``icg users fold-in`` fits an embedding from a user's clicks (issue 12 part 5)."""
+"""New users without retraining: ``icg users fold-in`` fits an embedding from a user's clicks."""
 
 import json
 import shutil
