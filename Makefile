@@ -73,6 +73,7 @@ bench: install
 	$(BIN)/python -m benchmarks.feature_cache --models tiny
 	$(BIN)/python -m benchmarks.image_feature_cache
 	$(BIN)/python -m benchmarks.datamodule_scale --scale 0.1
+	$(BIN)/python -m benchmarks.generate_vs_pipeline
 
 # On a CUDA machine: SD 1.5-sized architectures (random weights), 512 px, bf16; results under runs/bench-gpu.
 bench-gpu:

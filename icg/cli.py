@@ -22,12 +22,16 @@ DATA_COMMAND = "data"
 LIGHTNING_CKPT_KEYS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
 EVALUATE_COMMAND = "evaluate"
 EXPORT_COMMAND = "export"
+GENERATE_COMMAND = "generate"
+USERS_COMMAND = "users"
 STUDY_COMMAND = "study"
 
 OVERVIEW = """usage: icg {fit,validate,test,predict} [--config YAML ...] [options]
        icg data {synth,validate,stats,convert} ...
        icg evaluate --data_root DIR --stage1_ckpt CKPT --stage3_ckpt CKPT --base_model DIR [...]
        icg export --stage3_ckpt CKPT --out DIR [--base_model DIR] [--mllm DIR]
+       icg generate --export DIR --pairs FILE --out DIR [--data_root DIR] [--devices N] [...]
+       icg users fold-in --export DIR --data_root DIR [--users ...]
        icg study {serve,results,simulate} ...
 
 Stages (Lightning CLI; --print_config, repeated --config stacking, --help on each):
@@ -48,6 +52,8 @@ Evaluation:
 
 Generation:
   export          a stage-3 checkpoint -> one folder that CoverGenerator.from_pretrained loads (docs/generation.md)
+  generate        a cover per (user, item) of a pairs file: batched, resumable, DDP/SLURM, manifest.jsonl
+  users fold-in   embeddings for users with clicks but none from stage 1, added to an export (no retraining)
 
 A mistake in a config, option, file or dataset is reported in one message and exits with status 2; add --debug
 (or set ICG_DEBUG=1) for the full traceback and the parser's complete message.
@@ -178,6 +184,14 @@ def _run(words: list[str], from_argv: bool) -> int:
         from icg.generation.commands import run_export
 
         return run_export(words[1:])
+    if words and words[0] == GENERATE_COMMAND:
+        from icg.generation.commands import run_generate
+
+        return run_generate(words[1:])
+    if words and words[0] == USERS_COMMAND:
+        from icg.generation.commands import run_users
+
+        return run_users(words[1:])
     if words and words[0] == STUDY_COMMAND:
         from icg.study.commands import run_study_command
 

@@ -239,6 +239,52 @@ def write_parts(parts: ExportParts, folder: str | Path, overwrite: bool = False)
     return folder
 
 
+def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out: str | Path | None = None) -> Path:
+    """An export with another user table (``icg users fold-in``), written beside the target and renamed into place.
+
+    The other files are hard-linked (copied where linking is impossible), ``icg_config.json`` gets the new user count
+    and ``note`` appended to ``provenance.fold_in``; readers never see ids and embeddings of two different tables.
+
+    Args:
+        folder: the export to start from.
+        users: the new table (the old one extended).
+        note: what was added and from where, kept in the provenance.
+        out: the export to write (default: ``folder`` itself, replaced in place); another folder must not exist yet.
+    """
+    folder = Path(folder)
+    target = folder if out is None else Path(out)
+    config = read_config(folder)
+    if target.resolve() != folder.resolve() and target.exists() and any(target.iterdir()):
+        raise ExportError(f"--out: {target} exists and is not empty; give a new folder (or none to update {folder})")
+    config["users"] = {**config.get("users", {}), "count": len(users), "embed_dim": users.embed_dim}
+    provenance = config.setdefault("provenance", {})
+    provenance["fold_in"] = [*provenance.get("fold_in", []), note]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        # Every other file as it is (weights, guidance negative, and whatever else the export holds, e.g. a LoRA).
+        for path in sorted(folder.iterdir()):
+            if path.name in (CONFIG, USERS_WEIGHTS, USERS_IDS) or not path.is_file():
+                continue
+            try:
+                os.link(path, tmp / path.name)
+            except OSError:
+                shutil.copy2(path, tmp / path.name)
+        users.save(tmp)
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 class _NoDiffusion:
     """Stands in for the diffusion components where only the conditioner is used (writing an export)."""
 

@@ -3,12 +3,12 @@
 Reward hacking shows first in pictures: covers turn washed-out, over-saturated or black, and collapse to one look for
 every user, before the reward curves say anything (docs/stage3.md: the denoising regularizer is the guard). So
 ``CoverGrid`` renders the same users x items with the same noise every N steps; ``CoverWriter`` writes ``icg predict``
-results as PNGs plus a ``manifest.jsonl`` with (user, item, seed, reward scores) per cover.
+results as PNGs plus a ``manifest.jsonl`` with (user, item, seed, reward scores) per cover, in ``icg generate``'s
+folder layout.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from torch import Tensor
+
+from icg.generation.cover_folder import CoverFolder, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -102,21 +104,28 @@ class CoverGrid(Callback):
 
 
 class CoverWriter(BasePredictionWriter):
-    """Writes each predicted cover as ``<out_dir>/<user>__<item>.png`` and one JSON line per cover.
+    """Writes ``icg predict``'s covers as ``icg generate`` does: ``covers/<hh>/<user>_<item>_<hash>.png`` (distinct
+    for distinct ids), each renamed into place, and one ``manifest.jsonl`` line per cover (user, item, seed, file,
+    reward scores), merged from every rank's shard at the end. Covers of any pairs, resumable: ``icg generate``.
 
     Args:
-        out_dir: output folder (created); ``manifest.jsonl`` inside lists user, item, seed, file and reward scores.
+        out_dir: output folder (created); a new run replaces its manifest.
+        method: the manifest's ``method`` of the covers.
     """
 
-    def __init__(self, out_dir: str = "runs/predict") -> None:
+    def __init__(self, out_dir: str = "runs/predict", method: str = "icg") -> None:
         super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
+        self.method = method
+        self.shard: ShardWriter | None = None
 
     def setup(self, trainer: Trainer, module: LightningModule, stage: str) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        manifest = self.out_dir / f"manifest{'' if trainer.world_size == 1 else f'.rank{trainer.global_rank}'}.jsonl"
-        manifest.write_text("")  # a fresh run replaces, never appends to, an earlier manifest
-        self.manifest = manifest
+        self.folder = CoverFolder(self.out_dir, {})
+        if trainer.is_global_zero:  # a fresh run replaces, never appends to, an earlier manifest
+            for path in self.folder.manifest_files():
+                path.unlink(missing_ok=True)
+        trainer.strategy.barrier("icg-predict-prepared")
+        self.shard = ShardWriter(self.folder, trainer.global_rank, self.method)
 
     def write_on_batch_end(
         self,
@@ -128,15 +137,15 @@ class CoverWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        with self.manifest.open("a") as out:
-            for i, (user, item) in enumerate(zip(prediction["user_id"], prediction["item_id"], strict=True)):
-                name = f"{safe_name(user)}__{safe_name(item)}.png"
-                save_png(prediction["images"][i], self.out_dir / name)
-                scores = {k: float(v[i]) for k, v in prediction["scores"].items()}
-                row = {"user_id": user, "item_id": item, "seed": prediction["seed"][i], "file": name, "scores": scores}
-                out.write(json.dumps(row) + "\n")
+        for i, (user, item) in enumerate(zip(prediction["user_id"], prediction["item_id"], strict=True)):
+            scores = {k: float(v[i]) for k, v in prediction["scores"].items()}
+            row = {"user_id": user, "item_id": item, "seed": int(prediction["seed"][i]), "scores": scores}
+            self.shard.write(prediction["images"][i], row)
+        self.shard.flush()
 
-
-def safe_name(identifier: str) -> str:
-    """An id as a file-name part: anything outside [A-Za-z0-9._-] becomes '_'."""
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in str(identifier))
+    def teardown(self, trainer: Trainer, module: LightningModule, stage: str) -> None:
+        if self.shard is not None:
+            self.shard.close()
+        trainer.strategy.barrier("icg-predict-written")
+        if trainer.is_global_zero:
+            self.folder.finalize(order=())

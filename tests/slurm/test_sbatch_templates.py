@@ -26,7 +26,7 @@ from icg.lit.requeue import SyncedSLURMRequeue
 REPO = Path(__file__).resolve().parents[2]
 SLURM_CONFIGS = REPO / "lightning_configs" / "slurm"
 TINY = REPO / "lightning_configs" / "tiny"
-TEMPLATES = sorted(SLURM_CONFIGS.glob("*.sbatch"))
+TEMPLATES = sorted(SLURM_CONFIGS.glob("stage*.sbatch"))
 SYNCED_REQUEUE = SLURM_CONFIGS / "synced_requeue.yaml"
 SRUN_STUB = """#!/bin/bash
 # Records the command line srun was given (one word per line), as the batch step would run it on every task.

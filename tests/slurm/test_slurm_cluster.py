@@ -353,3 +353,103 @@ def test_stage3_sbatch_trains_on_all_ranks(
     metrics = _logged(tmp_path)
     assert len(metrics["val/reward/total"]) == 2 and all(map(math.isfinite, metrics["val/reward/total"])), metrics
     assert len(metrics["train/loss"]) == 2  # both steps back-propagated the rewards (none skipped as non-finite)
+
+
+# ------------------------------------------------------------------------------------------------ icg generate
+def _generate_job(cluster: Cluster, shared: Path, export: Path, pairs: Path, out: Path, *args: str) -> str:
+    """Submit the shipped generate.sbatch (this checkout's code on every node); returns the job id."""
+    env = {
+        "ICG_SHARED_DIR": str(shared), "ICG_REPO": str(REPO), "ICG_GENERATE_OUT": str(out),
+        "ICG_CMD": f"{sys.executable} -m icg.cli", "PYTHONPATH": str(REPO),
+    }  # fmt: skip
+    words = ["--export", str(export), "--pairs", str(pairs), "--batch_size", "2", *args]
+    return cluster.sbatch(SBATCH_DIR / "generate.sbatch", *words, chdir=shared, env=env)
+
+
+@pytest.fixture()
+def generation_inputs(tiny_platform: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny export (built from config, no training) and a pairs file of 13 clicks with titles and image paths."""
+    from icg.data.schema import read_dataset
+    from icg.generation import UserTable
+    from tests.generation_fixtures import write_tiny_export
+
+    torch.manual_seed(1)
+    export = write_tiny_export(
+        tmp_path / "export", UserTable([f"u{i:04d}" for i in range(0, 30, 2)], torch.randn(16, 8))
+    )
+    items, interactions, _ = read_dataset(tiny_platform)
+    pairs = interactions.sort_values(["timestamp", "user_id"]).head(13).merge(items, on="item_id")
+    pairs["image"] = [str(tiny_platform / p) for p in pairs["image"]]
+    pairs[["user_id", "item_id", "title", "image"]].to_csv(tmp_path / "pairs.csv", index=False)
+    return export, tmp_path / "pairs.csv"
+
+
+def _pixels(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def test_generate_sbatch_shards_pairs_over_both_nodes(
+    slurm_cluster: Cluster, generation_inputs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from icg.cover_manifest import read_manifest
+    from icg.generation.commands import generate
+
+    export, pairs = generation_inputs
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    job = _generate_job(slurm_cluster, shared, export, pairs, shared / "covers")
+    single = generate(str(export), str(pairs), str(tmp_path / "single"), batch_size=2, accelerator="cpu",
+                      progress_bar=False)  # fmt: skip
+    info = slurm_cluster.wait(job)
+    log = _job_log(shared, job, "generate")
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
+    world = slurm_cluster.nodes * slurm_cluster.tasks_per_node
+    for rank in range(world):
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/{world}" in log, log[-3000:]
+    assert "13 covers (13 made now, 0 kept from before)" in log, log[-3000:]
+    ours, theirs = read_manifest(tmp_path / "single"), read_manifest(shared / "covers")
+    assert single["covers"] == len(theirs) == 13 and not list((shared / "covers").glob("manifest.rank*"))
+    assert [(e.user_id, e.item_id, e.extra["seed"]) for e in theirs] == [
+        (e.user_id, e.item_id, e.extra["seed"]) for e in ours
+    ]
+    # Each rank batches other pairs together than one process does: equal to the last 8-bit level.
+    diffs = [abs(_pixels(a.file) - _pixels(b.file)) for a, b in zip(ours, theirs, strict=True)]
+    assert max(int(d.max()) for d in diffs) <= 1, [int(d.max()) for d in diffs]
+
+
+def test_generate_sbatch_requeued_on_usr1_resumes_where_it_stopped(
+    slurm_cluster: Cluster, tiny_platform: Path, generation_inputs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from icg.cover_manifest import read_manifest
+
+    export, _ = generation_inputs
+    pairs = tmp_path / "many.csv"
+    from icg.data.schema import read_dataset
+
+    items, interactions, _ = read_dataset(tiny_platform)
+    many = interactions.head(120).merge(items, on="item_id")
+    many["image"] = [str(tiny_platform / p) for p in many["image"]]
+    many[["user_id", "item_id", "title", "image"]].to_csv(pairs, index=False)
+    shared, out = tmp_path / "shared", tmp_path / "shared" / "covers"
+    shared.mkdir()
+    job = _generate_job(slurm_cluster, shared, export, pairs, out, "--batch_size", "1", "--num_steps", "12")
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while len(list(out.glob("covers/*/*.png"))) < 10:  # under way on both ranks
+        assert time.monotonic() < deadline, _job_log(shared, job, "generate")[-3000:]
+        assert slurm_cluster.job(job).get("JobState") in {"PENDING", "RUNNING"}, _job_log(shared, job, "generate")
+        time.sleep(0.5)
+    # what `#SBATCH --signal=B:USR1@90` does before the time limit: USR1 to the batch shell only
+    assert slurm_cluster.run("scancel", "--batch", "--signal=USR1", job).returncode == 0
+    info = slurm_cluster.wait(job)
+    log = _job_log(shared, job, "generate")
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log[-3000:]
+    assert "USR1: requeueing job" in log and "restart 1 on" in log, log[-3000:]
+    kept = int(log.split(" made now, ")[-1].split(" kept from before")[0])
+    assert kept >= 10, log[-3000:]  # the second start made only what the first had not
+    sys.stderr.write(f"\ngenerate job requeued on USR1: {kept} of 120 covers kept from the first start\n")
+    entries = read_manifest(out)
+    assert len(entries) == 120 and len({(e.user_id, e.item_id) for e in entries}) == 120
+    assert not list(out.rglob("*.tmp")) and not list(out.glob("manifest.rank*"))

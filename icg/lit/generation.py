@@ -1,0 +1,173 @@
+"""``icg generate`` on Lightning's predict loop: covers for a pairs file on one process or many (DDP, SLURM).
+
+ICG (Bian et al., EMNLP 2025) is exported once and then makes covers for the pairs a platform is about to show. Scaling
+out is Lightning's job: ``CoverGeneration`` is a thin, inference-only LightningModule around a
+:class:`~icg.generation.CoverGenerator`; the pairs' DataLoader is sharded by Lightning's distributed sampler for
+predict (one shard per rank, no pair twice); ``CoverFolderWriter`` writes each rank's covers and manifest lines as
+they come and, once every rank is done, rank 0 merges the shards into one ``manifest.jsonl``
+(``icg.generation.cover_folder``).
+
+Nothing trains here: the module has no registered parameters (the generator is a plain attribute moved to the rank's
+device at the start), so DDP does not wrap it and nothing is broadcast between ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor
+
+from icg.generation.cover_folder import CoverFolder, FolderState, ShardWriter
+from icg.generation.generator import CoverGenerator
+from icg.models.rewards.base import RewardContext
+
+log = logging.getLogger(__name__)
+
+
+class CoverGeneration(LightningModule):
+    """Inference only: ``predict_step`` turns a batch of pairs into covers (and reward scores when given a bundle).
+
+    Args:
+        generator: the trained ICG (``CoverGenerator.from_pretrained(export)``).
+        seed: base of the per-pair seeds (None: the export's).
+        num_steps: DDIM steps (None: the export's).
+        guidance_scale: classifier-free guidance (None: the export's).
+        strength: 1 from pure noise, < 1 reference-guided (None: the export's).
+        rewards: a stage-2 reward bundle to score every cover with (None: no scores).
+        reward_users: the user vocabulary the bundle's preference reward indexes (stage 1's ids).
+    """
+
+    def __init__(
+        self,
+        generator: CoverGenerator,
+        seed: int | None = None,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        strength: float | None = None,
+        rewards: torch.nn.Module | None = None,
+        reward_users: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.generator = generator
+        self.seed, self.num_steps, self.guidance_scale, self.strength = seed, num_steps, guidance_scale, strength
+        # Not registered: frozen, loaded on every rank from its own file; Lightning must neither wrap nor sync it.
+        self.frozen: dict[str, Any] = {"rewards": rewards} if rewards is not None else {}
+        self.reward_index = {u: i for i, u in enumerate(reward_users)}
+
+    def on_predict_start(self) -> None:
+        self.generator.to(self.device)
+        if "rewards" in self.frozen:
+            self.frozen["rewards"].to(self.device)
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Covers for a batch of the pairs DataLoader; each is a function of its (user, item, seed) only."""
+        gen = self.generator
+        users, items, titles = list(batch["user_id"]), list(batch["item_id"]), list(batch["title"])
+        references = batch["image"].to(self.device)
+        user_emb, known = gen.users.lookup(users)
+        seeds = gen.seeds(users, items, self.seed)
+        cond = gen.conditioning(user_emb, titles, references)
+        images = gen.sample(cond, seeds, references, num_steps=self.num_steps, guidance_scale=self.guidance_scale,
+                            strength=self.strength)  # fmt: skip
+        return {
+            "images": images.cpu(),
+            "user_id": users,
+            "item_id": items,
+            "title": titles,
+            "reference": list(batch["reference"]),
+            "seed": seeds,
+            "fallback": [not k for k in known],
+            "scores": self.score(images, titles, users, references),
+        }
+
+    def score(self, images: Tensor, titles: list[str], users: list[str], references: Tensor) -> dict[str, Tensor]:
+        """Raw reward scores per cover (and the bundle's weighted total); empty without a bundle."""
+        bundle = self.frozen.get("rewards")
+        if bundle is None:
+            return {}
+        user_idx = torch.tensor([self.reward_index.get(u, -1) for u in users], device=images.device)
+        rewards = bundle(images, RewardContext(titles=titles, user_idx=user_idx, reference=references))
+        return {name: raw.float().cpu() for name, raw in rewards.raw.items()} | {"total": rewards.total.float().cpu()}
+
+
+class CoverFolderWriter(BasePredictionWriter):
+    """Writes every predicted cover into an ``icg generate`` folder; rank 0 merges the manifest at the end.
+
+    Args:
+        folder: the output folder (its settings already checked by ``CoverFolder.inspect`` on every rank).
+        state: what ``inspect`` found (an earlier run to replace, or the finished covers).
+        method: the manifest's ``method`` of every cover.
+        order: every (user, item) of the pairs file, in order: the merged manifest's order.
+        skipped: the pairs-file rows left out (written down by rank 0).
+        skip_report: where to write them (None: ``<out>/skipped.jsonl``).
+    """
+
+    def __init__(
+        self,
+        folder: CoverFolder,
+        state: FolderState,
+        method: str,
+        order: Sequence[tuple[str, str]] = (),
+        skipped: Sequence[dict] = (),
+        skip_report: str | Path | None = None,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.folder, self.state, self.method = folder, state, method
+        self.order, self.skipped = list(order), list(skipped)
+        self.current = set(self.order)
+        self.skip_report = Path(skip_report) if skip_report is not None else None
+        self.shard: ShardWriter | None = None
+        self.merged: dict[tuple[str, str], bool] = {}  # rank 0: (user, item) -> fallback, over the merged manifest
+        self.seconds = 0.0  # from every rank ready to the merged manifest: what the covers cost, start-up excluded
+        self.cpu_seconds = 0.0  # CPU time of that span, summed over the ranks
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.is_global_zero:
+            self.folder.prepare(self.state, self.skipped, self.skip_report)
+        trainer.strategy.barrier("icg-generate-prepared")  # no rank writes a cover before the folder is ready
+        self.shard = ShardWriter(self.folder, trainer.global_rank, self.method)
+        self._started, self._cpu = time.perf_counter(), time.process_time()
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        for i, image in enumerate(prediction["images"]):
+            row = {
+                "user_id": prediction["user_id"][i],
+                "item_id": prediction["item_id"][i],
+                "seed": int(prediction["seed"][i]),
+                "title": prediction["title"][i],
+                "reference": prediction["reference"][i],
+                "fallback": bool(prediction["fallback"][i]),
+            }
+            if prediction["scores"]:
+                row["scores"] = {name: float(value[i]) for name, value in prediction["scores"].items()}
+            self.shard.write(image, row)
+        self.shard.flush()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """After the loop on every rank (also one whose shard was empty): close, wait for all, rank 0 merges."""
+        if self.shard is not None:
+            self.shard.close()
+        own = time.process_time() - self._cpu
+        total = torch.tensor(own, dtype=torch.float64, device=pl_module.device)
+        self.cpu_seconds = float(trainer.strategy.reduce(total, reduce_op="sum"))  # also the barrier before merging
+        if trainer.is_global_zero:
+            self.merged = self.folder.finalize(self.order)
+            self.cpu_seconds += time.process_time() - self._cpu - own  # and rank 0's wait and merge
+        self.seconds = time.perf_counter() - self._started
