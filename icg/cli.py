@@ -23,12 +23,14 @@ LIGHTNING_CKPT_KEYS = ("last", "best", "hpc", "registry")  # --ckpt_path values 
 EVALUATE_COMMAND = "evaluate"
 EXPORT_COMMAND = "export"
 STUDY_COMMAND = "study"
+EXPLORE_COMMAND = "explore"
 
 OVERVIEW = """usage: icg {fit,validate,test,predict} [--config YAML ...] [options]
        icg data {synth,validate,stats,convert} ...
        icg evaluate --data_root DIR --stage1_ckpt CKPT --stage3_ckpt CKPT --base_model DIR [...]
        icg export --stage3_ckpt CKPT --out DIR [--base_model DIR] [--mllm DIR]
        icg study {serve,results,simulate} ...
+       icg explore --export DIR [--data_root DIR] [--rewards_ckpt CKPT] [--base_model DIR] [--port N] [--device D]
 
 Stages (Lightning CLI; --print_config, repeated --config stacking, --help on each):
   fit        train a stage: preference (1), rewards (2), alignment (3)
@@ -45,6 +47,7 @@ Data:
 Evaluation:
   evaluate        score held-out (user, item) pairs on the paper's axes against the baselines (docs/evaluation.md)
   study           blind pairwise study of covers: serve, simulate raters, win rates + Bradley-Terry (docs/study.md)
+  explore         interactive viewer: title-only, no-user and ICG covers side by side for any user (docs/explore.md)
 
 Generation:
   export          a stage-3 checkpoint -> one folder that CoverGenerator.from_pretrained loads (docs/generation.md)
@@ -182,6 +185,10 @@ def _run(words: list[str], from_argv: bool) -> int:
         from icg.study.commands import run_study_command
 
         return run_study_command(words[1:])
+    if words and words[0] == EXPLORE_COMMAND:
+        from icg.explore.commands import run_explore_command
+
+        return run_explore_command(words[1:])
     if not words or words[0] in ("-h", "--help"):
         sys.stdout.write(OVERVIEW)
         return 0
