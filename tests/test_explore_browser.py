@@ -64,7 +64,7 @@ def test_the_explorer_shows_three_covers_for_a_chosen_user(tiny_export_on_base, 
                                                            tmp_path):  # fmt: skip
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     from icg.explore.app import create_app
     from icg.explore.commands import load_explorer
@@ -101,8 +101,8 @@ def test_the_explorer_shows_three_covers_for_a_chosen_user(tiny_export_on_base, 
             # the guidance slider, from the keyboard: to its maximum, and the covers follow
             slider = browser.find_element(By.ID, "guidance_scale")
             submit_and_wait(browser, lambda: slider.send_keys(Keys.END))
-            assert "guidance_scale=15" in browser.current_url
             guided = drawn(browser)
+            assert "guidance_scale=15" in browser.current_url
             assert guided["icg"] != after["icg"] and len(set(guided.values())) == 3
 
             # a user the export does not know: said on the page, and ICG is the cover without user
@@ -126,7 +126,7 @@ def test_the_explorer_shows_three_covers_for_a_chosen_user(tiny_export_on_base, 
             browser.find_element(By.ID, "upload-title").send_keys("Notes")
             browser.find_element(By.ID, "upload-image").send_keys(str(notes))
             submit_and_wait(browser, lambda: browser.find_element(By.ID, "upload-button").click())
-            error = browser.find_element(By.ID, "error").text
+            error = WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "error")).text
             assert error.startswith("notes.txt: not an image PIL can read") and "\n" not in error
         finally:
             browser.quit()

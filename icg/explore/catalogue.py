@@ -37,6 +37,11 @@ class ExploreCatalogue:
         self._lock = threading.Lock()
 
     @property
+    def num_items(self) -> int:
+        """Items of the dataset (uploads not counted)."""
+        return len(self._items)
+
+    @property
     def default_user(self) -> str:
         return self.user_ids[0] if self.user_ids else "user"
 

@@ -152,7 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
     url = url_of(sock)
     gen = explorer.generator
     extras = [
-        f"{len(catalogue.search_items(limit=10**9))} dataset items" if catalogue.dataset is not None else "no dataset",
+        f"{catalogue.num_items} dataset items" if catalogue.dataset is not None else "no dataset",
         "reward scores" if explorer.scorer.bundle is not None else "no reward scores (--rewards_ckpt)",
         "true click probabilities" if explorer.scorer.oracle is not None else None,
         explorer.unavailable,

@@ -226,6 +226,8 @@ class CoverExplorer:
                 {method: png_bytes(to_pil(image[None])[0]) for method, image in drawn.items()},
                 scores, time.perf_counter() - start,
             )  # fmt: skip
+            log.info("drew the covers of user %s, item %s (%s) in %.2f s", user_id, item.key,
+                     ", ".join(f"{k}={v}" for k, v in settings.query().items()), result.seconds)  # fmt: skip
             self._cache[key] = result
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)

@@ -2,7 +2,7 @@
 
 An upload is decoded with PIL and cropped to the generator's square cover size exactly as ``reference_batch``
 would crop it (``ImageOps.fit``, bicubic), so only a small image is kept and the covers are the ones a notebook
-would draw from the original file. A file PIL cannot read is refused with one line; nothing is written to disk.
+would draw from the original file. A file PIL cannot read is refused with one line; nothing is saved.
 """
 
 from __future__ import annotations
