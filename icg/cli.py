@@ -25,6 +25,7 @@ EXPORT_COMMAND = "export"
 GENERATE_COMMAND = "generate"
 USERS_COMMAND = "users"
 STUDY_COMMAND = "study"
+EXPLORE_COMMAND = "explore"
 
 OVERVIEW = """usage: icg {fit,validate,test,predict} [--config YAML ...] [options]
        icg data {synth,validate,stats,convert} ...
@@ -33,6 +34,7 @@ OVERVIEW = """usage: icg {fit,validate,test,predict} [--config YAML ...] [option
        icg generate --export DIR --pairs FILE --out DIR [--data_root DIR] [--devices N] [...]
        icg users fold-in --export DIR --data_root DIR [--users ...]
        icg study {serve,results,simulate} ...
+       icg explore --export DIR [--data_root DIR] [--rewards_ckpt CKPT] [--base_model DIR] [--port N] [--device D]
 
 Stages (Lightning CLI; --print_config, repeated --config stacking, --help on each):
   fit        train a stage: preference (1), rewards (2), alignment (3)
@@ -49,6 +51,7 @@ Data:
 Evaluation:
   evaluate        score held-out (user, item) pairs on the paper's axes against the baselines (docs/evaluation.md)
   study           blind pairwise study of covers: serve, simulate raters, win rates + Bradley-Terry (docs/study.md)
+  explore         interactive viewer: title-only, no-user and ICG covers side by side for any user (docs/explore.md)
 
 Generation:
   export          a stage-3 checkpoint -> one folder that CoverGenerator.from_pretrained loads (docs/generation.md)
@@ -196,6 +199,10 @@ def _run(words: list[str], from_argv: bool) -> int:
         from icg.study.commands import run_study_command
 
         return run_study_command(words[1:])
+    if words and words[0] == EXPLORE_COMMAND:
+        from icg.explore.commands import run_explore_command
+
+        return run_explore_command(words[1:])
     if not words or words[0] in ("-h", "--help"):
         sys.stdout.write(OVERVIEW)
         return 0

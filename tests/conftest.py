@@ -111,6 +111,18 @@ def tiny_base_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_export_on_base(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tiny_base_model, tmp_path_factory) -> Path:
+    """An ``icg export`` of the tiny stage 3 trained on the ``tiny_base_model`` folder (so it has a title-only
+    baseline: the folder's UNet prompted through its title encoder), as the demo's export is."""
+    out = tmp_path_factory.mktemp("stage3_on_base")
+    run_cli("fit", "--config", TINY / "stage3_alignment.yaml", "--data.root", tiny_platform,
+            "--model.init_args.preference_ckpt", tiny_stage1_ckpt, "--model.init_args.rewards_ckpt", tiny_stage2_ckpt,
+            "--model.init_args.diffusion.path", tiny_base_model, "--trainer.default_root_dir", out)  # fmt: skip
+    run_cli("export", "--stage3_ckpt", only_ckpt(out), "--out", out / "export")
+    return out / "export"
+
+
+@pytest.fixture(scope="session")
 def tiny_no_user_ckpt(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory) -> Path:
     """The "ICG without user refinement" ablation of the tiny stage 3 (fusion_type none), through the CLI."""
     out = tmp_path_factory.mktemp("stage3_no_user")

@@ -49,9 +49,12 @@ def answers(db: Path) -> list[tuple[str, int, str, str, str]]:
 
 
 def shown(browser) -> tuple[int, int]:
-    """(comparison id on screen, answered count shown in the header)."""
+    """(comparison id on screen, answered count shown in the header), once the rating page is there."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
+    # a click that submits may return before the next page is in (seen on a loaded machine): wait for it
+    WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.NAME, "comparison_id"))
     comparison = int(browser.find_element(By.NAME, "comparison_id").get_attribute("value"))
     answered = int(browser.find_element(By.ID, "progress").get_attribute("data-answered"))
     return comparison, answered

@@ -26,6 +26,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,28 @@ ORACLE_TENSORS = "oracle.safetensors"
 SCALAR_FEATURES = ("brightness", "colourfulness", "contrast", "edge_energy")
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 EPS = 1e-6
+
+
+def user_tastes(root: str | Path) -> dict[str, dict[str, Any]]:
+    """Each user's hidden taste in words, from ``<root>/truth/truth.json`` (empty when the dataset has no truth).
+
+    Returns:
+        user id -> ``{"likes": [(colour name, [r, g, b]), ...], "dislikes": [...], "brightness": "light" | ...}``,
+        RGB in [0, 1] (grey where the palette does not name the colour).
+    """
+    path = Path(root) / TRUTH_DIR / TRUTH_JSON
+    if not path.is_file():
+        return {}
+    truth = json.loads(path.read_text())
+    rgb = {c["name"]: c["rgb"] for c in truth.get("palette", [])}
+    return {
+        u["user_id"]: {
+            "likes": [(c, rgb.get(c, [0.5] * 3)) for c in u.get("likes", [])],
+            "dislikes": [(c, rgb.get(c, [0.5] * 3)) for c in u.get("dislikes", [])],
+            "brightness": u.get("brightness"),
+        }
+        for u in truth.get("users", [])
+    }
 
 
 def feature_names(palette_names: Sequence[str]) -> list[str]:

@@ -1,11 +1,13 @@
 """What a study screen shows besides the two covers: the item's title and reference cover, the user's recent clicks.
 
-Read once from an icg dataset folder (docs/data.md) for the users and items of a study (ICG, Bian et al., EMNLP
-2025, judges user appeal against the user's taste, which a rater learns from the covers that user clicked).
+Read from an icg dataset folder (docs/data.md) for the users and items of a study (ICG, Bian et al., EMNLP 2025,
+judges user appeal against the user's taste, which a rater learns from the covers that user clicked). The cover
+explorer (``icg explore``) reads the same, one user's clicks at a time (``load_clicks``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,18 +30,27 @@ class StudyCatalogue:
 
     Args:
         data_root: the dataset folder.
-        users: the users whose clicks are read (the study's).
+        users: the users whose clicks are read now (the study's); ``load_clicks`` reads more later.
         history: how many recent clicks a profile shows.
     """
 
-    def __init__(self, data_root: str | Path, users: set[str], history: int = 8) -> None:
+    def __init__(self, data_root: str | Path, users: Iterable[str] = (), history: int = 8) -> None:
         self.root = Path(data_root).resolve()
         self.history = history
         items = read_table(table_path(self.root, ITEMS_TABLE), ITEM_COLUMNS)
         self._items = {
             str(row.item_id): (str(row.title), self._inside(str(row.image))) for row in items.itertuples(index=False)
         }
-        self._clicks = self._read_clicks(users)
+        self._clicks: dict[str, pd.DataFrame] = {}
+        self._read_users: set[str] = set()
+        self.load_clicks(users)
+
+    def load_clicks(self, users: Iterable[str]) -> None:
+        """Read the click histories of those ``users`` that were not read yet."""
+        missing = {str(u) for u in users} - self._read_users
+        if missing:
+            self._clicks.update(self._read_clicks(missing))
+            self._read_users |= missing
 
     def _inside(self, name: str) -> Path | None:
         """The image file under the dataset folder, or None (missing, or a path leading out of the folder)."""
@@ -63,6 +74,10 @@ class StudyCatalogue:
         ).dropna(subset=["click", "timestamp"])
         frame = frame.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
         return {str(user): rows for user, rows in frame.groupby("user_id", sort=False)}
+
+    def items(self) -> list[tuple[str, str]]:
+        """Every item of the dataset as (item id, title), in the dataset's order."""
+        return [(item_id, title) for item_id, (title, _) in self._items.items()]
 
     def title(self, item_id: str) -> str | None:
         found = self._items.get(item_id)
