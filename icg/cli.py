@@ -98,12 +98,16 @@ class ICGLightningCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Values that must agree with the data or an earlier stage come from there when the config leaves them out.
+        """Refuse a trainer this machine or SLURM job cannot run (``icg.lit.preflight``), then fill in the values
+        that must agree with the data or an earlier stage when the config leaves them out.
 
         Not ``link_arguments(..., apply_on="instantiate")``: Lightning 2.6's instantiator fails on a link whose
         target exists in one stage's model only (``Expected key model.init_args.num_users to be in data`` for stages
         2 and 3), so the values are filled in here, from the same sources, before anything is built.
         """
+        from icg.lit.preflight import check_trainer_fits
+
+        check_trainer_fits(self._get(self.config, "trainer"))  # first: a run that cannot fit loads nothing
         self._fill_num_users()
         self._fill_stage1_widths()
 
