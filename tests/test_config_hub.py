@@ -127,6 +127,16 @@ def prepare(parsed: dict, standins: dict[str, object], workspace: Path) -> list[
     return overrides
 
 
+def pretend_gpu(monkeypatch) -> None:
+    """Let the trainer preflight (icg.lit.preflight) see one CUDA GPU with NCCL: a real config that asks for a GPU
+    then fails where it would on a GPU node without the weights."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+
+
 def names_key_and_file(message: str, key: str, path: str) -> bool:
     """A line of ``message`` that starts with the config key (``key: ...`` or ``key=...``) and quotes the file."""
     line = re.compile(rf"^\s*(?:- )?{re.escape(key)}\s*[:=].*{re.escape(path)}", re.M)
@@ -144,6 +154,8 @@ def test_every_config_builds_or_names_its_missing_weights(config, standins, tmp_
     words = config_args(chain) + prepare(parsed, standins, tmp_path)
     weights = {k: v for k, v in flatten(parsed).items() if isinstance(v, str) and v.startswith(WEIGHTS_ROOT)}
     if weights:
+        if str(parsed["trainer"].get("accelerator")) in ("gpu", "cuda"):
+            pretend_gpu(monkeypatch)  # the model (and its missing weights) is built before any device is touched
         before = sorted(tmp_path.rglob("*"))
         with pytest.raises(Exception) as err:  # noqa: B017  (jsonargparse wraps the loader's error)
             ICGLightningCLI(words, run=False)
@@ -195,9 +207,14 @@ def test_real_stage3_fails_early_naming_the_missing_mllm(tiny_stage1_ckpt, tmp_p
     from icg.cli import main
 
     monkeypatch.chdir(tmp_path)  # no weights/ here
-    assert main(["fit", "--config", str(REPO / "lightning_configs/real/stage3_alignment.yaml"), "--data.root",
-                 str(tmp_path), "--model.init_args.preference_ckpt", str(tiny_stage1_ckpt),
-                 "--model.init_args.rewards_ckpt", "y.ckpt"]) == 2  # fmt: skip
+    words = ["fit", "--config", str(REPO / "lightning_configs/real/stage3_alignment.yaml"), "--data.root",
+             str(tmp_path), "--model.init_args.preference_ckpt", str(tiny_stage1_ckpt),
+             "--model.init_args.rewards_ckpt", "y.ckpt"]  # fmt: skip
+    assert main(words) == 2  # this machine has no GPU, which the real stage 3 asks for: refused before anything loads
+    err = capsys.readouterr().err
+    assert "trainer.accelerator: gpu" in err and "sees none" in err and "Traceback" not in err
+    pretend_gpu(monkeypatch)  # on a GPU node: the first missing thing is the MLLM
+    assert main(words) == 2
     err = capsys.readouterr().err
     assert "mllm_path" in err and "Qwen2-VL-2B-Instruct" in err and "Traceback" not in err
 
