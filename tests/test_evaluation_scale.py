@@ -81,3 +81,16 @@ def test_device_that_is_not_there_is_one_line(tmp_path, capsys):
     assert main(words) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("icg evaluate: --device cuda: torch ") and "sees no CUDA GPU" in err[-1]
+
+
+def test_evaluator_of_sampled_users_holds_them_alone(dm):
+    from icg.evaluation.run import compact_users, train_evaluator
+
+    users = np.array([1, 4, 6])
+    rows = compact_users(users, dm.num_users)
+    assert rows[users].tolist() == [0, 1, 2] and int((rows >= 0).sum()) == 3  # the rest: the fallback row
+    assert torch.equal(compact_users(None, dm.num_users), torch.arange(dm.num_users))
+    evaluator = train_evaluator(dm, epochs=1, users=users)
+    assert evaluator.num_users == 3  # not a row per dataset user: each optimizer step updates the whole table
+    table = compare_click_models(dm, evaluator, users=users, user_rows=rows)["model"]
+    assert 0.0 <= table["auc"] <= 1.0

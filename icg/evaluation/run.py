@@ -88,12 +88,16 @@ def train_evaluator(
         max_pairs: train on a seeded sample of at most this many train positives (each with its resampled
             negatives); None: no bound.
         device: where the model trains (and is returned).
-        users: train on these users' positives only (``user_idx``; the users it will grade); None: every user.
+        users: train on these users' positives only (sorted ``user_idx``; the users it will grade); None: every
+            user. The model's user table then holds these users alone, at ``compact_users(users, ...)[user_idx]``:
+            a 1M-row table would cost every optimizer step a dense update of all of it.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = TinyImageEncoder(input_size=32, channels=[], color_bins=3)
-        model = PreferenceModel(encoder, num_users=datamodule.num_users, embed_dim=16, hidden_dim=32).to(device)
+        num_users = datamodule.num_users if users is None else len(users)
+        model = PreferenceModel(encoder, num_users=num_users, embed_dim=16, hidden_dim=32).to(device)
+    rows_of = compact_users(users, datamodule.num_users).to(device)  # DataModule user_idx -> the model's
     features = torch.zeros(datamodule.num_items, model.feature_dim, device=device)
     with torch.no_grad():
         for batch in datamodule.dataloader("train", "items", fields=("item_idx", "image"), batch_size=128):
@@ -106,7 +110,7 @@ def train_evaluator(
         total, count = 0.0, 0
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model.score_features(features[batch["item_idx"]], batch["user_idx"])
+            logits = model.score_features(features[batch["item_idx"]], rows_of[batch["user_idx"]])
             loss = F.binary_cross_entropy_with_logits(logits, batch["click"])
             optimizer.zero_grad()
             loss.backward()
@@ -149,6 +153,16 @@ def _train_rows(
     sampled = _SampledRows(dataset, rows)
     return DataLoader(sampled, batch_size=batch_size, sampler=EpochSampler(len(sampled), datamodule.seed),
                       num_workers=datamodule.num_workers)  # fmt: skip
+
+
+def compact_users(users: np.ndarray | None, num_users: int) -> torch.Tensor:
+    """DataModule ``user_idx`` -> row of a user table that holds ``users`` alone (sorted; -1: not there, the
+    fallback row); the identity when ``users`` is None."""
+    if users is None:
+        return torch.arange(num_users)
+    rows = torch.full((num_users,), -1, dtype=torch.long)
+    rows[torch.as_tensor(np.asarray(users), dtype=torch.long)] = torch.arange(len(users))
+    return rows
 
 
 def sample_users(datamodule: ICGDataModule, split: str, max_users: int | None, seed: int) -> np.ndarray | None:
@@ -390,7 +404,7 @@ def evaluate(
     stage1_model, stage1_ids = load_preference_model(stage1_ckpt, "stage1_ckpt")
     stage1_model.to(device)
     stage1_users = _index_map(stage1_ids or dm.user_ids, dm)
-    click_table = compare_click_models(dm, stage1_model, oracle, users=compared)
+    click_table = compare_click_models(dm, stage1_model, oracle, users=compared, user_rows=stage1_users)
     stage1 = {
         "auc": click_table["model"]["auc"],
         "gauc": click_table["model"]["gauc"],
@@ -406,8 +420,9 @@ def evaluate(
     else:
         evaluator = train_evaluator(dm, epochs=evaluator_epochs, seed=seed + 1, max_pairs=max_pairs, device=device,
                                     users=compared)  # fmt: skip
-        evaluator_users, evaluator_source = torch.arange(dm.num_users), "trained in-process (train_evaluator)"
-    evaluator_table = compare_click_models(dm, evaluator, users=compared)["model"]
+        evaluator_users = compact_users(compared, dm.num_users)  # its user table holds the compared users alone
+        evaluator_source = "trained in-process (train_evaluator)"
+    evaluator_table = compare_click_models(dm, evaluator, users=compared, user_rows=evaluator_users)["model"]
     evaluator_block = {"source": evaluator_source, "auc": evaluator_table["auc"], "gauc": evaluator_table["gauc"]}
 
     bundle = load_reward_bundle(rewards, "rewards") if isinstance(rewards, str | Path) else rewards

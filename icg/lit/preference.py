@@ -249,6 +249,7 @@ def compare_click_models(
     split: str = "test",
     top_k: int = 10,
     users: Sequence[int] | np.ndarray | None = None,
+    user_rows: Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics of the model, the oracle and a popularity baseline on the same ``split`` candidates.
 
@@ -266,6 +267,8 @@ def compare_click_models(
         users: score only the held-out rows of these users (``user_idx``; a seeded sample keeps the comparison
             bounded at PixelRec scale, where every held-out row of 1M users would be scored); None: every user.
             Rows stream through in batches; only their scores are kept.
+        user_rows: the model's user index of each DataModule ``user_idx`` (a model trained on a subset of users);
+            None: the same indices.
 
     Returns:
         ``{"model" | "oracle" | "popularity": {"auc", "gauc", "logloss", "ndcg@k", "recall@k"}}``; log loss is
@@ -301,7 +304,8 @@ def compare_click_models(
         if model is not None:
             titles = batch.get("title") if model.title_type != "none" else None
             device = next(model.parameters()).device
-            logits = model(batch["image"].to(device), batch["user_idx"].to(device), titles=titles).cpu()
+            model_users = batch["user_idx"] if user_rows is None else user_rows[batch["user_idx"]]
+            logits = model(batch["image"].to(device), model_users.to(device), titles=titles).cpu()
             metrics["model"].update(logits, batch["click"], batch["user_idx"], batch.get("group"))
         if oracle is not None:
             prob = oracle(batch["image"], batch["user_idx"]).double().clamp(1e-7, 1 - 1e-7)
