@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser test test-slow test-browser test-full test-slurm test-parity demo demo-check demo-seeds lint tensorboard bench bench-gpu clean
+.PHONY: install browser test test-slow test-browser test-full test-slurm test-parity demo demo-check demo-seeds lint tensorboard bench bench-gpu bench-gpu-wheels clean
 
 $(BIN)/icg: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,8 +75,19 @@ bench: install
 	$(BIN)/python -m benchmarks.datamodule_scale --scale 0.1
 	$(BIN)/python -m benchmarks.generate_vs_pipeline
 
-# On a CUDA machine: SD 1.5-sized architectures (random weights), 512 px, bf16; results under runs/bench-gpu.
-bench-gpu:
+# On a CUDA machine: SD 1.5-sized architectures (random weights), 512 px, bf16, one table; results under
+# runs/bench-gpu. It runs on the machine's CUDA python3 (not the CPU .venv); the pinned diffusers and transformers
+# (+ importlib_metadata) are built into .whl/ here, so a machine without network gets them by carrying that folder.
+WHEELS := .whl
+$(WHEELS)/.built: constraints.txt
+	mkdir -p $(WHEELS)
+	$${PYTHON:-python3} -m pip wheel -q --no-deps -w $(WHEELS) \
+	  $$(grep -E '^(diffusers|transformers)==' constraints.txt) importlib_metadata==8.7.0
+	touch $@
+
+bench-gpu-wheels: $(WHEELS)/.built
+
+bench-gpu: bench-gpu-wheels
 	PYTHON=$${PYTHON:-python3} bash benchmarks/gpu_all.sh runs/bench-gpu
 
 clean:

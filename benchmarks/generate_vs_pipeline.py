@@ -55,7 +55,7 @@ def tiny_export(folder: Path, users: list[str], steps: int) -> Path:
         UserFusion(32, 12, "user_token"),
         ConditioningAdapter(32, 64, num_layers=2, num_heads=4, num_tokens=8, hidden_dim=64),
         title_prompt=PromptEncoder(tiny={"num_buckets": 256, "dim": 64, "max_tokens": 12, "padding": "attended"}),
-        user_offset=UserOffset(12, 8, 64),
+        user_offset=UserOffset(12, num_tokens=8, width=64),
     ).eval()
     source = DiffusionSource(tiny={"cross_attention_dim": 64, "sample_size": 16})
     table = UserTable(users, torch.randn(len(users) + 1, 12))

@@ -48,7 +48,7 @@ def _load_failure(err: Exception) -> str:
     return "not a torch checkpoint"
 
 
-def read_checkpoint(path: str | Path, config_key: str) -> Any:
+def read_checkpoint(path: str | Path, config_key: str, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` of a file the user named; any failure names the key and the file.
 
     A truncated download, a text file or a pickle of arbitrary objects all give the same message: the file is not a
@@ -57,6 +57,8 @@ def read_checkpoint(path: str | Path, config_key: str) -> Any:
     Args:
         path: the checkpoint file.
         config_key: the config key or option that named it (``--ckpt_path``, ``model.init_args.preference_ckpt``).
+        mmap: map the tensors from the file instead of reading them (to look at the ``icg`` block of a large
+            checkpoint cheaply).
     """
     path = Path(path)
     if not path.is_file():
@@ -64,7 +66,7 @@ def read_checkpoint(path: str | Path, config_key: str) -> Any:
     try:
         with warnings.catch_warnings():  # a plain pickle makes torch warn about its protocol before refusing it
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - every unpickling/zip/IO failure is the same user-facing problem
         raise CheckpointError(
             f"{config_key}: {path} is not a readable checkpoint ({_load_failure(err)}); name a .ckpt file that an "
@@ -116,18 +118,19 @@ def instantiate(spec: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def load_stage_checkpoint(path: str | Path, stage: str, config_key: str) -> dict[str, Any]:
+def load_stage_checkpoint(path: str | Path, stage: str, config_key: str, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint written by ``stage`` and return the whole dict (``state_dict`` and the ``icg`` block).
 
     Args:
         path: the checkpoint file.
         stage: the stage that must have written it (one of ``STAGES``).
         config_key: the config key that named ``path``, quoted in every error.
+        mmap: map the tensors from the file instead of reading them.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{config_key}: checkpoint {path} does not exist (expected a {stage!r} stage .ckpt)")
-    checkpoint = read_checkpoint(path, config_key)
+    checkpoint = read_checkpoint(path, config_key, mmap=mmap)
     block = checkpoint.get(ICG_KEY) if isinstance(checkpoint, dict) else None
     if not isinstance(block, dict) or "stage" not in block:
         raise CheckpointError(f"{config_key}: {path} is not an icg stage checkpoint (no '{ICG_KEY}' block)")
@@ -137,6 +140,19 @@ def load_stage_checkpoint(path: str | Path, stage: str, config_key: str) -> dict
             "is needed here"
         )
     return checkpoint
+
+
+def stage_spec(path: str | Path, stage: str, spec_name: str, config_key: str) -> dict[str, Any]:
+    """The ``{"class_path", "init_args"}`` spec of module ``spec_name`` in a ``stage`` checkpoint; weights stay on disk.
+
+    What a later stage's config reads from an earlier stage's checkpoint (``icg fit`` takes stage 3's user widths from
+    the stage-1 model's ``embed_dim`` this way) costs a memory map, not a load of the weights.
+    """
+    checkpoint = load_stage_checkpoint(path, stage, config_key, mmap=True)
+    spec = checkpoint[ICG_KEY].get("specs", {}).get(spec_name)
+    if not isinstance(spec, dict) or not isinstance(spec.get("init_args"), dict):
+        raise CheckpointError(f"{config_key}: {path} has no '{spec_name}' module spec")
+    return spec
 
 
 def sub_state_dict(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

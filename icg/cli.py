@@ -16,7 +16,15 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from icg.data.datamodule import ICGDataModule
-from icg.errors import DEBUG_ENV, DEBUG_FLAG, ArgumentsError, ShortParserErrors, debug_requested, find_user_error
+from icg.errors import (
+    DEBUG_ENV,
+    DEBUG_FLAG,
+    ArgumentsError,
+    ConfigError,
+    ShortParserErrors,
+    debug_requested,
+    find_user_error,
+)
 
 DATA_COMMAND = "data"
 LIGHTNING_CKPT_KEYS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
@@ -26,6 +34,13 @@ GENERATE_COMMAND = "generate"
 USERS_COMMAND = "users"
 STUDY_COMMAND = "study"
 EXPLORE_COMMAND = "explore"
+NUM_USERS_KEY = "model.init_args.model.init_args.num_users"  # the stage-1 PreferenceModel's user table
+PREFERENCE_CKPT_KEY = "init_args.preference_ckpt"
+# widths of stage 3 that must equal the stage-1 model's embed_dim (keys under `model.`)
+STAGE1_WIDTH_KEYS = (
+    "init_args.conditioner.init_args.fusion.init_args.user_dim",
+    "init_args.conditioner.init_args.user_offset.init_args.user_dim",
+)
 
 OVERVIEW = """usage: icg {fit,validate,test,predict} [--config YAML ...] [options]
        icg data {synth,validate,stats,convert} ...
@@ -90,6 +105,58 @@ class ICGLightningCLI(LightningCLI):
             help="fit: start over in checkpoint folders that hold an earlier run's checkpoints (deleted first); "
             "without it such a fit is refused, so later stages never chain a stale last.ckpt",
         )
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse a trainer this machine or SLURM job cannot run (``icg.lit.preflight``), then fill in the values
+        that must agree with the data or an earlier stage when the config leaves them out.
+
+        Not ``link_arguments(..., apply_on="instantiate")``: Lightning 2.6's instantiator fails on a link whose
+        target exists in one stage's model only (``Expected key model.init_args.num_users to be in data`` for stages
+        2 and 3), so the values are filled in here, from the same sources, before anything is built.
+        """
+        from icg.lit.preflight import check_trainer_fits
+
+        check_trainer_fits(self._get(self.config, "trainer"))  # first: a run that cannot fit loads nothing
+        self._fill_num_users()
+        self._fill_stage1_widths()
+
+    def _fill_num_users(self) -> None:
+        """The stage-1 model's ``num_users``: the user ids of ``data.root`` unless the config gives a value (which
+        setup then checks against the dataset, naming the key)."""
+        model = self._get(self.config, "model")
+        key = NUM_USERS_KEY.removeprefix("model.")
+        if key not in model or model[key] is not None:
+            return
+        from icg.data.schema import count_users
+
+        root = self._get(self.config, "data").get("root")
+        if root is None or not Path(root).is_dir():
+            raise ConfigError(f"data.root: {root} is not a folder (an icg dataset, docs/data.md)")
+        model[key] = max(count_users(root), 1)  # an empty table is setup()'s to report, with its file named
+
+    def _fill_stage1_widths(self) -> None:
+        """Stage 3's user widths = the stage-1 model's ``embed_dim``, read from ``preference_ckpt`` when not given.
+
+        A width the config gives is kept: stage 3's setup compares it with the checkpoint and names both on a mismatch.
+        """
+        model = self._get(self.config, "model")
+        missing = [key for key in STAGE1_WIDTH_KEYS if key in model and model[key] is None]
+        if not missing:
+            return
+        from icg import ckpt
+
+        path = model.get("init_args.preference_ckpt")
+        if path is None:
+            raise ConfigError(
+                f"model.{PREFERENCE_CKPT_KEY}: required (a stage-1 checkpoint); stage 3 also takes model.{missing[0]} "
+                "from it"
+            )
+        spec = ckpt.stage_spec(path, "preference", "model", f"model.{PREFERENCE_CKPT_KEY}")
+        embed_dim = spec["init_args"].get("embed_dim")
+        if not isinstance(embed_dim, int):
+            raise ckpt.CheckpointError(f"model.{PREFERENCE_CKPT_KEY}: {path} records no stage-1 embed_dim")
+        for key in missing:
+            model[key] = embed_dim
 
     def before_fit(self) -> None:
         from icg.lit.run_folders import prepare_run_folders

@@ -31,7 +31,7 @@ def tiny_generator(users: UserTable, settings: SamplerSettings = SETTINGS) -> Co
         UserFusion(32, dim, "user_token"),
         ConditioningAdapter(32, 32, num_layers=1, num_heads=4, num_tokens=6),
         title_prompt=PromptEncoder(tiny={"num_buckets": 64, "dim": 32, "max_tokens": 6}),
-        user_offset=UserOffset(dim, 6, 32),
+        user_offset=UserOffset(dim, num_tokens=6, width=32),
     ).eval()
     with torch.no_grad():
         for p in conditioner.parameters():

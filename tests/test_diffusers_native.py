@@ -23,7 +23,7 @@ def generator(variant="sd15", padding="attended", guidance_scale=1.0, strength=1
         UserFusion(32, 8, "user_token"),
         ConditioningAdapter(32, 32, num_layers=1, num_heads=4, num_tokens=6, pooled_dim=32 if xl else None),
         title_prompt=title,
-        user_offset=UserOffset(8, 6, 32),
+        user_offset=UserOffset(8, num_tokens=6, width=32),
     ).eval()
     with torch.no_grad():  # trained-looking weights: the offset and fusion change the covers
         for p in conditioner.parameters():

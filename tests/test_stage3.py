@@ -25,7 +25,7 @@ def build_stage(s1, s2, fusion_type="user_token", user_offset=False, **overrides
         MetaTokenPrompter(tiny_config={}, num_meta_tokens=4, image_size=56),
         UserFusion(32, 8, fusion_type),
         ConditioningAdapter(32, 32, num_layers=1, num_heads=4, num_tokens=8),
-        user_offset=UserOffset(8, 8, 32) if user_offset else None,
+        user_offset=UserOffset(8, num_tokens=8, width=32) if user_offset else None,
     )
     settings = dict(num_steps=4, k=2, image_size=32) | overrides
     stage = AlignmentStage(

@@ -32,7 +32,7 @@ def build_stage(s1, s2, base="sd15", unet_lora=LORA, diffusion=None, **overrides
         MetaTokenPrompter(tiny_config={}, num_meta_tokens=4, image_size=56),
         UserFusion(32, 8, "film"),
         ConditioningAdapter(32, 32, num_layers=1, num_heads=4, num_tokens=8, pooled_dim=None if base == "sd15" else 32),
-        user_offset=UserOffset(8, 8, 32),
+        user_offset=UserOffset(8, num_tokens=8, width=32),
     )
     settings = dict(num_steps=4, k=2, image_size=32) | overrides
     stage = AlignmentStage(conditioner, str(s1), str(s2), diffusion=diffusion or SOURCES[base], unet_lora=unet_lora,

@@ -68,10 +68,13 @@ class TitleOnlyMethod:
         self.guidance_scale, self.strength, self.seed = guidance_scale, strength, seed
 
     @classmethod
-    def from_folder(cls, folder: str | Path, config_key: str = "base_model", **kwargs: Any) -> TitleOnlyMethod:
-        """From a local diffusers folder with its text encoder (SD 1.5, or the demo's stand-in base model)."""
-        components = DiffusionComponents.from_pretrained_folder(folder, config_key=config_key)
-        return cls(components, PromptEncoder(str(folder), config_key=config_key), **kwargs)
+    def from_folder(
+        cls, folder: str | Path, config_key: str = "base_model", device: torch.device | str = "cpu", **kwargs: Any
+    ) -> TitleOnlyMethod:
+        """From a local diffusers folder with its text encoder (SD 1.5, or the demo's stand-in base model), on
+        ``device``."""
+        components = DiffusionComponents.from_pretrained_folder(folder, config_key=config_key).to(device)
+        return cls(components, PromptEncoder(str(folder), config_key=config_key).to(device), **kwargs)
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any]) -> Tensor:
@@ -107,9 +110,11 @@ class AlignmentMethod:
         self.generator, self.user, self.strength = generator, user, strength
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, user: str = "own", config_key: str = "stage3_ckpt") -> AlignmentMethod:
-        """From a stage-3 checkpoint (stage 1 and the base model come from the paths it recorded)."""
-        return cls(generator_from_checkpoint(path, config_key=config_key), user)
+    def from_checkpoint(
+        cls, path: str | Path, user: str = "own", config_key: str = "stage3_ckpt", device: torch.device | str = "cpu"
+    ) -> AlignmentMethod:
+        """From a stage-3 checkpoint (stage 1 and the base model come from the paths it recorded), on ``device``."""
+        return cls(generator_from_checkpoint(path, config_key=config_key, device=device), user)
 
     @property
     def num_steps(self) -> int:

@@ -32,11 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
-from icg.data.datamodule import ICGDataModule
+from icg.data.datamodule import EpochSampler, ICGDataModule
 from icg.data.oracle import Oracle
+from icg.errors import ConfigError
 from icg.evaluation.covers import write_held_out_covers
 from icg.evaluation.lpips import LPIPS
 from icg.evaluation.methods import AlignmentMethod, CoverMethod, TitleOnlyMethod
@@ -58,36 +61,56 @@ from icg.study.results import attach_user_appeal
 
 log = logging.getLogger(__name__)
 Pair = tuple[int, int]  # (user_idx, item_idx) in the DataModule's vocabularies
+# Bounds that keep evaluation on one machine at PixelRec scale (docs/performance.md, "Evaluation at Pixel1M scale");
+# the demo's platform (200 users, ~10k train clicks) is below both, so it is evaluated whole.
+DEFAULT_MAX_USERS = 2_000  # users whose held-out rows the click-model comparisons score
+DEFAULT_MAX_PAIRS = 200_000  # train positives the in-process evaluator learns from
 
 
 # ------------------------------------------------------------------------------------------------ evaluator model
 def train_evaluator(
-    datamodule: ICGDataModule, epochs: int = 4, seed: int = 1, lr: float = 5e-3, batch_size: int = 256
+    datamodule: ICGDataModule,
+    epochs: int = 4,
+    seed: int = 1,
+    lr: float = 5e-3,
+    batch_size: int = 256,
+    max_pairs: int | None = None,
+    device: torch.device | str = "cpu",
+    users: np.ndarray | None = None,
 ) -> PreferenceModel:
     """A click model trained apart from stage 1 (other seed, other architecture) on the train split, in-process.
 
     Architecture: a ``PreferenceModel`` over a weight-free colour encoder (``TinyImageEncoder`` with no conv
     layers, 3 bins per colour axis), ``embed_dim=16``; item features are encoded once, then ``epochs`` passes of BCE
-    on train clicks + the DataModule's resampled negatives.
+    on train clicks + the DataModule's resampled negatives, streamed in batches.
+
+    Args:
+        max_pairs: train on a seeded sample of at most this many train positives (each with its resampled
+            negatives); None: no bound.
+        device: where the model trains (and is returned).
+        users: train on these users' positives only (sorted ``user_idx``; the users it will grade); None: every
+            user. The model's user table then holds these users alone, at ``compact_users(users, ...)[user_idx]``:
+            a 1M-row table would cost every optimizer step a dense update of all of it.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = TinyImageEncoder(input_size=32, channels=[], color_bins=3)
-        model = PreferenceModel(encoder, num_users=datamodule.num_users, embed_dim=16, hidden_dim=32)
-    features = torch.zeros(datamodule.num_items, model.feature_dim)
+        num_users = datamodule.num_users if users is None else len(users)
+        model = PreferenceModel(encoder, num_users=num_users, embed_dim=16, hidden_dim=32).to(device)
+    rows_of = compact_users(users, datamodule.num_users).to(device)  # DataModule user_idx -> the model's
+    features = torch.zeros(datamodule.num_items, model.feature_dim, device=device)
     with torch.no_grad():
         for batch in datamodule.dataloader("train", "items", fields=("item_idx", "image"), batch_size=128):
-            features[batch["item_idx"]] = model.encode_images(batch["image"])
+            features[batch["item_idx"].to(device)] = model.encode_images(batch["image"].to(device))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
-    loader = datamodule.dataloader(
-        "train", "interactions", fields=("user_idx", "item_idx", "click"), shuffle=True, batch_size=batch_size
-    )
+    loader = _train_rows(datamodule, users, max_pairs, seed, batch_size)
     model.train()
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         total, count = 0.0, 0
         for batch in loader:
-            logits = model.score_features(features[batch["item_idx"]], batch["user_idx"])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model.score_features(features[batch["item_idx"]], rows_of[batch["user_idx"]])
             loss = F.binary_cross_entropy_with_logits(logits, batch["click"])
             optimizer.zero_grad()
             loss.backward()
@@ -95,6 +118,60 @@ def train_evaluator(
             total, count = total + loss.item() * len(logits), count + len(logits)
         log.info("evaluator click model: epoch %d, train BCE %.4f", epoch, total / max(count, 1))
     return model.eval().requires_grad_(False)
+
+
+class _SampledRows(Dataset):
+    """Rows ``rows`` of an ``EpochSampler``-keyed dataset; keys ``epoch * len + i`` keep its per-epoch resampling."""
+
+    def __init__(self, dataset: Dataset, rows: np.ndarray) -> None:
+        self.dataset, self.rows = dataset, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: int) -> dict:
+        epoch, index = divmod(int(key), len(self.rows))
+        return self.dataset[epoch * len(self.dataset) + int(self.rows[index])]
+
+
+def _train_rows(
+    datamodule: ICGDataModule, users: np.ndarray | None, max_pairs: int | None, seed: int, batch_size: int
+) -> DataLoader:
+    """The evaluator's shuffled train rows: every one, or those of ``users``' positives, at most ``max_pairs``."""
+    fields = ("user_idx", "item_idx", "click")
+    dataset = datamodule.dataset("train", "interactions", fields=fields)
+    total = len(dataset.positions)
+    chosen = np.arange(total)
+    if users is not None:
+        chosen = chosen[np.isin(datamodule.log.user[dataset.positions], users)]
+    if max_pairs is not None and len(chosen) > max_pairs:
+        chosen = np.sort(np.random.default_rng(seed).choice(chosen, size=max_pairs, replace=False))
+    if len(chosen) == total:  # the whole train split, as DataModule serves it
+        return datamodule.dataloader("train", "interactions", fields=fields, shuffle=True, batch_size=batch_size)
+    rows = (chosen[:, None] * dataset.per_row + np.arange(dataset.per_row)).ravel()
+    log.info("evaluator click model: %d of %d train positives (sampled users, max_pairs)", len(chosen), total)
+    sampled = _SampledRows(dataset, rows)
+    return DataLoader(sampled, batch_size=batch_size, sampler=EpochSampler(len(sampled), datamodule.seed),
+                      num_workers=datamodule.num_workers)  # fmt: skip
+
+
+def compact_users(users: np.ndarray | None, num_users: int) -> torch.Tensor:
+    """DataModule ``user_idx`` -> row of a user table that holds ``users`` alone (sorted; -1: not there, the
+    fallback row); the identity when ``users`` is None."""
+    if users is None:
+        return torch.arange(num_users)
+    rows = torch.full((num_users,), -1, dtype=torch.long)
+    rows[torch.as_tensor(np.asarray(users), dtype=torch.long)] = torch.arange(len(users))
+    return rows
+
+
+def sample_users(datamodule: ICGDataModule, split: str, max_users: int | None, seed: int) -> np.ndarray | None:
+    """A seeded sample of ``max_users`` users with held-out rows in ``split`` (sorted ``user_idx``); None: all."""
+    dataset = datamodule.dataset(split, "interactions", fields=("user_idx",))
+    users = np.unique(datamodule.log.user[dataset.positions])
+    if max_users is None or max_users >= len(users):
+        return None
+    return np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
 
 
 # ------------------------------------------------------------------------------------------------ pairs and batches
@@ -119,8 +196,8 @@ def _held_out_rows(datamodule: ICGDataModule) -> tuple[Any, int]:
 
 def _index_map(vocabulary: Iterable[str], datamodule: ICGDataModule) -> torch.Tensor:
     """DataModule user_idx -> a model's user_idx (-1 where the model does not know the user)."""
-    index = {str(u): k for k, u in enumerate(vocabulary)}
-    return torch.tensor([index.get(str(u), -1) for u in datamodule.user_ids], dtype=torch.long)
+    index = pd.Index([str(u) for u in vocabulary])
+    return torch.from_numpy(index.get_indexer([str(u) for u in datamodule.user_ids]).astype(np.int64))
 
 
 def generate(method: CoverMethod, datamodule: ICGDataModule, pairs: list[Pair], batch_size: int) -> dict:
@@ -139,19 +216,24 @@ def generate(method: CoverMethod, datamodule: ICGDataModule, pairs: list[Pair], 
 class _Scorer:
     """Every per-pair metric of a set of covers; optional scorers are None when their weights are absent."""
 
-    def __init__(self, datamodule, bundle, evaluator, evaluator_users, stage1_users, oracle, clip, lpips, names):
+    def __init__(self, datamodule, bundle, evaluator, evaluator_users, stage1_users, oracle, clip, lpips, names,
+                 device: torch.device | str = "cpu"):  # fmt: skip
         self.dm, self.bundle, self.evaluator, self.oracle = datamodule, bundle, evaluator, oracle
         self.evaluator_users, self.stage1_users = evaluator_users, stage1_users
         self.clip, self.lpips = clip, lpips
         self.aesthetic, self.relevance, self.preference, self.imagereward = names
+        self.device = torch.device(device)
 
     @torch.no_grad()
     def per_pair(self, images: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Metric name -> B scores (only the metrics that are available)."""
+        """Metric name -> B scores (only the metrics that are available), on the CPU."""
         out: dict[str, torch.Tensor] = {}
-        reference, titles, user_idx = batch["image"], batch["title"], batch["user_idx"]
+        cpu_images, cpu_reference = images, batch["image"]
+        images, reference = images.to(self.device), cpu_reference.to(self.device)
+        titles, user_idx = batch["title"], batch["user_idx"]
         if self.bundle is not None:
-            context = RewardContext(titles=titles, user_idx=self.stage1_users[user_idx], reference=reference)
+            stage1_users = self.stage1_users[user_idx].to(self.device)
+            context = RewardContext(titles=titles, user_idx=stage1_users, reference=reference)
             raw = self.bundle(images, context).raw
             for metric, name in (
                 ("aesthetic", self.aesthetic),
@@ -164,12 +246,12 @@ class _Scorer:
         if self.clip is not None:
             out["clip_title"] = self.clip["title"](images, RewardContext(titles=titles)).float().cpu()
             out["clip_reference"] = self.clip["reference"](images, RewardContext(reference=reference)).float().cpu()
-        out["ssim_reference"] = ssim_to(images, reference)
+        out["ssim_reference"] = ssim_to(cpu_images, cpu_reference)
         if self.lpips is not None:
-            out["lpips_reference"] = torch.as_tensor(self.lpips(images, reference)).float().reshape(-1).cpu()
-        if self.oracle is not None:
-            out["true_click_prob"] = self.oracle(images, self.oracle.user_index(batch["user_id"], "fallback")).cpu()
-        logits = self.evaluator(images, self.evaluator_users[user_idx])
+            out["lpips_reference"] = torch.as_tensor(self.lpips(cpu_images, cpu_reference)).float().reshape(-1).cpu()
+        if self.oracle is not None:  # the synthetic platform's truth stays on the CPU
+            out["true_click_prob"] = self.oracle(cpu_images, self.oracle.user_index(batch["user_id"], "fallback"))
+        logits = self.evaluator(images, self.evaluator_users[user_idx].to(self.device))
         out["evaluator_click_prob"] = torch.sigmoid(logits).float().cpu()
         return out
 
@@ -177,7 +259,7 @@ class _Scorer:
         if self.bundle is None or self.relevance not in self.bundle.rewards:
             return None
         reward = self.bundle.rewards[self.relevance]
-        return lambda images, titles: reward(images, RewardContext(titles=list(titles)))
+        return lambda images, titles: reward(images.to(self.device), RewardContext(titles=list(titles))).cpu()
 
 
 def _unavailable(bundle, names, clip, lpips, oracle, have_relevance) -> dict[str, str]:
@@ -245,6 +327,9 @@ def evaluate(
     tensorboard: bool = True,
     mode: str = "",
     study_db: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    max_users: int | None = DEFAULT_MAX_USERS,
+    max_pairs: int | None = DEFAULT_MAX_PAIRS,
 ) -> dict[str, Any]:
     """Score every method on held-out pairs and write ``report.json``, ``report.md``, ``gallery.html``.
 
@@ -282,6 +367,12 @@ def evaluate(
         mode: one sentence for the gallery's legend on how the methods start their covers.
         study_db: a blind pairwise study's database (``icg study``): its Bradley-Terry scores become the
             ``user_appeal`` row (None: unavailable).
+        device: where the evaluator, the reward bundle, CLIP and the stage-1 model run (the methods bring their
+            own device; the oracle and SSIM stay on the CPU).
+        max_users: the click-model comparisons (stage 1, oracle, popularity; the evaluator's AUC) score the held-out
+            rows of a seeded sample of this many users, plus the ``num_users`` evaluated ones (None: every user);
+            the in-process evaluator then trains on those users' positives, the users it grades.
+        max_pairs: at most this many train positives for the in-process evaluator (seeded sample; None: no bound).
 
     Returns:
         the report dict (see docs/evaluation.md): ``stage1``, ``evaluator``, ``methods``, ``reference_covers``,
@@ -300,9 +391,20 @@ def evaluate(
         oracle = None
         log.info("%s has no hidden truth: oracle metrics are unavailable", data_root)
 
+    # ---- the sample's users (held-out positives of sampled users); the click models are compared on them and more
+    rows, per_row = _held_out_rows(dm)
+    base_users = dm.log.user[rows.positions]  # the user of each held-out positive (a "base" row), in order
+    rng = np.random.default_rng(seed)
+    candidates = np.unique(base_users)
+    users = sorted(rng.choice(candidates, size=min(num_users, len(candidates)), replace=False).tolist())
+    compared = sample_users(dm, "test", max_users, seed)  # None: every user (all the demo's 200)
+    if compared is not None:
+        compared = np.union1d(compared, users)
+
     stage1_model, stage1_ids = load_preference_model(stage1_ckpt, "stage1_ckpt")
+    stage1_model.to(device)
     stage1_users = _index_map(stage1_ids or dm.user_ids, dm)
-    click_table = compare_click_models(dm, stage1_model, oracle)
+    click_table = compare_click_models(dm, stage1_model, oracle, users=compared, user_rows=stage1_users)
     stage1 = {
         "auc": click_table["model"]["auc"],
         "gauc": click_table["model"]["gauc"],
@@ -313,32 +415,32 @@ def evaluate(
     }
     if evaluator_ckpt is not None:
         evaluator, evaluator_ids = load_preference_model(evaluator_ckpt, "evaluator_ckpt")
+        evaluator = evaluator.to(device)
         evaluator_users, evaluator_source = _index_map(evaluator_ids or dm.user_ids, dm), str(evaluator_ckpt)
     else:
-        evaluator = train_evaluator(dm, epochs=evaluator_epochs, seed=seed + 1)
-        evaluator_users, evaluator_source = torch.arange(dm.num_users), "trained in-process (train_evaluator)"
-    evaluator_table = compare_click_models(dm, evaluator)["model"]
+        evaluator = train_evaluator(dm, epochs=evaluator_epochs, seed=seed + 1, max_pairs=max_pairs, device=device,
+                                    users=compared)  # fmt: skip
+        evaluator_users = compact_users(compared, dm.num_users)  # its user table holds the compared users alone
+        evaluator_source = "trained in-process (train_evaluator)"
+    evaluator_table = compare_click_models(dm, evaluator, users=compared, user_rows=evaluator_users)["model"]
     evaluator_block = {"source": evaluator_source, "auc": evaluator_table["auc"], "gauc": evaluator_table["gauc"]}
 
     bundle = load_reward_bundle(rewards, "rewards") if isinstance(rewards, str | Path) else rewards
+    if bundle is not None:
+        bundle.to(device)
     names = (*reward_names, _imagereward_name(bundle))
     clip = None
     if clip_path is not None:
         from icg.models.rewards.clip_relevance import ClipRelevance
 
         clip = {
-            mode: ClipRelevance(str(clip_path), mode=mode, config_key="clip_path") for mode in ("title", "reference")
+            mode: ClipRelevance(str(clip_path), mode=mode, config_key="clip_path").to(device)
+            for mode in ("title", "reference")
         }
-    scorer = _Scorer(dm, bundle, evaluator, evaluator_users, stage1_users, oracle, clip, lpips, names)
+    scorer = _Scorer(dm, bundle, evaluator, evaluator_users, stage1_users, oracle, clip, lpips, names, device)
 
     # ---- the sample: held-out positives of sampled users, a users x items grid, downstream candidates
-    rows, per_row = _held_out_rows(dm)
-    bases_by_user: dict[int, list[int]] = {}
-    for base, position in enumerate(rows.positions):
-        bases_by_user.setdefault(int(dm.log.user[int(position)]), []).append(base)
-    rng = np.random.default_rng(seed)
-    candidates = sorted(bases_by_user)
-    users = sorted(rng.choice(candidates, size=min(num_users, len(candidates)), replace=False).tolist())
+    bases_by_user = {u: np.flatnonzero(base_users == u).tolist() for u in users}
     main_rows = [rows[base * per_row] for u in users for base in bases_by_user[u]]
     main_pairs = [(int(r["user_idx"]), int(r["item_idx"])) for r in main_rows]
     grid_u = users[:grid_users]
@@ -384,7 +486,7 @@ def evaluate(
         scores = scorer.per_pair(images, batch_main)
         with torch.no_grad():
             scores["history_similarity"] = cosine_to_history(
-                evaluator.encode_images(images), history_feats, history_mask
+                evaluator.encode_images(images.to(device)).cpu(), history_feats, history_mask
             )
         per_pair[name] = scores
         row = {metric: _nanmean(values) for metric, values in scores.items()}
@@ -464,7 +566,8 @@ def evaluate(
 def _downstream(evaluator, evaluator_users, oracle, covers, batch, logged_click, group, impressions) -> dict:
     """Downstream AUC/GAUC of the evaluator on these covers: against logged clicks, and (with an oracle) against the
     clicks the user would make on these very covers (``impressions``: R x N uniform draws)."""
-    logits = evaluator(covers, evaluator_users[batch["user_idx"]])
+    device = next(evaluator.parameters()).device
+    logits = evaluator(covers.to(device), evaluator_users[batch["user_idx"]].to(device)).cpu()
     metrics = ClickMetrics()
     metrics.update(logits, logged_click, group)
     logged = metrics.compute()
@@ -512,7 +615,8 @@ def _history_features(dm: ICGDataModule, evaluator: PreferenceModel, history: to
             for start in range(0, len(items), 64):
                 chunk = items[start : start + 64]
                 images = torch.stack([dm.catalogue.decoder(dm.catalogue.images[i]) for i in chunk])
-                encoded.update(zip(chunk, evaluator.encode_images(images), strict=True))
+                device = next(evaluator.parameters()).device
+                encoded.update(zip(chunk, evaluator.encode_images(images.to(device)).cpu(), strict=True))
         for p, slot in mask.nonzero().tolist():
             feats[p, slot] = encoded[int(history[p, slot])]
     return feats, mask
@@ -544,6 +648,10 @@ def evaluate_checkpoints(
     seed: int = 0,
     started_at: float | None = None,
     study_db: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 8,
+    max_users: int | None = DEFAULT_MAX_USERS,
+    max_pairs: int | None = DEFAULT_MAX_PAIRS,
 ) -> dict[str, Any]:
     """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG (and, when ICG is
     reference-guided, ICG from pure noise); every method in ICG's mode.
@@ -570,9 +678,14 @@ def evaluate_checkpoints(
         seed: seed of the sample.
         started_at: ``time.time()`` when the whole run began (the report's ``minutes`` counts from it).
         study_db: a blind pairwise study's database over this evaluation's covers (``user_appeal`` row).
+        device: where generation and scoring run (``cpu``, ``cuda``, ``cuda:1``).
+        batch_size: covers generated per call of each method.
+        max_users: users whose held-out rows the click-model comparisons score (seeded sample; None: all).
+        max_pairs: train positives the in-process evaluator learns from (seeded sample; None: all).
     """
-    icg = AlignmentMethod.from_checkpoint(stage3_ckpt)
-    no_user = AlignmentMethod.from_checkpoint(no_user_ckpt, "own", "no_user_ckpt") if no_user_ckpt else None
+    device = _check_device(device)
+    icg = AlignmentMethod.from_checkpoint(stage3_ckpt, device=device)
+    no_user = AlignmentMethod.from_checkpoint(no_user_ckpt, "own", "no_user_ckpt", device) if no_user_ckpt else None
     no_user = no_user or AlignmentMethod(icg.generator, user="fallback")
     title_only = TitleOnlyMethod.from_folder(
         base_model,
@@ -581,6 +694,7 @@ def evaluate_checkpoints(
         guidance_scale=baseline_guidance_scale,
         strength=icg.mode_strength,  # every method in the table runs in the same mode
         seed=icg.seed,
+        device=device,
     )
     methods = {"title_only": title_only, "icg_no_user": no_user, "icg": icg}
     if icg.mode_strength < 1:  # reference-guided: also show what ICG does from pure noise
@@ -612,7 +726,25 @@ def evaluate_checkpoints(
         started_at=started_at,
         mode=mode,
         study_db=study_db,
+        device=device,
+        batch_size=batch_size,
+        max_users=max_users,
+        max_pairs=max_pairs,
     )
+
+
+def _check_device(device: str) -> torch.device:
+    """``--device`` as a torch device; a CUDA device this machine does not have is one line, before anything loads."""
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from err
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return chosen
 
 
 def main(args: list[str] | None = None) -> int:

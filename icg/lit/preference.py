@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
 
 from icg import ckpt
+from icg.data.splits import TRAIN
 from icg.errors import ConfigError
 from icg.lit.metrics import ClickMetrics
 from icg.models.preference import ItemFeatureCache, PreferenceModel
@@ -244,6 +248,8 @@ def compare_click_models(
     oracle: nn.Module | None = None,
     split: str = "test",
     top_k: int = 10,
+    users: Sequence[int] | np.ndarray | None = None,
+    user_rows: Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics of the model, the oracle and a popularity baseline on the same ``split`` candidates.
 
@@ -258,15 +264,22 @@ def compare_click_models(
         oracle: ``icg.data.oracle.Oracle`` of the dataset (left out when ``None``).
         split: ``val`` or ``test``.
         top_k: cut-off of NDCG/Recall.
+        users: score only the held-out rows of these users (``user_idx``; a seeded sample keeps the comparison
+            bounded at PixelRec scale, where every held-out row of 1M users would be scored); None: every user.
+            Rows stream through in batches; only their scores are kept.
+        user_rows: the model's user index of each DataModule ``user_idx`` (a model trained on a subset of users);
+            None: the same indices.
 
     Returns:
         ``{"model" | "oracle" | "popularity": {"auc", "gauc", "logloss", "ndcg@k", "recall@k"}}``; log loss is
         only meaningful for the model and the oracle (popularity scores are not probabilities).
     """
-    popularity = torch.zeros(datamodule.num_items)
-    for batch in datamodule.dataloader("train", "interactions", fields=["item_idx", "click"]):
-        known = batch["item_idx"] >= 0
-        popularity.index_add_(0, batch["item_idx"][known], batch["click"][known].float())
+    # Clicks per item in the training split, counted on the log's arrays (what summing the train rows' clicks gives,
+    # without reading 90M rows one by one at Pixel1M size): sampled negatives add nothing.
+    log = datamodule.log
+    train = (log.part == TRAIN) & (log.item >= 0)
+    counts = np.bincount(log.item[train], weights=log.click[train].astype(np.float64), minlength=datamodule.num_items)
+    popularity = torch.from_numpy(counts).float()
     scorers: dict[str, Any] = {"popularity": None}
     if model is not None:
         model.eval()
@@ -275,7 +288,15 @@ def compare_click_models(
         scorers["oracle"] = oracle
     metrics = {name: ClickMetrics(top_k) for name in scorers}
     fields = ["user_idx", "item_idx", "click", "image", "group", "title"]
-    for batch in datamodule.dataloader(split, "interactions", fields=fields):
+    if users is None:
+        loader = datamodule.dataloader(split, "interactions", fields=fields)
+    else:
+        dataset = datamodule.dataset(split, "interactions", fields=fields)
+        bases = np.flatnonzero(np.isin(log.user[dataset.positions], np.asarray(users)))
+        rows = (bases[:, None] * dataset.per_row + np.arange(dataset.per_row)).ravel()
+        batch_size = datamodule.eval_batch_size or datamodule.batch_size
+        loader = DataLoader(Subset(dataset, rows.tolist()), batch_size=batch_size, num_workers=datamodule.num_workers)
+    for batch in loader:
         item_idx = batch["item_idx"]
         pop = torch.where(item_idx >= 0, popularity[item_idx.clamp_min(0)], torch.zeros_like(popularity[:1]))
         # log1p keeps the popularity "logits" small; AUC and rankings only see the order
@@ -283,7 +304,8 @@ def compare_click_models(
         if model is not None:
             titles = batch.get("title") if model.title_type != "none" else None
             device = next(model.parameters()).device
-            logits = model(batch["image"].to(device), batch["user_idx"].to(device), titles=titles).cpu()
+            model_users = batch["user_idx"] if user_rows is None else user_rows[batch["user_idx"]]
+            logits = model(batch["image"].to(device), model_users.to(device), titles=titles).cpu()
             metrics["model"].update(logits, batch["click"], batch["user_idx"], batch.get("group"))
         if oracle is not None:
             prob = oracle(batch["image"], batch["user_idx"]).double().clamp(1e-7, 1 - 1e-7)

@@ -32,16 +32,19 @@ class UserFusion(nn.Module):
 
     Args:
         feature_dim: D, the width of the meta-token features.
-        user_dim: U, the width of the stage-1 user embedding.
+        user_dim: U, the width of the stage-1 user embedding (its ``embed_dim``); ``icg fit`` reads it from the
+            stage-1 checkpoint (``preference_ckpt``) when the config leaves it out.
         fusion_type: ``user_token`` (append one token), ``film`` (gated scale/shift) or ``none`` (identity).
     """
 
-    def __init__(self, feature_dim: int, user_dim: int, fusion_type: str = "user_token") -> None:
+    def __init__(self, feature_dim: int, user_dim: int | None = None, fusion_type: str = "user_token") -> None:
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
         if fusion_type not in FUSION_TYPES:
             raise ConfigError(f"UserFusion.fusion_type must be one of {FUSION_TYPES}, got {fusion_type!r}")
-        if feature_dim < 1 or user_dim < 1:
+        if fusion_type != "none":  # "none" reads no user embedding
+            _require_user_dim(user_dim, "UserFusion")
+        if feature_dim < 1 or (user_dim is not None and user_dim < 1):
             raise ConfigError(f"UserFusion.feature_dim and user_dim must be >= 1, got {feature_dim} and {user_dim}")
         self.feature_dim = feature_dim
         self.user_dim = user_dim
@@ -102,14 +105,16 @@ class UserOffset(nn.Module):
     holds nothing that is shared by all users beyond what the normalized embeddings share.
 
     Args:
-        user_dim: width of the stage-1 user embeddings (its ``embed_dim``).
+        user_dim: width of the stage-1 user embeddings (its ``embed_dim``); ``icg fit`` reads it from the stage-1
+            checkpoint (``preference_ckpt``) when the config leaves it out.
         num_tokens: L, the adapter's ``num_tokens``.
         width: C, the adapter's ``cross_attention_dim``.
     """
 
-    def __init__(self, user_dim: int, num_tokens: int, width: int) -> None:
+    def __init__(self, user_dim: int | None = None, *, num_tokens: int, width: int) -> None:
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
+        _require_user_dim(user_dim, "UserOffset")
         if min(user_dim, num_tokens, width) < 1:
             raise ConfigError(
                 f"UserOffset.user_dim, num_tokens and width must be >= 1, got {user_dim}, {num_tokens}, {width}"
@@ -128,3 +133,11 @@ class UserOffset(nn.Module):
             raise ValueError(f"user_emb must be {tokens.shape[0]} x {self.user_dim}, got {got}")
         offset = self.proj(self.user_norm(user_emb.to(tokens.dtype)))
         return tokens + offset.view(tokens.shape)
+
+
+def _require_user_dim(user_dim: int | None, owner: str) -> None:
+    if user_dim is None:
+        raise ConfigError(
+            f"{owner}.user_dim: not given; `icg fit` reads it from the stage-1 checkpoint (model.init_args."
+            "preference_ckpt), elsewhere pass the stage-1 model's embed_dim"
+        )

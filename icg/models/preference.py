@@ -63,7 +63,8 @@ class PreferenceModel(nn.Module):
 
     Args:
         image_encoder: cover encoder (``ClipVisionEncoder`` for real runs, ``TinyImageEncoder`` for tests/demo).
-        num_users: size of the user vocabulary (``datamodule.num_users``); one fallback row is added.
+        num_users: size of the user vocabulary (``datamodule.num_users``); one fallback row is added. ``icg fit``
+            counts the users of ``data.root`` when the config leaves it out.
         embed_dim: width D of the user and item embeddings.
         hidden_dim: hidden width of the item-tower MLP; 0 makes the item tower one linear map (a bilinear click
             model in the image features, which suits small data whose true click model is logistic in them).
@@ -83,7 +84,7 @@ class PreferenceModel(nn.Module):
     def __init__(
         self,
         image_encoder: nn.Module,
-        num_users: int,
+        num_users: int | None = None,
         embed_dim: int = 32,
         hidden_dim: int = 64,
         freeze_encoder: bool = True,
@@ -104,6 +105,11 @@ class PreferenceModel(nn.Module):
             raise ConfigError(f"PreferenceModel.item_norm must be one of {ITEM_NORMS}, got {item_norm!r}")
         if hidden_dim < 0:
             raise ConfigError(f"PreferenceModel.hidden_dim must be >= 0 (0: linear item tower), got {hidden_dim}")
+        if num_users is None:
+            raise ConfigError(
+                "PreferenceModel.num_users: not given; `icg fit` counts the users of data.root, elsewhere pass the "
+                "DataModule's num_users"
+            )
         if num_users < 1:
             raise ConfigError(f"PreferenceModel.num_users must be >= 1, got {num_users}")
         if not 0.0 <= cold_start_dropout < 1.0:

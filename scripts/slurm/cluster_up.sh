@@ -109,8 +109,17 @@ sed -e "s|@DIR@|$ICG_SLURM_DIR|g" -e "s|@CTLD_HOST@|$CTLD_HOST|g" -e "s|@CTLD_AD
   "$HERE/slurm.conf.in" >"$SLURM_CONF_FILE"
 for i in $(seq "$ICG_SLURM_NODES"); do
   if [ "$ICG_SLURM_MODE" = netns ]; then addr="$ICG_SLURM_SUBNET.$((10 + i))"; else addr=127.0.0.1; fi
-  echo "NodeName=$(node_name "$i") NodeHostname=$(node_name "$i") NodeAddr=$addr CPUs=$ICG_SLURM_CPUS State=UNKNOWN" >>"$SLURM_CONF_FILE"
+  echo "NodeName=$(node_name "$i") NodeHostname=$(node_name "$i") NodeAddr=$addr CPUs=$ICG_SLURM_CPUS Gres=gpu:$ICG_SLURM_GPUS State=UNKNOWN" >>"$SLURM_CONF_FILE"
 done
+# Stand-in GPUs: the sbatch templates ask for --gpus-per-node, and this CPU cluster must accept and schedule that
+# request as a GPU cluster would (the tests then stack the CPU/gloo trainer fragment). slurmd counts a GPU only
+# through a character device in gres.conf, so each one is a node with /dev/null's numbers (1, 3) in our folder;
+# nothing opens them, and task/none binds nothing.
+mkdir -p "$ICG_SLURM_DIR/dev"
+for g in $(seq 0 $((ICG_SLURM_GPUS - 1))); do
+  [ -e "$ICG_SLURM_DIR/dev/gpu$g" ] || mknod "$ICG_SLURM_DIR/dev/gpu$g" c 1 3
+done
+echo "Name=gpu File=$ICG_SLURM_DIR/dev/gpu[0-$((ICG_SLURM_GPUS - 1))]" >"$(dirname "$SLURM_CONF_FILE")/gres.conf"
 echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP" >>"$SLURM_CONF_FILE"
 export SLURM_CONF="$SLURM_CONF_FILE"
 echo "export SLURM_CONF=$SLURM_CONF_FILE" >"$ICG_SLURM_DIR/env.sh"

@@ -11,6 +11,8 @@ ICG_SLURM_MODE=${ICG_SLURM_MODE:-auto}
 ICG_SLURM_SUBNET=${ICG_SLURM_SUBNET:-10.213.7}
 ICG_SLURM_NODES=${ICG_SLURM_NODES:-2}
 ICG_SLURM_CPUS=${ICG_SLURM_CPUS:-2}
+# stand-in GPUs per node (a gres count; nothing behind it): lets jobs ask for --gpus-per-node like on a GPU cluster
+ICG_SLURM_GPUS=${ICG_SLURM_GPUS:-2}
 ICG_SLURM_BRIDGE=${ICG_SLURM_BRIDGE:-icgslurm0}
 ICG_SLURM_NS_PREFIX=${ICG_SLURM_NS_PREFIX:-icg-slurm-}
 ICG_SLURM_CTLD_PORT=${ICG_SLURM_CTLD_PORT:-6817}

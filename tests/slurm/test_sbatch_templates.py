@@ -3,8 +3,10 @@
 Each ``lightning_configs/slurm/*.sbatch`` is run by bash as the batch step of an allocation shaped by its own
 ``#SBATCH`` lines (or by a ``sbatch --nodes/--ntasks-per-node`` override), with ``srun`` replaced by a stub that
 records its command line. That command line is then built through the CLI (``ICGLightningCLI(..., run=False)``) in
-the environment ``srun`` gives task 0: the trainer must match the allocation, use DDP under Lightning's SLURM
-environment, write to the shared run folder, and requeue on the signal the template asks SLURM to send.
+the environment ``srun`` gives task 0, with the CPU/gloo trainer fragment stacked on (no GPU here): the trainer must
+match the allocation, use DDP under Lightning's SLURM environment, write to the shared run folder, and requeue on the
+signal the template asks SLURM to send. The templates' own default, the GPU fragment, is parsed (accelerator, NCCL,
+bf16, layout from the allocation) and, built on this CPU machine, must stop in one line before anything loads.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ SLURM_CONFIGS = REPO / "lightning_configs" / "slurm"
 TINY = REPO / "lightning_configs" / "tiny"
 TEMPLATES = sorted(SLURM_CONFIGS.glob("stage*.sbatch"))
 SYNCED_REQUEUE = SLURM_CONFIGS / "synced_requeue.yaml"
+CPU_FRAGMENT = SLURM_CONFIGS / "trainer_ddp_cpu.yaml"
+GPU_FRAGMENT = SLURM_CONFIGS / "trainer_ddp_gpu.yaml"
 SRUN_STUB = """#!/bin/bash
 # Records the command line srun was given (one word per line), as the batch step would run it on every task.
 printf '%s\\n' "$@" > "$SRUN_RECORD"
@@ -114,6 +118,18 @@ def test_templates_are_found():
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
+def test_template_asks_for_one_gpu_per_task(template):
+    found = directives(template)
+    assert int(found["gpus-per-node"]) == int(found["ntasks-per-node"]) >= 1  # one DDP process per GPU
+
+
+def test_stage2_template_runs_one_task_by_default():
+    """The real stage 2 has nothing to train and refuses several processes (icg.lit.rewards)."""
+    found = directives(SLURM_CONFIGS / "stage2_rewards.sbatch")
+    assert (found["nodes"], found["ntasks-per-node"], found["gpus-per-node"]) == ("1", "1", "1")
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
 def test_template_is_valid_bash_and_asks_for_a_requeue_signal(template):
     assert subprocess.run(["bash", "-n", str(template)], capture_output=True).returncode == 0
     found = directives(template)
@@ -134,7 +150,8 @@ def test_template_command_builds_a_trainer_that_matches_the_allocation(
     shared = tmp_path / "shared"
     words = chain_args(stage, tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt)
     result, srun = run_template(template, tmp_path, allocation(nodes, tasks), *words, ICG_SHARED_DIR=str(shared),
-                                ICG_REPO=str(REPO), ICG_STAGE_CONFIG=str(TINY / f"{stage}.yaml"))  # fmt: skip
+                                ICG_REPO=str(REPO), ICG_STAGE_CONFIG=str(TINY / f"{stage}.yaml"),
+                                ICG_TRAINER_CONFIG=str(CPU_FRAGMENT))  # fmt: skip
     assert result.returncode == 0 and srun is not None, result.stderr
     assert (shared / "runs" / stage).is_dir()
     args = fit_words(srun)
@@ -149,35 +166,68 @@ def test_template_command_builds_a_trainer_that_matches_the_allocation(
     assert isinstance(environment, SLURMEnvironment)
     environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)  # Lightning's check
     assert Path(trainer.default_root_dir) == shared / "runs" / stage
-    # Lightning's stock handler requeues on the signal the template asks SLURM to send
-    assert environment.auto_requeue and environment.requeue_signal == signal.Signals[found["signal"].split("@")[0]]
-
-
-@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
-def test_template_with_the_synced_requeue_fragment(template, tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt,
-                                                    tmp_path, task0):  # fmt: skip
-    """docs/slurm.md: stack synced_requeue.yaml to requeue without Lightning's in-handler save."""
-    stage, found = template.stem, directives(template)
-    layout = allocation(int(found["nodes"]), int(found["ntasks-per-node"]))
-    words = ["--config", str(SYNCED_REQUEUE), *chain_args(stage, tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt)]
-    result, srun = run_template(template, tmp_path, layout, *words, ICG_SHARED_DIR=str(tmp_path / "shared"),
-                                ICG_REPO=str(REPO), ICG_STAGE_CONFIG=str(TINY / f"{stage}.yaml"))  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    task0(layout)
-    trainer = ICGLightningCLI(fit_words(srun), run=False).trainer
-    assert not trainer.strategy.cluster_environment.auto_requeue  # one handler for the signal, not two
+    # SyncedSLURMRequeue (the default) handles the signal the template asks SLURM to send; Lightning's handler is off
+    assert not environment.auto_requeue  # one handler for the signal, not two
     synced = [c for c in trainer.callbacks if isinstance(c, SyncedSLURMRequeue)]
     assert len(synced) == 1 and synced[0].signum == signal.Signals[found["signal"].split("@")[0]]
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
-def test_template_defaults_to_the_demo_stage_and_the_cpu_ddp_fragment(template, tmp_path):
+def test_template_with_lightning_s_own_requeue_handler(template, tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt,
+                                                       tmp_path, task0):  # fmt: skip
+    """``ICG_REQUEUE_CONFIG=`` (empty) leaves the signal to Lightning's stock handler (docs/slurm.md: it can hang)."""
+    stage, found = template.stem, directives(template)
+    layout = allocation(int(found["nodes"]), int(found["ntasks-per-node"]))
+    words = chain_args(stage, tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt)
+    result, srun = run_template(template, tmp_path, layout, *words, ICG_SHARED_DIR=str(tmp_path / "shared"),
+                                ICG_REPO=str(REPO), ICG_STAGE_CONFIG=str(TINY / f"{stage}.yaml"),
+                                ICG_TRAINER_CONFIG=str(CPU_FRAGMENT), ICG_REQUEUE_CONFIG="")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert str(SYNCED_REQUEUE) not in srun
+    task0(layout)
+    trainer = ICGLightningCLI(fit_words(srun), run=False).trainer
+    environment = trainer.strategy.cluster_environment
+    assert environment.auto_requeue and environment.requeue_signal == signal.Signals[found["signal"].split("@")[0]]
+    assert not [c for c in trainer.callbacks if isinstance(c, SyncedSLURMRequeue)]
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
+def test_template_defaults_to_the_demo_stage_the_gpu_fragment_and_synced_requeue(template, tmp_path):
     result, srun = run_template(template, tmp_path, allocation(2, 1), ICG_SHARED_DIR=str(tmp_path), ICG_REPO=str(REPO))
     assert result.returncode == 0, result.stderr
     configs = [srun[i + 1] for i, word in enumerate(srun) if word == "--config"]
-    assert configs == [str(REPO / "lightning_configs/demo" / f"{template.stem}.yaml"),
-                       str(SLURM_CONFIGS / "trainer_ddp_cpu.yaml")]  # fmt: skip
+    assert configs == [str(REPO / "lightning_configs/demo" / f"{template.stem}.yaml"), str(GPU_FRAGMENT),
+                       str(SYNCED_REQUEUE)]  # fmt: skip
     assert all(Path(c).is_file() for c in configs)
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
+def test_default_gpu_command_parses_to_nccl_bf16_ddp_and_stops_in_one_line_without_a_gpu(
+    template, tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path, task0, capsys
+):
+    from icg.cli import main
+
+    stage, found = template.stem, directives(template)
+    nodes, tasks = int(found["nodes"]), int(found["ntasks-per-node"])
+    words = chain_args(stage, tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt)
+    env = {
+        "ICG_REPO": str(REPO),
+        "ICG_SHARED_DIR": str(tmp_path / "shared"),
+        "ICG_STAGE_CONFIG": str(TINY / f"{stage}.yaml"),
+    }
+    result, srun = run_template(template, tmp_path, allocation(nodes, tasks), *words, **env)
+    assert result.returncode == 0, result.stderr
+    task0(allocation(nodes, tasks))
+    with pytest.raises(SystemExit):
+        main(["fit", *fit_words(srun), "--print_config"])
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert (trainer["accelerator"], trainer["precision"], trainer["num_nodes"], str(trainer["devices"])) == (
+        "gpu", "bf16-mixed", nodes, str(tasks))  # fmt: skip
+    assert trainer["strategy"]["init_args"]["process_group_backend"] == "nccl"
+    assert main(["fit", *fit_words(srun)]) == 2  # this machine has no GPU: one line, nothing built or trained
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("icg fit: trainer.accelerator: gpu") and "sees none" in err[-1]
+    assert not list((tmp_path / "shared" / "runs" / stage).iterdir())
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)

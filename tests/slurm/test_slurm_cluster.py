@@ -8,6 +8,10 @@ sbatch template trains with DDP and writes one set of logs and checkpoints, the 
 run with the same global batch, and a SIGUSR1 preemption saves, requeues and resumes the job. The stage-2 and
 stage-3 templates then train the tiny configs on the same layout, chained to stage-1/2 checkpoints trained in-process
 (``tests/conftest.py``'s ``tiny_stage1_ckpt`` / ``tiny_stage2_ckpt``).
+
+The templates ask SLURM for one GPU per task; the test cluster's nodes carry stand-in GPUs (a gres count, no
+devices), so SLURM schedules the request as on a GPU cluster, and the jobs stack the CPU/gloo trainer fragment
+(``ICG_TRAINER_CONFIG``). Left at the templates' GPU default, a job stops at once with one line per rank.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ SBATCH_DIR = REPO / "lightning_configs" / "slurm"
 TINY_DIR = REPO / "lightning_configs" / "tiny"
 STAGE1_SBATCH = SBATCH_DIR / "stage1_preference.sbatch"
 TINY_STAGE1 = TINY_DIR / "stage1_preference.yaml"
+CPU_FRAGMENT = SBATCH_DIR / "trainer_ddp_cpu.yaml"
 ICG = [str(REPO / ".venv" / "bin" / "python"), "-m", "icg.cli"]
 JOB_TIMEOUT_S = 420
 # Weights of the 2-node DDP run and the single-process run after the same full-batch SGD steps: they differ only
@@ -75,11 +80,12 @@ class Cluster:
         return [line for line in result.stdout.splitlines() if line.strip()]
 
     def sbatch(self, script: Path, *args: str, chdir: Path, env: dict[str, str] | None = None) -> str:
-        """Submit ``script`` with this cluster's node/task counts; returns the job id."""
+        """Submit ``script`` with this cluster's node/task counts (one stand-in GPU per task, one CPU); returns the
+        job id. The job stacks the CPU/gloo trainer fragment unless ``env`` sets ``ICG_TRAINER_CONFIG``."""
         result = self.run(
             "sbatch", "--parsable", f"--chdir={chdir}", f"--nodes={self.nodes}",
-            f"--ntasks-per-node={self.tasks_per_node}", str(script), *args,
-            env={**self.env, **(env or {})},
+            f"--ntasks-per-node={self.tasks_per_node}", f"--gpus-per-node={self.tasks_per_node}", "--cpus-per-task=1",
+            str(script), *args, env={**self.env, "ICG_TRAINER_CONFIG": str(CPU_FRAGMENT), **(env or {})},
         )  # fmt: skip
         assert result.returncode == 0, f"sbatch failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout.strip().split(";")[0]
@@ -230,6 +236,7 @@ def test_stage1_sbatch_trains_on_all_ranks(slurm_cluster: Cluster, synth_root: P
     for rank in range(world):
         assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/{world}" in log
     assert f"Starting with {world} processes" in log
+    assert f"GPUs per node: {slurm_cluster.tasks_per_node}" in log  # SLURM granted the template's GPU request
     run_dir = tmp_path / "runs" / "stage1_preference"
     # rank 0 alone writes: one logger version (named after the job id), one event file, one checkpoint
     versions = sorted((run_dir / "lightning_logs").iterdir())
@@ -291,9 +298,8 @@ def test_ddp_equals_single_process_with_same_global_batch(
 
 def test_sigusr1_saves_requeues_and_resumes(slurm_cluster: Cluster, synth_root: Path, tmp_path: Path) -> None:
     max_epochs, steps_per_epoch = 40, 5
-    job = _stage1_job(
+    job = _stage1_job(  # the templates stack synced_requeue.yaml (SyncedSLURMRequeue) by default
         slurm_cluster, tmp_path,
-        "--config", str(REPO / "lightning_configs" / "slurm" / "synced_requeue.yaml"),
         "--data.root", str(synth_root), "--trainer.max_epochs", str(max_epochs), "--trainer.limit_val_batches", "1",
     )  # fmt: skip
     run_dir = tmp_path / "runs" / "stage1_preference"
@@ -453,3 +459,17 @@ def test_generate_sbatch_requeued_on_usr1_resumes_where_it_stopped(
     entries = read_manifest(out)
     assert len(entries) == 120 and len({(e.user_id, e.item_id) for e in entries}) == 120
     assert not list(out.rglob("*.tmp")) and not list(out.glob("manifest.rank*"))
+
+
+def test_gpu_default_stops_in_one_line_on_a_cpu_cluster(slurm_cluster: Cluster, synth_root: Path, tmp_path: Path):
+    """The templates' GPU fragment on nodes whose torch sees no GPU: every rank refuses before building anything."""
+    started = time.monotonic()
+    gpu = str(SBATCH_DIR / "trainer_ddp_gpu.yaml")
+    job = _stage1_job(slurm_cluster, tmp_path, "--data.root", str(synth_root), env={"ICG_TRAINER_CONFIG": gpu})
+    info = slurm_cluster.wait(job, timeout=180)
+    log = _job_log(tmp_path, job)
+    assert info["JobState"] == "FAILED", log[-3000:]
+    refusals = [line for line in log.splitlines() if line.startswith("icg fit: trainer.accelerator: gpu")]
+    assert refusals and all("sees none" in line for line in refusals), log[-3000:]
+    assert "Traceback" not in log and not list((tmp_path / "runs").rglob("*.ckpt"))
+    sys.stderr.write(f"\nGPU default on the CPU cluster: failed as expected in {time.monotonic() - started:.1f} s\n")
