@@ -294,7 +294,14 @@ def test_icg_evaluate_cli_on_tiny_chained_checkpoints(tiny_evaluation, tiny_plat
     assert data["sample"]["held_out_pairs"] == 6 and data["sample"]["grid"] == [4, 4]
     assert data["sample"]["downstream_users"] == 3
     for row in data["methods"].values():
-        for key in ("aesthetic", "relevance", "true_click_prob", "lpips_reference", "downstream_auc"):
+        for key in (
+            "aesthetic",
+            "relevance",
+            "true_click_prob",
+            "true_click_prob_candidates",
+            "lpips_reference",
+            "downstream_auc",
+        ):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (key, row[key])
     assert data["reference_covers"]["lpips_reference"] == pytest.approx(0.0, abs=1e-6)  # --lpips_backbone was used
     assert "lpips_reference" not in data["unavailable"] and "clip_title" in data["unavailable"]

@@ -27,6 +27,7 @@ METRIC_TABLE = (
     ("ssim_reference", "fidelity", "+"),
     ("lpips_reference", "fidelity", "-"),
     ("true_click_prob", "personalization", "+"),
+    ("true_click_prob_candidates", "personalization", "+"),
     ("evaluator_click_prob", "personalization", "+"),
     ("preference_reward", "personalization", "+"),
     ("history_similarity", "personalization", "+"),

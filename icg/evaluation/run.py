@@ -283,6 +283,7 @@ def _unavailable(bundle, names, clip, lpips, oracle, have_relevance) -> dict[str
         missing["lpips_reference"] = "no LPIPS backbone weights given (lpips_backbone); nothing is downloaded"
     if oracle is None:
         missing["true_click_prob"] = "no hidden truth: only the synthetic platform has an oracle"
+        missing["true_click_prob_candidates"] = missing["true_click_prob"]
         missing["downstream_auc"] = missing["downstream_gauc"] = (
             "needs the clicks users would make on the covers shown (the synthetic platform's oracle); see *_logged"
         )
@@ -580,6 +581,11 @@ def _downstream(evaluator, evaluator_users, oracle, covers, batch, logged_click,
         metrics.update(logits.repeat(repeats), clicks.reshape(-1), group.repeat(repeats))
         values = metrics.compute()
         out |= {"downstream_auc": float(values["auc"]), "downstream_gauc": float(values["gauc"])}
+        # The user's true click probability on the candidates they did not click: items whose original cover did
+        # not win them, where personalization is free of the held-out pairs' selection effect.
+        unclicked = logged_click == 0
+        if bool(unclicked.any()):
+            out["true_click_prob_candidates"] = float(probs[unclicked].mean())
     return out
 
 
