@@ -47,3 +47,15 @@ def test_seed_table_has_a_row_per_seed_then_mean_and_worst():
     mean, worst = lines[4], lines[5]
     assert "+40.0%" in mean and "+2.5%" in mean  # mean lift, mean relevance drop
     assert "+30.0%" in worst and "+4.0%" in worst  # worst lift is the lowest, worst drop the highest
+
+
+def test_the_user_appeal_claim_needs_a_study_and_can_break():
+    plain = report()
+    assert "user appeal" not in verdicts(plain)  # no study: no claim
+    studied = copy.deepcopy(plain)
+    studied["user_appeal"] = {"answers": 100}
+    for name, score in (("icg", 0.8), ("icg_no_user", 0.1), ("title_only", -0.9)):
+        studied["methods"][name]["user_appeal"] = score
+    assert verdicts(studied)["user appeal"]
+    studied["methods"]["icg_no_user"]["user_appeal"] = 0.9
+    assert not verdicts(studied)["user appeal"]
