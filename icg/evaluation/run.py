@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from icg.data.datamodule import EpochSampler, ICGDataModule
-from icg.data.oracle import Oracle
+from icg.data.oracle import Oracle, user_tastes
 from icg.errors import ConfigError
 from icg.evaluation.covers import write_held_out_covers
 from icg.evaluation.lpips import LPIPS
@@ -554,7 +554,7 @@ def evaluate(
         "pairs": grid_pairs,
         "covers": {name: covers_of(name, grid_pairs, batch_grid) for name in ["reference", *methods]},
         "scores": grid_scores,
-        "user_notes": _user_notes(data_root),
+        "user_notes": user_tastes(data_root),
         "mode": mode,
     }
     report["cover_manifest"] = str(write_held_out_covers(out / "covers", dm, main_pairs, covers))
@@ -587,27 +587,6 @@ def _downstream(evaluator, evaluator_users, oracle, covers, batch, logged_click,
         if bool(unclicked.any()):
             out["true_click_prob_candidates"] = float(probs[unclicked].mean())
     return out
-
-
-def _user_notes(data_root: str | Path) -> dict[str, dict[str, Any]]:
-    """Each user's hidden taste in words and colours, for the gallery (synthetic platform only; else empty)."""
-    import json
-
-    from icg.data.oracle import TRUTH_DIR, TRUTH_JSON
-
-    path = Path(data_root) / TRUTH_DIR / TRUTH_JSON
-    if not path.is_file():
-        return {}
-    truth = json.loads(path.read_text())
-    rgb = {c["name"]: c["rgb"] for c in truth.get("palette", [])}
-    return {
-        u["user_id"]: {
-            "likes": [(c, rgb.get(c, [0.5] * 3)) for c in u.get("likes", [])],
-            "dislikes": [(c, rgb.get(c, [0.5] * 3)) for c in u.get("dislikes", [])],
-            "brightness": u.get("brightness"),
-        }
-        for u in truth.get("users", [])
-    }
 
 
 def _history_features(dm: ICGDataModule, evaluator: PreferenceModel, history: torch.Tensor):
