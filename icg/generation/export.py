@@ -226,14 +226,7 @@ def write_parts(parts: ExportParts, folder: str | Path, overwrite: bool = False)
             "provenance": parts.provenance,
         }
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, folder)
+        _swap_into_place(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
@@ -272,17 +265,22 @@ def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out:
                 shutil.copy2(path, tmp / path.name)
         users.save(tmp)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
+        _swap_into_place(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    """Put the finished folder ``tmp`` at ``target``; an earlier ``target`` goes only once ``tmp`` is complete."""
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old)
 
 
 class _NoDiffusion:
