@@ -265,7 +265,7 @@ def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out:
                 shutil.copy2(path, tmp / path.name)
         users.save(tmp)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        _swap_into_place(tmp, folder)
+        _swap_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
