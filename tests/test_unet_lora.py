@@ -158,13 +158,17 @@ def test_cli_trains_a_lora_and_icg_export_writes_it(tiny_platform, tiny_stage1_c
 
 @pytest.mark.slow
 def test_stage3_with_a_lora_resumes_exactly_and_refuses_another_setting(tiny_platform, tiny_stage1_ckpt,
-                                                                        tiny_stage2_ckpt, tmp_path):  # fmt: skip
-    from tests.test_resume import fit, resumed_equals_uninterrupted
+                                                                        tiny_stage2_ckpt, tmp_path, capsys):  # fmt: skip
+    from icg.cli import main
+    from tests.test_resume import resumed_equals_uninterrupted
 
     chain = ["--data.root", tiny_platform, "--model.init_args.preference_ckpt", tiny_stage1_ckpt,
              "--model.init_args.rewards_ckpt", tiny_stage2_ckpt, "--trainer.max_steps", "-1"]  # fmt: skip
     lora = ["--model.init_args.unet_lora", '{"rank": 2}']
     resumed_equals_uninterrupted("stage3_alignment.yaml", tmp_path, *chain, *lora)  # LoRA weights and Adam state
     first = sorted((tmp_path / "first").rglob("*.ckpt"))[-1]
-    with pytest.raises(Exception, match="trained with a UNet LoRA but model.init_args.unet_lora is unset"):
-        fit("stage3_alignment.yaml", tmp_path / "other", "2", *chain, ckpt=first)
+    capsys.readouterr()
+    words = ["fit", "--config", TINY / "stage3_alignment.yaml", "--trainer.default_root_dir", tmp_path / "other",
+             "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", *chain, "--ckpt_path", first]  # fmt: skip
+    assert main([str(w) for w in words]) == 2  # a user error: one line, no traceback
+    assert "trained with a UNet LoRA but model.init_args.unet_lora is unset" in capsys.readouterr().err
