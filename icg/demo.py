@@ -253,10 +253,14 @@ SEED_COLUMNS = (
     ("title-match title-only", lambda r: r["methods"]["title_only"]["title_match_acc"], "{:.3f}"),
     ("title-match ICG", lambda r: r["methods"]["icg"]["title_match_acc"], "{:.3f}"),
     ("relevance drop", lambda r: r["relevance_drop"], "{:+.1%}"),
+    ("title-match ICG from noise", lambda r: r["methods"]["icg_from_noise"]["title_match_acc"], "{:.3f}"),
     ("SSIM ICG", lambda r: r["methods"]["icg"]["ssim_reference"], "{:.3f}"),
     ("down AUC title-only", lambda r: r["methods"]["title_only"]["downstream_auc"], "{:.3f}"),
     ("down AUC ICG", lambda r: r["methods"]["icg"]["downstream_auc"], "{:.3f}"),
     ("down AUC reference", lambda r: r["reference_covers"]["downstream_auc"], "{:.3f}"),
+    ("appeal ICG", lambda r: r["methods"]["icg"]["user_appeal"], "{:+.2f}"),
+    ("appeal no-user", lambda r: r["methods"]["icg_no_user"]["user_appeal"], "{:+.2f}"),
+    ("appeal title-only", lambda r: r["methods"]["title_only"]["user_appeal"], "{:+.2f}"),
     ("minutes", lambda r: r["minutes"], "{:.1f}"),
 )
 # For the worst case: which direction is bad (-1: lower is worse, +1: higher is worse, 0: not summarised).
