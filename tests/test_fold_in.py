@@ -70,38 +70,57 @@ def test_icg_users_fold_in_adds_new_users_to_the_export(stage1_export, tiny_plat
     first = generate(str(stage1_export), str(pairs), str(tmp_path / "out"), **common)
     assert first["fallback"] == 3
 
-    run_cli("users", "fold-in", "--export", stage1_export, "--data_root", tiny_platform)  # stage 1 from provenance
+    ids, table = (stage1_export / USERS_IDS).read_bytes(), (stage1_export / "users.safetensors").read_bytes()
+    extended = tmp_path / "export_v2"
+    run_cli("users", "fold-in", "--export", stage1_export, "--data_root", tiny_platform,
+            "--out", extended)  # fmt: skip  # stage 1 from the export's provenance
     assert f"{len(NEW)} user(s) folded in" in capsys.readouterr().out
-    after = UserTable.load(stage1_export)
+    assert (stage1_export / USERS_IDS).read_bytes() == ids  # the input export is never written to
+    assert (stage1_export / "users.safetensors").read_bytes() == table
+    after = UserTable.load(extended)
     assert after.user_ids == before.user_ids + NEW
     assert torch.equal(after.embeddings[: len(before)], before.embeddings[:-1])  # trained users untouched
     assert torch.equal(after.embeddings[-1], before.embeddings[-1])  # fallback untouched
     assert not torch.allclose(after.lookup(NEW)[0], after.fallback(3))  # the new users have their own
-    config = json.loads((stage1_export / CONFIG).read_text())
+    config = json.loads((extended / CONFIG).read_text())
     assert config["users"]["count"] == len(after) and config["provenance"]["fold_in"][0]["users"] == len(NEW)
-    assert (stage1_export / WEIGHTS).read_bytes() == weights
-    assert not [p for p in stage1_export.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert (extended / WEIGHTS).read_bytes() == (stage1_export / WEIGHTS).read_bytes() == weights
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
-    gen = CoverGenerator.from_pretrained(stage1_export)
+    gen = CoverGenerator.from_pretrained(extended)
     image = sorted((tiny_platform / "images").glob("*.png"))[0]
     assert gen(NEW, ["Red star"] * 3, [image] * 3).fallback == [False] * 3
     # The earlier run's fallback covers of now-known users are made again; the others are kept.
-    second = generate(str(stage1_export), str(pairs), str(tmp_path / "out"), **common)
+    second = generate(str(extended), str(pairs), str(tmp_path / "out"), **common)
     assert (second["made"], second["fallback"]) == (first["fallback"], 0)
 
 
 def test_fold_in_refuses_what_it_cannot_do(stage1_export, tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path):
+    out = str(tmp_path / "out")
     with pytest.raises(FoldInError, match=r"already in the export \(u0000\).*--refit true"):
-        fold_in_export(stage1_export, tiny_platform, users=["u0000"])
+        fold_in_export(stage1_export, tiny_platform, users=["u0000"], out=out)
     with pytest.raises(FoldInError, match="1 user\\(s\\) have no click in .*: ghost"):
-        fold_in_export(stage1_export, tiny_platform, users=["ghost"])
+        fold_in_export(stage1_export, tiny_platform, users=["ghost"], out=out)
     with pytest.raises(CheckpointError, match="'rewards' stage.*'preference' stage checkpoint"):
-        fold_in_export(stage1_export, tiny_platform, stage1_ckpt=tiny_stage2_ckpt)
+        fold_in_export(stage1_export, tiny_platform, stage1_ckpt=tiny_stage2_ckpt, out=out)
     stranger = write_tiny_export(tmp_path / "other", UserTable(["a", "b"], torch.randn(3, 8)))
     with pytest.raises(FoldInError, match="--stage1_ckpt: its user embeddings differ from the export's"):
-        fold_in_export(stranger, tiny_platform, stage1_ckpt=tiny_stage1_ckpt)
+        fold_in_export(stranger, tiny_platform, stage1_ckpt=tiny_stage1_ckpt, out=out)
     with pytest.raises(FoldInError, match="does not record its stage-1 checkpoint"):
-        fold_in_export(stranger, tiny_platform)
+        fold_in_export(stranger, tiny_platform, out=out)
+    with pytest.raises(FoldInError, match="--out: give a new folder"):
+        fold_in_export(stage1_export, tiny_platform, users=NEW[:1])
+    before = {p.name: p.read_bytes() for p in stage1_export.iterdir()}
+    link = tmp_path / "link"
+    link.symlink_to(stage1_export)
+    for same in (stage1_export, tmp_path / "." / "export", stage1_export / "inside", link):
+        with pytest.raises(Exception, match="--out: .* (is the input export|is a symbolic link)"):
+            fold_in_export(stage1_export, tiny_platform, users=NEW[:1], out=str(same))
+    assert {p.name: p.read_bytes() for p in stage1_export.iterdir()} == before  # refused before writing anything
+    assert not list(stage1_export.rglob("inside"))
+    run_cli("users", "fold-in", "--export", stage1_export, "--data_root", tiny_platform, "--users", ",".join(NEW[:2]),
+            "--out", tmp_path / "two")  # fmt: skip  # the ids as one comma-separated word
+    assert UserTable.load(tmp_path / "two").user_ids[-2:] == NEW[:2]
     ids = (stage1_export / USERS_IDS).read_text()
     (stage1_export / "pytorch_lora_weights.safetensors").write_bytes(b"a file the export format may hold")
     copy = tmp_path / "copy"

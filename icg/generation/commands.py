@@ -267,7 +267,7 @@ def fold_in(
     export: str,
     data_root: str,
     stage1_ckpt: str | None = None,
-    users: list[str] | None = None,
+    users: list[str] | str | None = None,
     users_file: str | None = None,
     out: str | None = None,
     refit: bool = False,
@@ -280,9 +280,10 @@ def fold_in(
         export: the ``icg export`` folder whose user table gets the new rows (replaced atomically).
         data_root: the icg dataset holding the users' clicks.
         stage1_ckpt: the stage-1 checkpoint the export's users come from (default: the one the export records).
-        users: the users to fold in (default: every user with clicks in data_root that the export does not know).
+        users: the users to fold in, ``--users u1,u2`` or a JSON list (default: every user with clicks in data_root
+            that the export does not know).
         users_file: a file with one user id per line, instead of ``users``.
-        out: write the extended export to this new folder instead of updating ``export`` in place.
+        out: the new export folder to write (required; the input export is never written to).
         refit: allow users the export already knows (replaces their trained embedding).
         l2: prior on the new embeddings (default: stage 1's user_l2).
         steps: L-BFGS iterations of the fit.
@@ -291,6 +292,8 @@ def fold_in(
 
     if users is not None and users_file is not None:
         raise FoldInError("give --users or --users_file, not both")
+    if isinstance(users, str):
+        users = [user.strip() for user in users.split(",") if user.strip()]
     if users_file is not None:
         path = Path(users_file)
         if not path.is_file():
@@ -299,7 +302,7 @@ def fold_in(
     return fold_in_export(export, data_root, stage1_ckpt, users, out, refit=refit, l2=l2, steps=steps)
 
 
-USERS_OVERVIEW = """usage: icg users fold-in --export DIR --data_root DIR [--stage1_ckpt CKPT] [--users ...] [--out DIR]
+USERS_OVERVIEW = """usage: icg users fold-in --export DIR --data_root DIR --out DIR [--stage1_ckpt CKPT] [--users ID..]
 
   fold-in   add users who have clicks in a dataset but no stage-1 embedding to an export (no retraining)
 """

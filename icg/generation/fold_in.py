@@ -336,7 +336,8 @@ def fold_in_export(
         data_root: the dataset with the new users' clicks.
         stage1_ckpt: the stage-1 checkpoint the export's users come from (default: the one its provenance names).
         users: users to fold in (default: every user with clicks that the export does not know).
-        out: write the extended export here (default: replace ``export``'s user table in place, atomically).
+        out: the new export folder to write (required; it must not exist yet or be empty, and is never ``export``
+            itself: the input export is never written to).
         refit: allow users the export already knows (their trained embedding is replaced by a fold-in).
         l2: prior on the new embeddings (default: stage 1's ``user_l2``).
         steps: L-BFGS iterations.
@@ -347,6 +348,8 @@ def fold_in_export(
     from icg.generation.export import read_config, write_users
     from icg.generation.users import UserTable
 
+    if out is None:
+        raise FoldInError("--out: give a new folder for the extended export (the input export is never written to)")
     config = read_config(export, "--export")
     table = UserTable.load(export)
     stage1_ckpt = stage1_ckpt or config.get("provenance", {}).get("preference_ckpt")
@@ -360,7 +363,7 @@ def fold_in_export(
             raise FoldInError(f"--users: {len(known)} user(s) already in the export ({', '.join(known[:5])}); their "
                               "trained embeddings stay unless --refit true")  # fmt: skip
     ids, embeddings, report = fold_in_users(stage1, data_root, users, exclude=table.user_ids, l2=l2, steps=steps)
-    target = Path(out) if out is not None else Path(export)
+    target = Path(out)
     note = {"users": len(ids), "stage1_ckpt": str(Path(stage1_ckpt).resolve()),
             "data_root": str(Path(data_root).resolve()), "l2": report.get("l2"), "steps": steps}  # fmt: skip
     if ids:
