@@ -48,6 +48,11 @@ def _load_failure(err: Exception) -> str:
     return "not a torch checkpoint"
 
 
+def a_stage_checkpoint(stage: str) -> str:
+    """``"an 'alignment' stage checkpoint"``, ``"a 'rewards' stage checkpoint"``: for messages."""
+    return f"{'an' if stage[:1] in tuple('aeiou') else 'a'} {stage!r} stage checkpoint"
+
+
 def read_checkpoint(path: str | Path, config_key: str, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` of a file the user named; any failure names the key and the file.
 
@@ -71,6 +76,27 @@ def read_checkpoint(path: str | Path, config_key: str, mmap: bool = False) -> An
         raise CheckpointError(
             f"{config_key}: {path} is not a readable checkpoint ({_load_failure(err)}); name a .ckpt file that an "
             "icg stage wrote"
+        ) from err
+
+
+def read_safetensors(path: str | Path, config_key: str) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` of a file the user named; a missing, truncated or foreign file names both.
+
+    Args:
+        path: the ``.safetensors`` file.
+        config_key: the config key, option or folder that named it, quoted in the message.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{config_key}: {path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{config_key}: {path} is not a readable safetensors file (truncated or damaged: {err}); write it again"
         ) from err
 
 
@@ -136,8 +162,8 @@ def load_stage_checkpoint(path: str | Path, stage: str, config_key: str, mmap: b
         raise CheckpointError(f"{config_key}: {path} is not an icg stage checkpoint (no '{ICG_KEY}' block)")
     if block["stage"] != stage:
         raise CheckpointError(
-            f"{config_key}: {path} was written by the {block['stage']!r} stage, but a {stage!r} stage checkpoint "
-            "is needed here"
+            f"{config_key}: {path} was written by the {block['stage']!r} stage, but {a_stage_checkpoint(stage)} is "
+            "needed here"
         )
     return checkpoint
 

@@ -79,6 +79,13 @@ def test_export_refuses_other_stages_and_incomplete_folders(exported, stage3_ckp
     (broken / "negative.safetensors").unlink()
     with pytest.raises(ExportError, match="lacks negative.safetensors"):
         CoverGenerator.from_pretrained(broken)
+    cut = tmp_path / "cut"
+    shutil.copytree(exported, cut)
+    for name in ("conditioner.safetensors", "users.safetensors"):  # a copy cut short: the file named, no traceback
+        (cut / name).write_bytes((exported / name).read_bytes()[:100])
+        with pytest.raises(UserError, match=f"export {cut}: {cut / name} is not a readable safetensors file"):
+            CoverGenerator.from_pretrained(cut)
+        shutil.copy(exported / name, cut / name)
     one_line_error(capsys, ["export", "--stage3_ckpt", stage3_ckpt, "--out", exported],
                    "exists and is not empty.*--overwrite")  # fmt: skip
     with pytest.raises(UserError, match="tiny one built from config"):
@@ -105,3 +112,19 @@ def test_export_onto_another_base_model_folder(stage3_ckpt, tmp_path, capsys):
     one_line_error(capsys, ["export", "--stage3_ckpt", stage3_ckpt, "--out", tmp_path / "e", "--base_model", "/x"],
                    "base_model=.*tiny one built from config")  # fmt: skip
     assert torch.load(stage3_ckpt, weights_only=True)["icg"]["diffusion"]["path"] is None
+
+
+def test_a_moved_base_model_folder_is_named_with_the_option_that_fixes_it(tiny_export_on_base, tmp_path, capsys):
+    """An export (or checkpoint) whose recorded base model folder is gone: one line naming it and --base_model."""
+    config = json.loads((tiny_export_on_base / CONFIG).read_text())
+    recorded = config["diffusion"]["path"]
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(recorded, moved)
+    copy = tmp_path / "export"
+    shutil.copytree(tiny_export_on_base, copy)
+    config["diffusion"]["path"] = str(tmp_path / "gone")
+    (copy / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(UserError, match=f"the base model folder it records, {tmp_path / 'gone'}, does not exist.*"
+                                        "--base_model"):  # fmt: skip
+        CoverGenerator.from_pretrained(copy)
+    assert CoverGenerator.from_pretrained(copy, base_model=str(moved)).source.path == str(moved)

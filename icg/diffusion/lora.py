@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from icg import ckpt
 from icg.errors import ConfigError, UserError
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the file name diffusers' load_lora_weights(folder) looks for
@@ -212,5 +212,5 @@ def save_lora(folder: str | Path, lora: UNetLoRA, state: dict[str, Tensor], kind
 def read_lora(folder: str | Path, kind: str) -> dict[str, Tensor]:
     """The peft-named denoiser tensors of ``folder/pytorch_lora_weights.safetensors`` (written by :func:`save_lora`)."""
     prefix = _PREFIX[kind] + "."
-    state = load_file(str(Path(folder) / LORA_WEIGHTS))
+    state = ckpt.read_safetensors(Path(folder) / LORA_WEIGHTS, f"export {folder}")
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from icg import ckpt
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.lora import LORA_WEIGHTS, UNetLoRA, current_lora, load_lora, read_lora, save_lora
 from icg.diffusion.source import DTYPES, DiffusionSource
-from icg.errors import UserError
+from icg.errors import MissingFileError, UserError
 from icg.generation.generator import CoverGenerator, SamplerSettings
 from icg.generation.users import USERS_IDS, USERS_WEIGHTS, UserTable
 
@@ -89,15 +89,22 @@ def with_paths(
     base_model: str | None = None,
     mllm: str | None = None,
     config_key: str = "export",
+    keep_tiny: bool = False,
 ) -> tuple[dict[str, Any], DiffusionSource]:
     """Absolute paths in a conditioner spec and diffusion source, with the base model and MLLM optionally replaced.
 
-    The title prompt follows ``base_model`` when it was read from the base model's own folder.
+    The title prompt follows ``base_model`` when it was read from the base model's own folder. A diffusion model built
+    from config (``tiny``) has no folder to replace: ``base_model`` is refused, or ignored with ``keep_tiny``.
     """
     spec = copy.deepcopy(spec)
     prompter, title = _paths(spec)
+    if keep_tiny and source.path is None:
+        base_model = None
     old_base = _absolute(source.path)
     new_base = _absolute(base_model) if base_model is not None else old_base
+    if base_model is None and old_base is not None and not Path(old_base).is_dir():
+        raise MissingFileError(f"{config_key}: the base model folder it records, {old_base}, does not exist here; "
+                               "name where it is with base_model (--base_model DIR)")  # fmt: skip
     if base_model is not None and source.path is None:
         raise UserError(f"{config_key}: base_model={base_model!r} given, but the diffusion model is a tiny one built "
                         "from config (no folder to replace)")  # fmt: skip
@@ -122,6 +129,7 @@ def checkpoint_parts(
     base_model: str | None = None,
     mllm: str | None = None,
     config_key: str = "stage3_ckpt",
+    keep_tiny: bool = False,
 ) -> ExportParts:
     """What a stage-3 checkpoint exports: its trained conditioner, the stage-1 user table, the sampler settings.
 
@@ -131,13 +139,14 @@ def checkpoint_parts(
         base_model: replaces the recorded base diffusion folder.
         mllm: replaces the recorded MLLM folder.
         config_key: the key that named ``stage3_ckpt``, quoted in errors.
+        keep_tiny: a diffusion model built from config keeps its own instead of ``base_model`` (no folder to replace).
     """
     from icg.lit.preference import load_preference_model
 
     checkpoint = ckpt.load_stage_checkpoint(stage3_ckpt, ALIGNMENT_STAGE, config_key)
     block = checkpoint[ckpt.ICG_KEY]
     spec, source = with_paths(
-        block["specs"]["conditioner"], DiffusionSource(**block["diffusion"]), base_model, mllm, config_key
+        block["specs"]["conditioner"], DiffusionSource(**block["diffusion"]), base_model, mllm, config_key, keep_tiny
     )
     conditioner = ckpt.instantiate(spec)
     prefix = "conditioner."
@@ -177,9 +186,10 @@ def generator_from_checkpoint(
     mllm: str | None = None,
     device: torch.device | str = "cpu",
     config_key: str = "stage3_ckpt",
+    keep_tiny: bool = False,
 ) -> CoverGenerator:
     """A ready generator straight from a stage-3 checkpoint (evaluation; no export folder needed)."""
-    parts = checkpoint_parts(stage3_ckpt, preference_ckpt, base_model, mllm, config_key)
+    parts = checkpoint_parts(stage3_ckpt, preference_ckpt, base_model, mllm, config_key, keep_tiny)
     return _assemble(parts, device=device, dtype=None, config_key=f"{config_key} (diffusion)")
 
 
@@ -232,8 +242,8 @@ def write_parts(parts: ExportParts, folder: str | Path, overwrite: bool = False)
     return folder
 
 
-def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out: str | Path | None = None) -> Path:
-    """An export with another user table (``icg users fold-in``), written beside the target and renamed into place.
+def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out: str | Path) -> Path:
+    """A new export with another user table (``icg users fold-in``), written beside ``out`` and renamed into place.
 
     The other files are hard-linked (copied where linking is impossible), ``icg_config.json`` gets the new user count
     and ``note`` appended to ``provenance.fold_in``; readers never see ids and embeddings of two different tables.
@@ -242,13 +252,16 @@ def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out:
         folder: the export to start from.
         users: the new table (the old one extended).
         note: what was added and from where, kept in the provenance.
-        out: the export to write (default: ``folder`` itself, replaced in place); another folder must not exist yet.
+        out: the export to write: a new folder (or an empty one), never ``folder`` itself nor a folder inside it.
     """
-    folder = Path(folder)
-    target = folder if out is None else Path(out)
+    folder, target = Path(folder), Path(out)
     config = read_config(folder)
-    if target.resolve() != folder.resolve() and target.exists() and any(target.iterdir()):
-        raise ExportError(f"--out: {target} exists and is not empty; give a new folder (or none to update {folder})")
+    inside = target.resolve() == folder.resolve() or folder.resolve() in target.resolve().parents
+    if inside or target.is_symlink():
+        what = f"the input export {folder} or inside it" if inside else "a symbolic link"
+        raise ExportError(f"--out: {target} is {what}; give a new folder (the input export is never written to)")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ExportError(f"--out: {target} exists and is not empty; give a new folder")
     config["users"] = {**config.get("users", {}), "count": len(users), "embed_dim": users.embed_dim}
     provenance = config.setdefault("provenance", {})
     provenance["fold_in"] = [*provenance.get("fold_in", []), note]
@@ -334,8 +347,8 @@ def load_export(
     spec, source = with_paths(config["conditioner"], DiffusionSource(**config["diffusion"]), base_model, mllm,
                               f"export {folder}")  # fmt: skip
     conditioner = ckpt.instantiate(spec)
-    conditioner.load_trained_state_dict(load_file(str(folder / WEIGHTS)))
-    negative = load_file(str(folder / NEGATIVE))
+    conditioner.load_trained_state_dict(ckpt.read_safetensors(folder / WEIGHTS, f"export {folder}"))
+    negative = ckpt.read_safetensors(folder / NEGATIVE, f"export {folder}")
     lora = None
     if config.get("unet_lora"):
         lora = (UNetLoRA(**config["unet_lora"]), read_lora(folder, source.variant))

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
+
+from icg import ckpt
 
 USERS_WEIGHTS = "users.safetensors"
 USERS_IDS = "users.json"
@@ -100,4 +102,5 @@ class UserTable:
     @classmethod
     def load(cls, folder: str | Path) -> UserTable:
         folder = Path(folder)
-        return cls(json.loads((folder / USERS_IDS).read_text()), load_file(str(folder / USERS_WEIGHTS))["embeddings"])
+        tensors = ckpt.read_safetensors(folder / USERS_WEIGHTS, f"export {folder}")
+        return cls(json.loads((folder / USERS_IDS).read_text()), tensors["embeddings"])

@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from icg import ckpt
@@ -106,5 +106,5 @@ def load_title_encoder(folder: str | Path, config_key: str = "base_model") -> Ti
     if not (path / "spec.json").is_file():
         raise MissingFileError(f"{config_key}: {path}/spec.json does not exist (a stand-in base model export)")
     encoder = ckpt.instantiate(json.loads((path / "spec.json").read_text()))
-    encoder.load_state_dict(load_file(str(path / "model.safetensors")))
+    encoder.load_state_dict(ckpt.read_safetensors(path / "model.safetensors", config_key))
     return ckpt.freeze(encoder)
