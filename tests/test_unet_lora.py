@@ -157,8 +157,9 @@ def test_cli_trains_a_lora_and_icg_export_writes_it(tiny_platform, tiny_stage1_c
 
 
 @pytest.mark.slow
-def test_stage3_with_a_lora_resumes_exactly_and_refuses_another_setting(tiny_platform, tiny_stage1_ckpt,
-                                                                        tiny_stage2_ckpt, tmp_path, capsys):  # fmt: skip
+def test_stage3_with_a_lora_resumes_exactly_and_refuses_another_setting(
+    tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path, capsys
+):
     from icg.cli import main
     from tests.test_resume import resumed_equals_uninterrupted
 
@@ -169,6 +170,7 @@ def test_stage3_with_a_lora_resumes_exactly_and_refuses_another_setting(tiny_pla
     first = sorted((tmp_path / "first").rglob("*.ckpt"))[-1]
     capsys.readouterr()
     words = ["fit", "--config", TINY / "stage3_alignment.yaml", "--trainer.default_root_dir", tmp_path / "other",
-             "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", *chain, "--ckpt_path", first]  # fmt: skip
+             "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", *chain,
+             "--ckpt_path", first]  # fmt: skip
     assert main([str(w) for w in words]) == 2  # a user error: one line, no traceback
     assert "trained with a UNet LoRA but model.init_args.unet_lora is unset" in capsys.readouterr().err

@@ -111,10 +111,18 @@ class AlignmentMethod:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, user: str = "own", config_key: str = "stage3_ckpt", device: torch.device | str = "cpu"
+        cls,
+        path: str | Path,
+        user: str = "own",
+        config_key: str = "stage3_ckpt",
+        device: torch.device | str = "cpu",
+        base_model: str | None = None,
     ) -> AlignmentMethod:
-        """From a stage-3 checkpoint (stage 1 and the base model come from the paths it recorded), on ``device``."""
-        return cls(generator_from_checkpoint(path, config_key=config_key, device=device), user)
+        """From a stage-3 checkpoint on ``device``: stage 1 from the path it recorded, the base model from
+        ``base_model`` (None: the recorded one too; a tiny diffusion model built from config keeps its own)."""
+        generator = generator_from_checkpoint(path, base_model=base_model, config_key=config_key, device=device,
+                                              keep_tiny=True)  # fmt: skip
+        return cls(generator, user)
 
     @property
     def num_steps(self) -> int:

@@ -645,7 +645,8 @@ def evaluate_checkpoints(
         data_root: the dataset folder.
         stage1_ckpt: stage-1 checkpoint.
         stage3_ckpt: stage-3 (alignment) checkpoint: ICG, and ICG with the cold-start user for everyone.
-        base_model: the base diffusion folder with its text encoder (SD 1.5, or the stand-in base model export).
+        base_model: the base diffusion folder with its text encoder (SD 1.5, or the stand-in base model export); every
+            method runs on it, ICG included (it replaces the folder the stage-3 checkpoints recorded).
         out_dir: where report.json, report.md and gallery.html go.
         rewards_ckpt: stage-2 checkpoint (None: the one the stage-3 checkpoint recorded).
         no_user_ckpt: a stage-3 ablation checkpoint trained without user refinement (None: ICG with the cold-start
@@ -669,8 +670,10 @@ def evaluate_checkpoints(
         max_pairs: train positives the in-process evaluator learns from (seeded sample; None: all).
     """
     device = _check_device(device)
-    icg = AlignmentMethod.from_checkpoint(stage3_ckpt, device=device)
-    no_user = AlignmentMethod.from_checkpoint(no_user_ckpt, "own", "no_user_ckpt", device) if no_user_ckpt else None
+    # Every method runs on the one base model given (checkpoints moved from the folder they were trained in included).
+    icg = AlignmentMethod.from_checkpoint(stage3_ckpt, device=device, base_model=base_model)
+    no_user = (AlignmentMethod.from_checkpoint(no_user_ckpt, "own", "no_user_ckpt", device, base_model)
+               if no_user_ckpt else None)  # fmt: skip
     no_user = no_user or AlignmentMethod(icg.generator, user="fallback")
     title_only = TitleOnlyMethod.from_folder(
         base_model,
