@@ -169,6 +169,8 @@ def test_nothing_left_after_skipping(platform_copy, tmp_path, capsys):
     rows = items + len(pd.read_parquet(platform_copy / "interactions.parquet"))
     assert f"nothing left after skipping {rows} bad rows (on_bad_record: skip)" in line
     assert "eval_candidates" not in line
+    assert f"listed in {tmp_path / 'run' / 'skip_report.json'}" in line  # the run folder's, never the dataset's
+    assert not (platform_copy / "skip_report.json").exists()
 
 
 def test_explicit_data_with_one_held_out_rating_is_refused_by_stage1(platform_copy, tmp_path, capsys):

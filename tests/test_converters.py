@@ -208,8 +208,13 @@ def test_existing_output_needs_overwrite_and_survives_a_failed_rerun(tmp_path, c
     assert "folder is not empty; choose a new folder, or pass --overwrite" in capsys.readouterr().err
     (inputs["interactions"]).write_text("item_id,user_id,timestamp\na1,u1,1.5\n")  # nothing valid left
     assert main(_convert_args(inputs, out, "--overwrite")) == 2
-    assert "nothing left to write" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing left to write" in err and "a timestamp must be" in err  # the rule when timestamps were the cause
     assert _snapshot(out) == first  # the earlier dataset is untouched by the failed rerun
+    (inputs["interactions"]).write_text("item_id,user_id,timestamp\n")  # a header only: no timestamp advice
+    assert main(_convert_args(inputs, out, "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert "the file has no data rows" in err and "timestamp" not in err
     (inputs["interactions"]).write_text("item_id,user_id,timestamp\na2,u7,5\n")
     assert main(_convert_args(inputs, out, "--overwrite")) == 0
     assert read_dataset(out)[1]["user_id"].tolist() == ["u7"]

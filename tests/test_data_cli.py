@@ -47,6 +47,22 @@ def test_stats(tmp_path, capsys):
     assert "test_interactions" in capsys.readouterr().out
 
 
+def test_stats_of_a_dataset_with_bad_rows_says_so(tmp_path, capsys):
+    """The counts include bad rows: stats names them and exits 1, as validate does; a header-only table is refused."""
+    make_dataset(tmp_path, users=6, items=12, per_user=5)
+    path = tmp_path / "interactions.parquet"
+    inter = pd.read_parquet(path)
+    inter["timestamp"] = inter["timestamp"].astype("float64")
+    inter.loc[3, "timestamp"] = 1601041187.5
+    inter.to_parquet(path)
+    assert main(["data", "stats", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "interactions" in out and "these counts include bad rows" in err and "1601041187.5" in err
+    inter.head(0).to_parquet(path)
+    assert main(["data", "stats", str(tmp_path)]) == 2
+    assert "no data rows (a header only)" in capsys.readouterr().err
+
+
 def test_convert_pixelrec(tmp_path, capsys):
     (tmp_path / "covers").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "covers" / "x.jpg")

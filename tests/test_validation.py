@@ -11,6 +11,7 @@ from test_schema import make_dataset
 
 from icg.data.datamodule import ICGDataModule
 from icg.data.validation import DataValidationError, validate_dataset
+from icg.errors import ConfigError
 
 
 def _corrupt(root):
@@ -90,7 +91,7 @@ def test_skip_mode_writes_exactly_what_was_left_out(tmp_path):
     items = pd.read_parquet(tmp_path / "items.parquet")
     bad_items = {"i01", "i02", "i03", "i04"}
     cascaded = inter.index[inter["item_id"].isin(bad_items)].tolist()
-    report_path = tmp_path / "out" / "left_out.json"
+    report_path = tmp_path.with_name(f"{tmp_path.name}_out") / "left_out.json"  # beside the dataset, never in it
     dm = ICGDataModule(tmp_path, on_bad_record="skip", skip_report=report_path, eval_candidates=3)
     dm.setup("fit")
     report = json.loads(report_path.read_text())
@@ -112,3 +113,7 @@ def test_skip_mode_writes_exactly_what_was_left_out(tmp_path):
     assert dm.num_items == len(items) - 5
     assert len(dm.log) == len(inter) - len(expected_rows)
     assert not set(dm.item_ids) & bad_items
+    inside = tmp_path / "reports" / "left_out.json"
+    with pytest.raises(ConfigError, match=f"skip_report={inside}: inside the dataset"):  # an input is never written to
+        ICGDataModule(tmp_path, on_bad_record="skip", skip_report=inside, eval_candidates=3).setup("fit")
+    assert not inside.parent.exists()

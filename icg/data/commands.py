@@ -104,16 +104,20 @@ def _validate(args: argparse.Namespace) -> int:
     return 1
 
 
-def dataset_stats(root: Path, holdout: int) -> dict:
-    """Counts of a dataset as on disk (bad rows included; ``icg data validate`` reports those)."""
+def dataset_stats(root: Path, holdout: int) -> tuple[dict, str]:
+    """Counts of a dataset as on disk (bad rows included), and the report of its bad rows ("" when none).
 
+    The rows are checked as ``icg data validate`` checks them, image files apart; a table without data rows is
+    refused.
+    """
     from icg.data.schema import read_interaction_arrays, read_meta
     from icg.data.splits import InteractionLog, time_order
-    from icg.data.validation import read_items
+    from icg.data.validation import read_items, validate
 
     meta = read_meta(root)
-    items, _ = read_items(root)
+    items, items_path = read_items(root)
     inter = read_interaction_arrays(root)
+    problems = validate(root, items, items_path, inter, check_image_files=False).message()
     order = time_order(inter.user_code, inter.timestamp, inter.item_code)
     log_ = InteractionLog(
         inter.user_code[order],
@@ -132,17 +136,20 @@ def dataset_stats(root: Path, holdout: int) -> dict:
         "clicks": int(inter.click.sum()),
         "holdout": holdout,
         **log_.counts(),
-    }
+    }, problems
 
 
 def _stats(args: argparse.Namespace) -> int:
     if args.holdout < 0:
         raise ConfigError(f"--holdout must be >= 0, got {args.holdout}")
-    stats = dataset_stats(args.root, args.holdout)
+    stats, problems = dataset_stats(args.root, args.holdout)
     if args.json:
         sys.stdout.write(json.dumps(stats) + "\n")
     else:
         sys.stdout.write("".join(f"{key:<22} {value}\n" for key, value in stats.items()))
+    if problems:  # the counts above include these rows; exit 1 as icg data validate does
+        sys.stderr.write(f"these counts include bad rows: {problems}\n")
+        return 1
     return 0
 
 

@@ -390,9 +390,10 @@ def convert_interactions_csv(
             writer.write(chunk[keep].assign(timestamp=timestamp[keep], click=click[keep]))
         counts["written"] = writer.rows
     if counts["written"] == 0:
+        rule = f"; a timestamp must be {TIMESTAMP_RULE}" if left_out.counts["bad_timestamp"] else ""
         raise ConversionError(
             f"{source}: nothing left to write, all {counts['read']} interaction rows were left out "
-            f"({left_out.summary() or 'the file has no data rows'}); a timestamp must be {TIMESTAMP_RULE}"
+            f"({left_out.summary() or 'the file has no data rows'}){rule}"
         )
     return counts
 

@@ -20,6 +20,8 @@ bounded per-process LRU cache.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from icg.data.table_cache import (
     read_image_ledger,
     write_image_ledger,
 )
-from icg.data.validation import DataValidationError, read_items, validate
+from icg.data.validation import SKIP_REPORT_NAME, DataValidationError, read_items, validate
 from icg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -245,7 +247,8 @@ class ICGDataModule(pl.LightningDataModule):
         negative_sampling: ``uniform`` or ``popularity`` (by train click counts).
         history_length: clicked items in each row's ``history`` (-1 padded).
         on_bad_record: ``error`` stops with one report of all bad input; ``skip`` leaves it out and writes a report.
-        skip_report: where skip mode writes its JSON report (None: ``<root>/skip_report.json``).
+        skip_report: where skip mode writes its JSON report (None: ``skip_report.json`` in the trainer's
+            ``default_root_dir``, or a new file in the temporary folder without a trainer; never inside ``root``).
         image_cache_mb: decoded-image cache per process in MiB.
         seed: seed of negative sampling and shuffling.
         cache_dir: folder for a binary copy of the parsed interactions table, memory-mapped by later set-ups (every
@@ -308,6 +311,16 @@ class ICGDataModule(pl.LightningDataModule):
         if self.cache_dir is not None:
             cached_interaction_arrays(self.root, self.cache_dir, "data.cache_dir")
 
+    def _skip_report_path(self) -> Path:
+        """``skip_report``, else ``skip_report.json`` in the run folder, else a new file in the temporary folder."""
+        if self.skip_report is not None:
+            return Path(self.skip_report)
+        if self.trainer is not None:
+            return Path(self.trainer.default_root_dir) / SKIP_REPORT_NAME
+        handle, name = tempfile.mkstemp(prefix="icg_skip_report_", suffix=".json")
+        os.close(handle)
+        return Path(name)
+
     def _interactions(self):
         if self.cache_dir is None:
             return read_interaction_arrays(self.root)
@@ -332,7 +345,7 @@ class ICGDataModule(pl.LightningDataModule):
         if not report.ok:
             if self.on_bad_record == "error":
                 raise DataValidationError(report.message())
-            written = report.write_skip_report(items, inter, self.skip_report)
+            written = report.write_skip_report(items, inter, self._skip_report_path())
             log.warning("%s\nSkipped those rows; report of what was left out: %s", report.message(), written)
             if not report.interaction_keep.any():
                 skipped = int((~report.item_keep).sum() + (~report.interaction_keep).sum())

@@ -41,7 +41,7 @@ from icg.data.schema import (
     table_path,
 )
 from icg.data.timestamps import TIMESTAMP_RULE
-from icg.errors import UserError
+from icg.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class ValidationReport:
             lines.append(f"A timestamp must be {TIMESTAMP_RULE}.")
         lines.append(
             "Fix these rows, or set on_bad_record: skip to leave them out "
-            f"(a JSON report of what was left out is written, by default to {self.root / SKIP_REPORT_NAME})."
+            f"(a JSON report of what was left out is written, by default to the run folder's {SKIP_REPORT_NAME})."
         )
         return "\n".join(lines)
 
@@ -171,9 +171,12 @@ class ValidationReport:
             },
         }
 
-    def write_skip_report(self, items: pd.DataFrame, interactions: InteractionArrays, path: Path | None) -> Path:
-        """Write :meth:`skip_report` as JSON to ``path`` (default ``<root>/skip_report.json``)."""
-        path = Path(path) if path is not None else self.root / SKIP_REPORT_NAME
+    def write_skip_report(self, items: pd.DataFrame, interactions: InteractionArrays, path: Path) -> Path:
+        """Write :meth:`skip_report` as JSON to ``path`` (never inside the dataset: an input is never written to)."""
+        path = Path(path)
+        if self.root.resolve() in path.resolve().parents:
+            raise ConfigError(f"skip_report={path}: inside the dataset {self.root}, which is never written to; name a "
+                              "file elsewhere")  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.skip_report(items, interactions), indent=1) + "\n")
         return path
