@@ -179,7 +179,7 @@ class ICGLightningCLI(LightningCLI):
         """``--ckpt_path`` resumes the same stage only: refuse another stage's checkpoint before Lightning reads it."""
         import importlib
 
-        from icg.ckpt import ICG_KEY, CheckpointError, read_checkpoint
+        from icg.ckpt import ICG_KEY, CheckpointError, a_stage_checkpoint, read_checkpoint
 
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -192,9 +192,7 @@ class ICGLightningCLI(LightningCLI):
             module = importlib.import_module(class_path.rpartition(".")[0])
             expected = getattr(module, "STAGE", None)
             if expected is not None and stage != expected:
-                written_by = (
-                    f"a {stage!r} stage checkpoint" if stage else "not an icg stage checkpoint (no 'icg' block)"
-                )
+                written_by = a_stage_checkpoint(stage) if stage else "not an icg stage checkpoint (no 'icg' block)"
                 raise CheckpointError(
                     f"--ckpt_path: {ckpt_path} is {written_by}; it cannot resume the {expected!r} "
                     f"stage ({class_path}). Name an earlier stage's checkpoint in its config key instead "
@@ -220,7 +218,8 @@ def main(args: list[str] | None = None) -> int:
     if args is None and DEBUG_FLAG in sys.argv:
         # Lightning reads sys.argv itself (and DDP relaunches it); the flag travels as ICG_DEBUG instead
         sys.argv[:] = [word for word in sys.argv if word != DEBUG_FLAG]
-    command = " ".join(words[:2]) if words[:1] == [DATA_COMMAND] else (words[0] if words else "")
+    grouped = words[:1] in ([DATA_COMMAND], [USERS_COMMAND], [STUDY_COMMAND])  # e.g. "icg users fold-in: ..."
+    command = " ".join(words[:2]) if grouped else (words[0] if words else "")
     previous = os.environ.get(DEBUG_ENV)
     if debug:
         os.environ[DEBUG_ENV] = "1"  # the parser reads it (ICGArgumentParser.error)

@@ -383,7 +383,9 @@ class AlignmentStage(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stage = checkpoint.get(ckpt.ICG_KEY, {}).get("stage")
         if stage != STAGE:
-            raise ckpt.CheckpointError(f"--ckpt_path: a {stage!r} stage checkpoint cannot resume the {STAGE!r} stage")
+            raise ckpt.CheckpointError(
+                f"--ckpt_path: {ckpt.a_stage_checkpoint(stage)} cannot resume the {STAGE!r} stage"
+            )
         has_lora = any(k.startswith("unet_lora.") for k in checkpoint["state_dict"])
         if has_lora != (self.unet_lora is not None):
             raise ckpt.CheckpointError(
