@@ -256,12 +256,7 @@ def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out:
     """
     folder, target = Path(folder), Path(out)
     config = read_config(folder)
-    inside = target.resolve() == folder.resolve() or folder.resolve() in target.resolve().parents
-    if inside or target.is_symlink():
-        what = f"the input export {folder} or inside it" if inside else "a symbolic link"
-        raise ExportError(f"--out: {target} is {what}; give a new folder (the input export is never written to)")
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ExportError(f"--out: {target} exists and is not empty; give a new folder")
+    check_new_export(folder, target)
     config["users"] = {**config.get("users", {}), "count": len(users), "embed_dim": users.embed_dim}
     provenance = config.setdefault("provenance", {})
     provenance["fold_in"] = [*provenance.get("fold_in", []), note]
@@ -282,6 +277,17 @@ def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def check_new_export(folder: str | Path, out: str | Path) -> None:
+    """Refuse an ``--out`` that is the input export ``folder`` (any spelling, a symbolic link), inside it, or taken."""
+    folder, target = Path(folder), Path(out)
+    inside = target.resolve() == folder.resolve() or folder.resolve() in target.resolve().parents
+    if inside or target.is_symlink():
+        what = f"the input export {folder} or inside it" if inside else "a symbolic link"
+        raise ExportError(f"--out: {target} is {what}; give a new folder (the input export is never written to)")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ExportError(f"--out: {target} exists and is not empty; give a new folder")
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:

@@ -345,12 +345,13 @@ def fold_in_export(
     Returns:
         a report: users added, their click counts, the settings used, and the export folder written.
     """
-    from icg.generation.export import read_config, write_users
+    from icg.generation.export import check_new_export, read_config, write_users
     from icg.generation.users import UserTable
 
     if out is None:
         raise FoldInError("--out: give a new folder for the extended export (the input export is never written to)")
     config = read_config(export, "--export")
+    check_new_export(export, out)  # before any work: the input export is never written to
     table = UserTable.load(export)
     stage1_ckpt = stage1_ckpt or config.get("provenance", {}).get("preference_ckpt")
     if stage1_ckpt is None:
