@@ -154,7 +154,8 @@ def checkpoint_parts(
         {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     )
     stage1 = preference_ckpt or block["preference_ckpt"]
-    model, user_ids = load_preference_model(stage1, "preference_ckpt (recorded in the stage-3 checkpoint)")
+    recorded = "preference_ckpt" if preference_ckpt else "preference_ckpt (recorded; --preference_ckpt names another)"
+    model, user_ids = load_preference_model(stage1, recorded)
     hparams = checkpoint.get("hyper_parameters", {})
     settings = SamplerSettings(**{k: hparams[k] for k in asdict(SamplerSettings()) if k in hparams})
     provenance = {"stage3_ckpt": _absolute(str(stage3_ckpt)), "preference_ckpt": _absolute(str(stage1)),
