@@ -1,8 +1,8 @@
 """``make demo``: the whole ICG pipeline on the embedded default, the synthetic platform, with tiny models.
 
 install (Makefile) -> synthetic platform -> the demo's stand-in base model -> stage 1 (click model) -> stage 2
-(reward bundle) -> stage 3 (ICG, and ICG without user refinement) -> export -> evaluation -> report + gallery +
-the demo's claims. Every step is the same ``icg`` command a user would type (``icg.cli.main``), run in-process in
+(reward bundle) -> stage 3 (ICG, and ICG without user refinement) -> export and covers for chosen pairs -> evaluation
+-> a blind pairwise study answered by simulated raters (user appeal) -> report + gallery + the demo's claims. Every step is the same ``icg`` command a user would type (``icg.cli.main``), run in-process in
 order; the configs are ``lightning_configs/demo/*.yaml`` and everything is written under ``runs/demo/``.
 
 ``python -m icg.demo --check`` exits non-zero when a claim breaks (CI's guard); ``--seeds 0 1 2`` runs the whole
