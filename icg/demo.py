@@ -2,8 +2,9 @@
 
 install (Makefile) -> synthetic platform -> the demo's stand-in base model -> stage 1 (click model) -> stage 2
 (reward bundle) -> stage 3 (ICG, and ICG without user refinement) -> export and covers for chosen pairs -> evaluation
--> a blind pairwise study answered by simulated raters (user appeal) -> report + gallery + the demo's claims. Every step is the same ``icg`` command a user would type (``icg.cli.main``), run in-process in
-order; the configs are ``lightning_configs/demo/*.yaml`` and everything is written under ``runs/demo/``.
+-> a blind pairwise study answered by simulated raters (user appeal) -> report + gallery + the demo's claims. Every
+step is the same ``icg`` command a user would type (``icg.cli.main``), run in-process in order; the configs are
+``lightning_configs/demo/*.yaml`` and everything is written under ``runs/demo/``.
 
 ``python -m icg.demo --check`` exits non-zero when a claim breaks (CI's guard); ``--seeds 0 1 2`` runs the whole
 pipeline once per seed (platform included), each in its own folder ``runs/seeds/seed<N>/``, and prints the per-seed

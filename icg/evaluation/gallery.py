@@ -27,7 +27,7 @@ METHOD_LABELS = {
 METHOD_HELP = {
     "title_only": "the base diffusion model prompted with the title (no user)",
     "icg_no_user": "ICG without user refinement (the ablation)",
-    "icg": "ICG: title + reference + this user",
+    "icg": "title + reference cover + this user's embedding",
     "icg_from_noise": "ICG sampling from pure noise instead of from the reference",
 }
 STYLE = """
@@ -109,8 +109,8 @@ def write_gallery(path: str | Path, grid: dict[str, Any]) -> Path:
             k = r * len(items) + c
             for j, name in enumerate(methods):
                 scores = grid["scores"].get(name, {})
-                caption = " ".join(
-                    f"{label} {float(scores[key][k]):.2f}" for key, label in CAPTION_METRICS if key in scores
+                caption = "<br>".join(  # one figure per line: a narrow cell never splits a label from its value
+                    f"{label}&nbsp;{float(scores[key][k]):.2f}" for key, label in CAPTION_METRICS if key in scores
                 )
                 cls = ' class="first"' if j == 0 else ""
                 cells.append(f"<td{cls}>{image(name, r, c, f'{name} for user {user}, item {items[c]}')}"
@@ -119,10 +119,10 @@ def write_gallery(path: str | Path, grid: dict[str, Any]) -> Path:
     legend = "".join(f"<li><b>{html.escape(_label(m))}</b>: {html.escape(METHOD_HELP.get(m, m))}</li>"
                      for m in methods)  # fmt: skip
     numbers = (
-        "p = the user's true click probability (the synthetic platform's hidden click model)"
+        "p = the user's true click probability (the synthetic platform's hidden click model); "
         if any("true_click_prob" in grid["scores"].get(m, {}) for m in methods)
-        else "eval p = the evaluator click model's click probability"
-    )
+        else ""
+    ) + "eval p = the click probability of the evaluator click model (trained apart from the rewards)"
     page = (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>ICG cover gallery</title>"
         f"<style>{STYLE}</style></head><body>\n<h1>ICG covers: users x items</h1>\n"
