@@ -47,7 +47,7 @@ OVERVIEW = """usage: icg {fit,validate,test,predict} [--config YAML ...] [option
        icg evaluate --data_root DIR --stage1_ckpt CKPT --stage3_ckpt CKPT --base_model DIR [...]
        icg export --stage3_ckpt CKPT --out DIR [--base_model DIR] [--mllm DIR]
        icg generate --export DIR --pairs FILE --out DIR [--data_root DIR] [--devices N] [...]
-       icg users fold-in --export DIR --data_root DIR [--users ...]
+       icg users fold-in --export DIR --data_root DIR --out DIR [--users ID,ID,...]
        icg study {serve,results,simulate} ...
        icg explore --export DIR [--data_root DIR] [--rewards_ckpt CKPT] [--base_model DIR] [--port N] [--device D]
 
