@@ -178,7 +178,8 @@ class InteractionArrays:
     def time_order(self) -> np.ndarray:
         """Rows sorted by (user, timestamp, item, file row) (:func:`icg.data.splits.time_order`), computed once."""
         if self.order is None:
-            self.order = splits.time_order(self.user_code, self.timestamp, self.item_code)
+            self.order, users, times = splits.time_order_columns(self.user_code, self.timestamp, self.item_code)
+            self.in_order.update(user_code=users, timestamp=times)  # what validation and the split gather first
         return self.order
 
     def sorted(self, name: str) -> np.ndarray:
@@ -252,7 +253,8 @@ def _encode_ids(read: Callable[[], pa.ChunkedArray]) -> tuple[np.ndarray, np.nda
         column = column.cast(column.type.value_type)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         column = column.cast(pa.string())  # integer ids in a parquet file are still ids, compared as strings
-    column = column.fill_null("")
+    if column.null_count:
+        column = column.fill_null("")
     rows = len(column)
     if rows == 0:
         return np.zeros(0, np.int32), np.zeros(0, object)

@@ -27,12 +27,15 @@ _MAX_DRAWS = 64  # rejection rounds before declaring a user unsamplable (only hi
 _CHUNK = 1 << 22  # rows per step when building packed keys: temporaries stay at a few tens of MB
 
 
-def _stable_pass(key: Callable[[np.ndarray], np.ndarray], order: np.ndarray | None, n: int) -> np.ndarray:
+def _stable_pass(
+    key: Callable[[np.ndarray], np.ndarray], order: np.ndarray | None, n: int, keys_out: np.ndarray | None = None
+) -> np.ndarray:
     """One least-significant-digit pass: ``order`` re-sorted stably by ``key(order)``, a uint32 key per row.
 
     The key goes into the high 32 bits and the current position into the low 32 bits of one uint64, so a plain
     (vectorised, unstable) value sort of distinct numbers is a stable sort by key; the low bits give the permutation.
     Keys are computed chunk by chunk, so the pass holds the packed array and the orders and nothing row-sized else.
+    ``keys_out`` (length n), when given, receives the keys in their sorted order (the high halves, for free).
     """
     packed = np.empty(n, np.uint64)
     for start in range(0, n, _CHUNK):
@@ -45,6 +48,8 @@ def _stable_pass(key: Callable[[np.ndarray], np.ndarray], order: np.ndarray | No
     packed.sort()
     step = np.empty(n, np.int32 if n < 2**31 else np.int64)
     for start in range(0, n, _CHUNK):
+        if keys_out is not None:
+            keys_out[start : start + _CHUNK] = packed[start : start + _CHUNK] >> np.uint64(32)
         np.bitwise_and(packed[start : start + _CHUNK], np.uint64(0xFFFFFFFF), out=packed[start : start + _CHUNK])
         step[start : start + _CHUNK] = packed[start : start + _CHUNK]
     del packed
@@ -54,8 +59,7 @@ def _stable_pass(key: Callable[[np.ndarray], np.ndarray], order: np.ndarray | No
 def time_order(user: np.ndarray, timestamp: np.ndarray, item: np.ndarray) -> np.ndarray:
     """Rows sorted by (user, timestamp, item, row): the order of :func:`split_parts` and of duplicate detection.
 
-    Equal to ``np.lexsort((item, timestamp, user))``; computed as stable passes over 32-bit keys (item, the low and
-    high halves of the timestamp's offset from its minimum, user), each one sort of packed uint64s.
+    Equal to ``np.lexsort((item, timestamp, user))``; see :func:`time_order_columns`.
 
     Args:
         user: non-negative int codes (< 2**32) per row.
@@ -65,19 +69,45 @@ def time_order(user: np.ndarray, timestamp: np.ndarray, item: np.ndarray) -> np.
     Returns:
         row indices, int32 below 2**31 rows (half the memory of int64 at Pixel8M's 158M rows), else int64.
     """
+    return time_order_columns(user, timestamp, item)[0]
+
+
+def time_order_columns(
+    user: np.ndarray, timestamp: np.ndarray, item: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`time_order`, with the user and timestamp columns in that order (which its callers gather anyway).
+
+    Stable passes over 32-bit keys, each one sort of packed uint64s: the low (and, for spans of 2**32 s or more, the
+    high) half of the timestamp's offset from its minimum, then the user; the user pass hands back the sorted users.
+    That gives (user, timestamp, row); the item decides only between rows of one user with one timestamp, so only
+    those runs (rare: a user rarely clicks twice in one second) are re-sorted by (item, row) instead of a whole pass.
+    """
     n = len(user)
     if n == 0:
-        return np.zeros(0, np.int32)
+        return np.zeros(0, np.int32), user[:0], timestamp[:0]
     if n >= 2**32:  # positions no longer fit the low half of the packed key
-        return np.lexsort((item, timestamp, user)).astype(np.int64)
+        order = np.lexsort((item, timestamp, user)).astype(np.int64)
+        return order, user[order], timestamp[order]
     # the offset from the minimum, exact in uint64 (the subtraction wraps mod 2**64; the true offset is below 2**64)
     base = np.asarray(timestamp.min(), np.int64).view(np.uint64)
     offset = lambda rows: timestamp[rows].view(np.uint64) - base  # noqa: E731
-    order = _stable_pass(lambda rows: item[rows], None, n)
-    order = _stable_pass(lambda rows: offset(rows).astype(np.uint32), order, n)  # the low 32 bits
+    order = _stable_pass(lambda rows: offset(rows).astype(np.uint32), None, n)  # the low 32 bits
     if int(timestamp.max()) - int(timestamp.min()) >= 2**32:  # seconds within 136 years fit the low half: rare
         order = _stable_pass(lambda rows: (offset(rows) >> np.uint64(32)).astype(np.uint32), order, n)
-    return _stable_pass(lambda rows: user[rows], order, n)
+    users = np.empty(n, np.uint32)
+    order = _stable_pass(lambda rows: user[rows], order, n, keys_out=users)
+    users = users.astype(user.dtype, copy=False)
+    times = timestamp[order]
+    tie = np.zeros(n, bool)  # tie[i]: position i has the user and timestamp of position i - 1
+    np.logical_and(users[1:] == users[:-1], times[1:] == times[:-1], out=tie[1:])
+    if tie.any():
+        member = tie.copy()
+        member[:-1] |= tie[1:]  # every position of a tied run
+        positions = np.flatnonzero(member)
+        run = np.cumsum(~tie[positions])  # a run starts where a position is not tied to the one before
+        rows = order[positions]  # within a run in row order already; lexsort is stable
+        order[positions] = rows[np.lexsort((item[rows], run))]
+    return order, users, times
 
 
 def per_user_offsets(user: np.ndarray, num_users: int) -> np.ndarray:
