@@ -48,6 +48,14 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def _move(modules: tuple[torch.nn.Module, ...], device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+    """Move (and optionally cast) each module in place."""
+    for module in modules:
+        # Any dtype keyword (even None or the same dtype) triggers diffusers' "keep in float32" warning.
+        kwargs = {"dtype": dtype} if dtype is not None and dtype != module.dtype else {}
+        module.to(device=device, **kwargs)
+
+
 def _has_weights(folder: Path) -> bool:
     return any(folder.glob("diffusion_pytorch_model*.safetensors")) or any(folder.glob("diffusion_pytorch_model*.bin"))
 
@@ -116,10 +124,7 @@ class DiffusionComponents:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DiffusionComponents:
         """Move (and optionally cast) UNet and VAE in place; returns self."""
-        for module in (self.unet, self.vae):
-            # Any dtype keyword (even None or the same dtype) triggers diffusers' "keep in float32" warning.
-            kwargs = {"dtype": dtype} if dtype is not None and dtype != module.dtype else {}
-            module.to(device=device, **kwargs)
+        _move((self.unet, self.vae), device, dtype)
         return self
 
     def reference_pipeline(self, mode: str = "text2img"):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
-from icg.diffusion.components import DiffusionComponents, MissingComponentError, _freeze, _has_weights
+from icg.diffusion.components import DiffusionComponents, MissingComponentError, _freeze, _has_weights, _move
 from icg.diffusion.conditioning import unet_cross_attention_dim, unet_pooled_dim
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,7 @@ class FluxComponents:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FluxComponents:
         """Move (and optionally cast) transformer and VAE in place; returns self."""
-        for module in (self.transformer, self.vae):
-            kwargs = {"dtype": dtype} if dtype is not None and dtype != module.dtype else {}
-            module.to(device=device, **kwargs)
+        _move((self.transformer, self.vae), device, dtype)
         return self
 
     def reference_pipeline(self, mode: str = "text2img"):
