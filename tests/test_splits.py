@@ -22,17 +22,57 @@ def test_split_parts_last_k_held_out():
     assert train_end.tolist() == [3, 11, 12]
 
 
+@pytest.mark.parametrize("parts", [1, 2, 3, 8])
 @pytest.mark.parametrize("span", [(0, 3), (1_600_000_000, 1_600_000_050), (-(2**62), 2**62)])
-def test_time_order_equals_lexsort(span, monkeypatch):
+def test_time_order_equals_lexsort(span, parts, monkeypatch):
     # many ties in every key (few users, items, timestamps) and, in the last case, timestamps over 2**32 apart;
-    # keys are built in chunks of 999 rows here so that the chunk boundaries are crossed
+    # keys are built in chunks of 999 rows here so that the chunk boundaries are crossed; the rows are split into
+    # `parts` user ranges ordered in threads, which must not change the result
     monkeypatch.setattr(splits, "_CHUNK", 999)
     rng = np.random.default_rng(1)
     for rows in (0, 1, 2, 50, 20_000):
         user = rng.integers(0, 40, rows).astype(np.int32)
         item = rng.integers(0, 6, rows).astype(np.int32)
         timestamp = rng.integers(*span, rows)
-        assert time_order(user, timestamp, item).tolist() == np.lexsort((item, timestamp, user)).tolist()
+        expected = np.lexsort((item, timestamp, user))
+        order, users, times = splits.time_order_columns(user, timestamp, item, parts=parts)
+        assert order.tolist() == expected.tolist()
+        assert users.tolist() == user[expected].tolist() and times.tolist() == timestamp[expected].tolist()
+    assert time_order(user, timestamp, item).tolist() == expected.tolist()
+
+
+def test_time_order_user_ranges_cover_every_row_once():
+    # one user holding most rows cannot be split: fewer ranges, still every row exactly once, users ascending
+    user = np.array([3] * 90 + [0, 1, 2, 5, 5, 7, 9, 9, 9, 9], np.int32)
+    np.random.default_rng(0).shuffle(user)
+    bounds, below = splits._user_bounds(user, 4)
+    assert 1 <= len(bounds) <= 3 and below == [int((user < b).sum()) for b in bounds]
+    cuts = [None, *bounds, None]
+    ranges = [splits._rows_of_users(user, lo, hi) for lo, hi in zip(cuts, cuts[1:])]
+    assert sorted(np.concatenate(ranges).tolist()) == list(range(len(user)))
+    assert all(user[a].max() < user[b].min() for a, b in zip(ranges, ranges[1:]))
+    assert splits._user_bounds(np.zeros(10, np.int32), 2) == ([], [])
+    # from a million rows on, the cuts come from every 16th row; the counts below them stay exact
+    user = np.random.default_rng(2).integers(0, 1000, 1 << 20).astype(np.int32)
+    bounds, below = splits._user_bounds(user, 3)
+    assert len(bounds) == 2 and below == [int((user < b).sum()) for b in bounds]
+    assert all(abs(size - len(user) / 3) < 0.02 * len(user) for size in np.diff([0, *below, len(user)]))
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3, 8])
+def test_sorted_pairs_in_parts_equal_one_sort(cores, monkeypatch):
+    # the negative sampler's (user, item) keys are built and sorted in one part per core, cut where the user changes;
+    # a log in user order (with one user spanning the would-be cuts) and one in file order both come out sorted
+    monkeypatch.setattr(splits, "_PARALLEL_ROWS", 1)
+    monkeypatch.setattr(splits, "_cores", lambda: cores)
+    rng = np.random.default_rng(3)
+    user = np.sort(np.concatenate([rng.integers(0, 30, 500), np.full(400, 7)])).astype(np.int32)
+    item = rng.integers(0, 50, len(user)).astype(np.int32)
+    expected = np.sort(user.astype(np.int64) * 50 + item)
+    assert splits._sorted_pairs(user, item, 50).tolist() == expected.tolist()
+    shuffled = rng.permutation(len(user))
+    assert splits._sorted_pairs(user[shuffled], item[shuffled], 50).tolist() == expected.tolist()
+    assert splits._sorted_pairs(user[:0], item[:0], 50).tolist() == []
 
 
 def _toy_log(holdout=1):

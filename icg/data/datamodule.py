@@ -362,8 +362,8 @@ class ICGDataModule(pl.LightningDataModule):
         # interactions: kept rows in (user, timestamp, item, file row) order, codes mapped to the final vocabularies;
         # the columns come already sorted (validation gathered them, or the cache holds them), and each remapping is
         # skipped when it is the identity (a clean dataset): every step over 158M rows costs seconds
-        kept = report.interaction_keep[report.time_order]
-        every = bool(kept.all())
+        every = bool(report.interaction_keep.all())
+        kept = None if every else report.interaction_keep[report.time_order]
         column = {
             name: inter.sorted(name) if every else inter.sorted(name)[kept]
             for name in ("user_code", "item_code", "click", "timestamp")

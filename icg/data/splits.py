@@ -15,7 +15,9 @@ positive (any click of that user in the whole dataset, held-out ones included).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -24,7 +26,9 @@ PARTS = {"train": TRAIN, "val": VAL, "test": TEST}
 _MAX_DRAWS = 64  # rejection rounds before declaring a user unsamplable (only hit when a user clicked ~every item)
 
 
-_CHUNK = 1 << 22  # rows per step when building packed keys: temporaries stay at a few tens of MB
+# rows per step when building packed keys: ~1 MB temporaries stay in the CPU's cache (ordering 158M rows took
+# 16.5-17.8 s with chunks of 2**16-2**18 rows against 19.3-23.7 s with 2**22, benchmarks/datamodule_scale.py)
+_CHUNK = 1 << 17
 
 
 def _stable_pass(
@@ -73,7 +77,7 @@ def time_order(user: np.ndarray, timestamp: np.ndarray, item: np.ndarray) -> np.
 
 
 def time_order_columns(
-    user: np.ndarray, timestamp: np.ndarray, item: np.ndarray
+    user: np.ndarray, timestamp: np.ndarray, item: np.ndarray, parts: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`time_order`, with the user and timestamp columns in that order (which its callers gather anyway).
 
@@ -81,6 +85,10 @@ def time_order_columns(
     high) half of the timestamp's offset from its minimum, then the user; the user pass hands back the sorted users.
     That gives (user, timestamp, row); the item decides only between rows of one user with one timestamp, so only
     those runs (rare: a user rarely clicks twice in one second) are re-sorted by (item, row) instead of a whole pass.
+
+    The rows are first split into ``parts`` ranges of users of about equal size (default: one per core, up to 8, for
+    logs of millions of rows), each ordered in its own thread (numpy releases the GIL while it gathers and sorts);
+    the ranges follow each other in the result, so the order is the same for any ``parts``.
     """
     n = len(user)
     if n == 0:
@@ -88,17 +96,96 @@ def time_order_columns(
     if n >= 2**32:  # positions no longer fit the low half of the packed key
         order = np.lexsort((item, timestamp, user)).astype(np.int64)
         return order, user[order], timestamp[order]
+    if parts is None:
+        parts = min(_cores(), 8) if n >= _PARALLEL_ROWS else 1
+    order = np.empty(n, np.int32 if n < 2**31 else np.int64)
+    users = np.empty(n, user.dtype)
+    times = np.empty(n, timestamp.dtype)
+    low, high = int(timestamp.min()), int(timestamp.max())
+    bounds, below = _user_bounds(user, parts) if parts > 1 else ([], [])
+    cuts = [None, *bounds, None]  # range k holds the users in [cuts[k], cuts[k + 1])
+    starts = [0, *below, n]  # and the sorted positions [starts[k], starts[k + 1])
+
+    def order_part(k: int) -> None:
+        at = slice(starts[k], starts[k + 1])
+        rows = None if len(bounds) == 0 else _rows_of_users(user, cuts[k], cuts[k + 1])
+        order[at] = _time_order_rows(user, timestamp, rows, (low, high), users[at], times[at])
+        _order_ties(order[at], users[at], times[at], item)
+
+    if len(bounds) == 0:
+        order_part(0)
+    else:
+        with ThreadPoolExecutor(len(bounds) + 1) as pool:
+            list(pool.map(order_part, range(len(bounds) + 1)))  # list(): a thread's exception is raised here
+    return order, users, times
+
+
+_PARALLEL_ROWS = 1 << 22  # below this a single thread orders the log (thread start-up and the split cost more)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _user_bounds(user: np.ndarray, parts: int) -> tuple[list[int], list[int]]:
+    """User codes that cut the log into ``parts`` consecutive user ranges of about n/parts rows each (from every 16th
+    row; fewer ranges when one user holds more than a range's share), and the number of rows below each cut."""
+    sample = user[:: 16 if len(user) >= 1 << 20 else 1]
+    cumulative = np.cumsum(np.bincount(sample))
+    bounds = np.unique(np.searchsorted(cumulative, np.arange(1, parts) * (len(sample) / parts)) + 1)
+    cuts, below = [], []
+    for bound in bounds[bounds < len(cumulative)].tolist():
+        rows = int(np.count_nonzero(user < bound))  # exact; a cut from the sample that leaves a range empty goes
+        if (below[-1] if below else 0) < rows < len(user):
+            cuts.append(bound)
+            below.append(rows)
+    return cuts, below
+
+
+def _rows_of_users(user: np.ndarray, lo: int | None, hi: int | None) -> np.ndarray:
+    """The rows (ascending) whose user code is in [lo, hi) (None: unbounded), int32 below 2**31 rows."""
+    inside = user >= lo if lo is not None else user < hi
+    if lo is not None and hi is not None:
+        inside &= user < hi
+    return np.flatnonzero(inside).astype(np.int32 if len(user) < 2**31 else np.int64, copy=False)
+
+
+def _time_order_rows(
+    user: np.ndarray,
+    timestamp: np.ndarray,
+    rows: np.ndarray | None,
+    span: tuple[int, int],
+    users: np.ndarray,
+    times: np.ndarray,
+) -> np.ndarray:
+    """``rows`` (None: all) sorted by (user, timestamp, row); ``users`` and ``times`` receive their columns.
+
+    Args:
+        span: the smallest and largest timestamp of the whole log.
+    """
+    n = len(user) if rows is None else len(rows)
+    low, high = span
     # the offset from the minimum, exact in uint64 (the subtraction wraps mod 2**64; the true offset is below 2**64)
-    base = np.asarray(timestamp.min(), np.int64).view(np.uint64)
-    offset = lambda rows: timestamp[rows].view(np.uint64) - base  # noqa: E731
-    order = _stable_pass(lambda rows: offset(rows).astype(np.uint32), None, n)  # the low 32 bits
-    if int(timestamp.max()) - int(timestamp.min()) >= 2**32:  # seconds within 136 years fit the low half: rare
-        order = _stable_pass(lambda rows: (offset(rows) >> np.uint64(32)).astype(np.uint32), order, n)
-    users = np.empty(n, np.uint32)
-    order = _stable_pass(lambda rows: user[rows], order, n, keys_out=users)
-    users = users.astype(user.dtype, copy=False)
-    times = timestamp[order]
-    tie = np.zeros(n, bool)  # tie[i]: position i has the user and timestamp of position i - 1
+    base = np.asarray(low, np.int64).view(np.uint64)
+    offset = lambda at: timestamp[at].view(np.uint64) - base  # noqa: E731
+    narrow = high - low < 2**32  # seconds within 136 years: one pass, whose keys are the offsets themselves
+    offsets = np.empty(n, np.uint32) if narrow else None
+    order = _stable_pass(lambda at: offset(at).astype(np.uint32), rows, n, keys_out=offsets)  # the low 32 bits
+    if not narrow:
+        order = _stable_pass(lambda at: (offset(at) >> np.uint64(32)).astype(np.uint32), order, n)
+    step = _stable_pass(lambda at: user[order[at]], None, n, keys_out=users)  # positions in `order`
+    if narrow:  # a 4-byte gather of the sorted offsets instead of an 8-byte one of the timestamps
+        np.add(offsets[step], np.int64(low), out=times, casting="unsafe")
+        del offsets
+        return order[step]
+    order = order[step]
+    np.take(timestamp, order, out=times)
+    return order
+
+
+def _order_ties(order: np.ndarray, users: np.ndarray, times: np.ndarray, item: np.ndarray) -> None:
+    """Re-sort, in place, the runs of ``order`` that share a user and a timestamp by (item, row)."""
+    tie = np.zeros(len(order), bool)  # tie[i]: position i has the user and timestamp of position i - 1
     np.logical_and(users[1:] == users[:-1], times[1:] == times[:-1], out=tie[1:])
     if tie.any():
         member = tie.copy()
@@ -107,7 +194,6 @@ def time_order_columns(
         run = np.cumsum(~tie[positions])  # a run starts where a position is not tied to the one before
         rows = order[positions]  # within a run in row order already; lexsort is stable
         order[positions] = rows[np.lexsort((item[rows], run))]
-    return order, users, times
 
 
 def per_user_offsets(user: np.ndarray, num_users: int) -> np.ndarray:
@@ -228,6 +314,39 @@ class InteractionLog:
         return out
 
 
+def _sorted_pairs(user: np.ndarray, item: np.ndarray, num_items: int) -> np.ndarray:
+    """``user * num_items + item`` as int64, sorted.
+
+    A log in user order (the DataModule's) is cut where the user changes into one part per core, each built and
+    sorted in its own thread; the parts then follow each other. Any other order is caught at the cuts and sorted
+    whole.
+    """
+    n = len(user)
+    keys = np.empty(n, np.int64)
+    parts = min(_cores(), 8) if n >= _PARALLEL_ROWS else 1
+    cuts = [0]
+    for k in range(1, parts):
+        at = max(k * n // parts, cuts[-1] + 1)
+        if at < n:  # move to where a new user starts (a user's pairs stay in one part)
+            differs = user[at:] != user[at - 1]
+            at = at + int(differs.argmax()) if differs.any() else n
+        if at < n:
+            cuts.append(at)
+    cuts.append(n)
+
+    def build(k: int) -> None:
+        part = slice(cuts[k], cuts[k + 1])
+        np.multiply(user[part], num_items, out=keys[part], dtype=np.int64)
+        keys[part] += item[part]
+        keys[part].sort()
+
+    with ThreadPoolExecutor(len(cuts) - 1) as pool:
+        list(pool.map(build, range(len(cuts) - 1)))
+    if any(keys[at - 1] > keys[at] for at in cuts[1:-1]):
+        keys.sort()  # the log was not in user order
+    return keys
+
+
 class NegativeSampler:
     """Draws items a user never clicked, uniformly or by popularity, from a per-row seeded generator.
 
@@ -250,10 +369,7 @@ class NegativeSampler:
         if distribution not in ("uniform", "popularity"):
             raise ValueError(f"negative_sampling must be 'uniform' or 'popularity', got {distribution!r}")
         self.num_items = num_items
-        keys = user.astype(np.int64)  # sorted (user, item) positive pairs, built in place (158M rows: 1.3 GB each)
-        keys *= num_items
-        keys += item
-        keys.sort()
+        keys = _sorted_pairs(user, item, num_items)  # sorted (user, item) positive pairs (158M rows: 1.3 GB)
         if len(keys):
             first = np.empty(len(keys), bool)
             first[0] = True

@@ -34,6 +34,8 @@ def parse_timestamps(values: pa.ChunkedArray | pa.Array | pd.Series | np.ndarray
     """
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         if pa.types.is_integer(values.type):
+            if values.null_count == 0:  # the common case: no row-sized null mask or filled copy
+                return np.asarray(values, dtype=np.int64), np.ones(len(values), bool)
             ok = ~np.asarray(values.is_null(), dtype=bool)
             return np.asarray(values.fill_null(0), dtype=np.int64), ok
         if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):

@@ -275,6 +275,11 @@ def check_images(root: Path, paths: np.ndarray, verified: dict | None = None) ->
     return bad
 
 
+def _per_row(per_value: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``per_value[codes]``, without the gather (158M rows: seconds) when no value is flagged."""
+    return per_value[codes] if per_value.any() else np.zeros(len(codes), bool)
+
+
 def _equal_neighbours(values: np.ndarray) -> np.ndarray:
     """``values[1:] == values[:-1]`` (bool; unlike ``np.diff(values) == 0`` no row-sized integer temporary)."""
     return values[1:] == values[:-1]
@@ -333,9 +338,9 @@ def validate(
     inter_example = lambda row: _interaction_example(inter, row)  # noqa: E731
     known = pd.Index(pd.unique(item_ids[~empty_item_id])).get_indexer(inter.item_values) >= 0  # per distinct value
     kept = pd.Index(item_ids[item_keep]).get_indexer(inter.item_values) >= 0  # kept ids are unique
-    empty_user = (inter.user_values == "")[inter.user_code] if len(inter) else np.zeros(0, bool)
-    unknown = ~known[inter.item_code] if len(inter) else np.zeros(0, bool)
-    left_out = ~kept[inter.item_code] & ~unknown if len(inter) else np.zeros(0, bool)
+    empty_user = _per_row(inter.user_values == "", inter.user_code)
+    unknown = _per_row(~known, inter.item_code)
+    left_out = _per_row(~kept & known, inter.item_code)
     bad_ts = ~inter.timestamp_ok
     bad_click = ~inter.click_ok
     # one stable sort by (user, timestamp, item); the codes follow sorted ids, so this is the split's time order
