@@ -3,6 +3,8 @@ never a user's positive (icg/data/splits.py and its use by the DataModule)."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,9 +50,9 @@ def test_time_order_user_ranges_cover_every_row_once():
     bounds, below = splits._user_bounds(user, 4)
     assert 1 <= len(bounds) <= 3 and below == [int((user < b).sum()) for b in bounds]
     cuts = [None, *bounds, None]
-    ranges = [splits._rows_of_users(user, lo, hi) for lo, hi in zip(cuts, cuts[1:])]
+    ranges = [splits._rows_of_users(user, lo, hi) for lo, hi in itertools.pairwise(cuts)]
     assert sorted(np.concatenate(ranges).tolist()) == list(range(len(user)))
-    assert all(user[a].max() < user[b].min() for a, b in zip(ranges, ranges[1:]))
+    assert all(user[a].max() < user[b].min() for a, b in itertools.pairwise(ranges))
     assert splits._user_bounds(np.zeros(10, np.int32), 2) == ([], [])
     # from a million rows on, the cuts come from every 16th row; the counts below them stay exact
     user = np.random.default_rng(2).integers(0, 1000, 1 << 20).astype(np.int32)
