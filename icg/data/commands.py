@@ -111,19 +111,19 @@ def dataset_stats(root: Path, holdout: int) -> tuple[dict, str]:
     refused.
     """
     from icg.data.schema import read_interaction_arrays, read_meta
-    from icg.data.splits import InteractionLog, time_order
+    from icg.data.splits import InteractionLog
     from icg.data.validation import read_items, validate
 
     meta = read_meta(root)
     items, items_path = read_items(root)
     inter = read_interaction_arrays(root)
     problems = validate(root, items, items_path, inter, check_image_files=False).message()
-    order = time_order(inter.user_code, inter.timestamp, inter.item_code)
+    sorted_ = inter.sorted  # validation put the rows in time order once; the columns gathered then are reused
     log_ = InteractionLog(
-        inter.user_code[order],
-        inter.item_code[order],
-        inter.click[order],
-        inter.timestamp[order],
+        sorted_("user_code"),
+        sorted_("item_code"),
+        sorted_("click"),
+        sorted_("timestamp"),
         len(inter.user_values),
         holdout,
     )

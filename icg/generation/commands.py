@@ -277,7 +277,7 @@ def fold_in(
     """Add users who have clicks but no stage-1 embedding to an export, without retraining (docs/generation.md).
 
     Args:
-        export: the ``icg export`` folder whose user table gets the new rows (replaced atomically).
+        export: the ``icg export`` folder to extend (only read: the extended copy is written to ``out``).
         data_root: the icg dataset holding the users' clicks.
         stage1_ckpt: the stage-1 checkpoint the export's users come from (default: the one the export records).
         users: the users to fold in, ``--users u1,u2`` or a JSON list (default: every user with clicks in data_root
