@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from icg.errors import UserError
+from icg.errors import ClassPathError, UserError
 
 ICG_KEY = "icg"
 ICG_CKPT_VERSION = 1
@@ -128,18 +128,133 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def instantiate(spec: dict[str, Any]) -> Any:
-    """Build an object from a ``{"class_path", "init_args"}`` spec, nested specs first."""
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise CheckpointError(f"not a module spec (needs 'class_path'): {spec!r:.200}")
-    module_name, _, class_name = spec["class_path"].rpartition(".")
+# ------------------------------------------------------------------------------------------------ files are data
+# A class path read from a checkpoint, an export or a config is data: it may name only the classes below, and one
+# outside the allowed packages is refused before anything is imported (importing a module runs its code).
+ICG_PACKAGE = "icg"
+# what an icg class named in a checkpoint or export spec must be (every model, reward, encoder and stage)
+SPEC_BASES = ("torch.nn.Module",)
+# what an icg class named in a config may be: those, or the Lightning parts a stage's config plugs in
+CONFIG_BASES = (
+    "torch.nn.Module",
+    "lightning.pytorch.callbacks.Callback",
+    "lightning.pytorch.LightningDataModule",
+    "lightning.fabric.plugins.CheckpointIO",
+    "lightning.fabric.plugins.environments.ClusterEnvironment",
+)
+# library classes a config may name (never a checkpoint or export): class-path prefix -> the bases they must subclass
+LIBRARY_CLASSES = {
+    "torch.optim.": (
+        "torch.optim.Optimizer",
+        "torch.optim.lr_scheduler.LRScheduler",
+        "torch.optim.lr_scheduler.ReduceLROnPlateau",
+    ),
+    "lightning.pytorch.callbacks.": ("lightning.pytorch.callbacks.Callback",),
+    "lightning.pytorch.loggers.": ("lightning.pytorch.loggers.Logger",),
+    "lightning.pytorch.strategies.": ("lightning.pytorch.strategies.Strategy",),
+    "lightning.pytorch.profilers.": ("lightning.pytorch.profilers.Profiler",),
+    "lightning.pytorch.plugins.": (
+        "lightning.fabric.plugins.environments.ClusterEnvironment",
+        "lightning.fabric.plugins.CheckpointIO",
+        "lightning.pytorch.plugins.precision.Precision",
+        "lightning.pytorch.plugins.layer_sync.LayerSync",
+    ),
+    "lightning.fabric.plugins.environments.": ("lightning.fabric.plugins.environments.ClusterEnvironment",),
+}
+FILES_ARE_DATA_DOC = "docs/architecture.md, 'Files are data'"
+_DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def _named(path: str) -> type:
+    """One of the base classes above (constants of this module, never a name read from a file)."""
+    module_name, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def _join(key: str, child: str) -> str:
+    return f"{key}.{child}" if key and not child.startswith("[") else f"{key}{child}"
+
+
+def resolve_class(class_path: Any, key: str = "", origin: str = "", config: bool = False) -> type:
+    """The class ``class_path`` names, if a file may name it; else a :class:`ClassPathError` naming file and key.
+
+    Allowed: a class defined in an ``icg`` module that subclasses ``SPEC_BASES`` (``CONFIG_BASES`` in a config)
+    and, in a config only, a class of ``LIBRARY_CLASSES`` (torch optimizers and schedulers, Lightning callbacks,
+    loggers, strategies, profilers, plugins). A path outside those packages is refused without being imported; an
+    ``icg`` attribute that is not such a class (a function, an imported ``subprocess.Popen``) is refused after.
+
+    Args:
+        class_path: the value read from the file.
+        key: where it was read, as a dotted key (``conditioner.init_args.fusion``).
+        origin: the file (or option) it was read from.
+        config: a training config (library classes allowed) rather than a checkpoint or export spec.
+    """
+    where = ": ".join(part for part in (origin, key) if part)
+    where = f"{where}: " if where else ""
+    allowed = "icg's own model classes" + (" and the torch/Lightning classes a config uses" if config else "")
+
+    def refuse(why: str) -> ClassPathError:
+        return ClassPathError(f"{where}class_path {class_path!r:.200} is refused: {why} (a file may name only "
+                              f"{allowed}; see {FILES_ARE_DATA_DOC})")  # fmt: skip
+
+    if not isinstance(class_path, str) or not _DOTTED_NAME.match(class_path):
+        raise refuse("not a dotted class name")
+    library = next((p for p in LIBRARY_CLASSES if class_path.startswith(p)), None) if config else None
+    if library is None and not class_path.startswith(f"{ICG_PACKAGE}."):
+        raise refuse("outside the allowed packages")
+    module_name, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as err:
-        raise CheckpointError(f"cannot import {spec['class_path']!r} named in a checkpoint spec: {err}") from err
+        raise ClassPathError(f"{where}cannot import {class_path!r}: {err}") from err
+    home = library.partition(".")[0] if library else ICG_PACKAGE
+    base_names = LIBRARY_CLASSES[library] if library else CONFIG_BASES if config else SPEC_BASES
+    bases = tuple(_named(b) for b in base_names)
+    if not isinstance(cls, type) or not (cls.__module__ == home or cls.__module__.startswith(f"{home}.")):
+        raise refuse(f"not a class defined in the {home} package")
+    if not issubclass(cls, bases):
+        raise refuse(f"not a subclass of {' or '.join(base_names)}")
+    return cls
+
+
+def check_class_paths(value: Any, key: str = "", origin: str = "", config: bool = False) -> None:
+    """Every ``class_path`` anywhere in ``value`` (nested dicts and lists) must pass :func:`resolve_class`."""
+    if isinstance(value, dict):
+        if "class_path" in value:
+            resolve_class(value["class_path"], key, origin, config)
+        for name, child in value.items():
+            if isinstance(child, (dict, list)):
+                check_class_paths(child, _join(key, str(name)), origin, config)
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            check_class_paths(child, _join(key, f"[{index}]"), origin, config)
+
+
+def instantiate(spec: dict[str, Any], key: str = "", origin: str = "") -> Any:
+    """Build an object from a ``{"class_path", "init_args"}`` spec, nested specs first.
+
+    Every class path in the spec is checked (:func:`resolve_class`) before anything is built.
+
+    Args:
+        spec: the spec, as read from a checkpoint, an export or ``spec.json``.
+        key: where the spec sits in that file (``icg.specs.conditioner``), quoted in errors.
+        origin: the file, quoted in errors.
+    """
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        where = ": ".join(part for part in (origin, key) if part)
+        raise CheckpointError(f"{where + ': ' if where else ''}not a module spec (needs 'class_path'): {spec!r:.200}")
+    check_class_paths(spec, key, origin)
+    return _build(spec, key, origin)
+
+
+def _build(spec: dict[str, Any], key: str, origin: str) -> Any:
+    cls = resolve_class(spec["class_path"], key, origin)
+    init_args = spec.get("init_args", {})
+    if not isinstance(init_args, dict):
+        raise CheckpointError(f"{': '.join(p for p in (origin, key) if p)}: init_args is not a mapping")
     kwargs = {
-        k: instantiate(v) if isinstance(v, dict) and "class_path" in v else v
-        for k, v in spec.get("init_args", {}).items()
+        k: _build(v, _join(key, f"init_args.{k}"), origin) if isinstance(v, dict) and "class_path" in v else v
+        for k, v in init_args.items()
     }
     return cls(**kwargs)
 
@@ -195,7 +310,7 @@ def load_module(checkpoint: dict[str, Any], spec_name: str, prefix: str) -> nn.M
     specs = checkpoint[ICG_KEY].get("specs", {})
     if spec_name not in specs:
         raise CheckpointError(f"checkpoint has no '{spec_name}' module spec (has {sorted(specs)})")
-    module = instantiate(specs[spec_name])
+    module = instantiate(specs[spec_name], key=f"{ICG_KEY}.specs.{spec_name}")
     module.load_state_dict(sub_state_dict(checkpoint["state_dict"], prefix), strict=True)
     return module
 

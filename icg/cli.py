@@ -106,6 +106,20 @@ class ICGLightningCLI(LightningCLI):
             "without it such a fit is refused, so later stages never chain a stale last.ckpt",
         )
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then refuse a ``class_path`` outside the allow-list (``icg.ckpt.resolve_class``) before the
+        ``--ckpt_path`` check or anything else builds or loads a thing; the config key and the class are named.
+
+        ``_check_config_files`` has already refused such a class in a ``--config`` file, naming the file, before the
+        parser imported anything; this catches the rest (command-line values, files nested in a config).
+        """
+        super().parse_arguments(parser, args)
+        from icg.ckpt import check_class_paths
+
+        config = self.config.as_dict()
+        subcommand = config.get("subcommand")
+        check_class_paths(config.get(subcommand, config) if subcommand else config, config=True)
+
     def before_instantiate_classes(self) -> None:
         """Refuse a trainer this machine or SLURM job cannot run (``icg.lit.preflight``), then fill in the values
         that must agree with the data or an earlier stage when the config leaves them out.
@@ -177,9 +191,7 @@ class ICGLightningCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path`` resumes the same stage only: refuse another stage's checkpoint before Lightning reads it."""
-        import importlib
-
-        from icg.ckpt import ICG_KEY, CheckpointError, a_stage_checkpoint, read_checkpoint
+        from icg.ckpt import ICG_KEY, CheckpointError, a_stage_checkpoint, read_checkpoint, resolve_class
 
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -189,7 +201,7 @@ class ICGLightningCLI(LightningCLI):
             block = checkpoint.get(ICG_KEY) if isinstance(checkpoint, dict) else None
             stage = block.get("stage") if isinstance(block, dict) else None
             class_path = self.config[subcommand].model.class_path
-            module = importlib.import_module(class_path.rpartition(".")[0])
+            module = sys.modules[resolve_class(class_path, "model", config=True).__module__]
             expected = getattr(module, "STAGE", None)
             if expected is not None and stage != expected:
                 written_by = a_stage_checkpoint(stage) if stage else "not an icg stage checkpoint (no 'icg' block)"
@@ -277,9 +289,16 @@ def _run(words: list[str], from_argv: bool) -> int:
     return 0
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def _check_config_files(words: list[str]) -> None:
-    """Name a ``--config`` file that is not valid YAML (jsonargparse's message names neither file nor key)."""
+    """Name a ``--config`` file that is not valid YAML (jsonargparse's message names neither file nor key), and
+    refuse a ``class_path`` outside the allow-list (``icg.ckpt.resolve_class``) in it, or in a YAML/JSON file it or
+    the command line names, before the parser imports anything: files are data."""
     import yaml
+
+    from icg.ckpt import check_class_paths
 
     for index, word in enumerate(words):
         path = word.split("=", 1)[1] if word.startswith("--config=") else None
@@ -293,6 +312,35 @@ def _check_config_files(words: list[str]) -> None:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise ArgumentsError(f"--config {path}: not valid YAML ({getattr(err, 'problem', err)}{where})") from err
+    seen: set[Path] = set()
+    pending = [Path(word.rpartition("=")[2]) for word in words if word.rpartition("=")[2].endswith(CONFIG_SUFFIXES)]
+    while pending:
+        path = pending.pop()
+        if not path.is_file() or path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        try:
+            document = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            continue  # not a config file after all (a --config one was checked above); the parser reports it
+        check_class_paths(document, origin=str(path), config=True)
+        pending += [
+            folder / value
+            for value in _strings(document)
+            if value.endswith(CONFIG_SUFFIXES)
+            for folder in (Path(), path.parent)
+        ]
+
+
+def _strings(value) -> list[str]:
+    """Every string in a parsed YAML document (the files it may name)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for child in value.values() for s in _strings(child)]
+    if isinstance(value, list):
+        return [s for child in value for s in _strings(child)]
+    return []
 
 
 if __name__ == "__main__":

@@ -35,6 +35,11 @@ class OutputFolderError(UserError, FileExistsError):
     """An output folder is not empty, or holds something the command will not replace; the message names it."""
 
 
+class ClassPathError(UserError, ValueError):
+    """A checkpoint, export or config names a class outside the allow-list (``icg.ckpt.resolve_class``); files are
+    data, so it is refused before it is imported; the message names the file, the key and the class."""
+
+
 class ArgumentsError(UserError):
     """The command line or a config file does not parse (unknown key, wrong type); the message is the parser's gist.
 

@@ -148,7 +148,7 @@ def checkpoint_parts(
     spec, source = with_paths(
         block["specs"]["conditioner"], DiffusionSource(**block["diffusion"]), base_model, mllm, config_key, keep_tiny
     )
-    conditioner = ckpt.instantiate(spec)
+    conditioner = ckpt.instantiate(spec, f"{ckpt.ICG_KEY}.specs.conditioner", f"{config_key}: {stage3_ckpt}")
     prefix = "conditioner."
     conditioner.load_trained_state_dict(
         {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
@@ -353,7 +353,7 @@ def load_export(
     config = read_config(folder)
     spec, source = with_paths(config["conditioner"], DiffusionSource(**config["diffusion"]), base_model, mllm,
                               f"export {folder}")  # fmt: skip
-    conditioner = ckpt.instantiate(spec)
+    conditioner = ckpt.instantiate(spec, "conditioner", f"export {folder / CONFIG}")
     conditioner.load_trained_state_dict(ckpt.read_safetensors(folder / WEIGHTS, f"export {folder}"))
     negative = ckpt.read_safetensors(folder / NEGATIVE, f"export {folder}")
     lora = None

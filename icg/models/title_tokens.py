@@ -105,6 +105,17 @@ def load_title_encoder(folder: str | Path, config_key: str = "base_model") -> Ti
     path = Path(folder) / TITLE_ENCODER_DIR
     if not (path / "spec.json").is_file():
         raise MissingFileError(f"{config_key}: {path}/spec.json does not exist (a stand-in base model export)")
-    encoder = ckpt.instantiate(json.loads((path / "spec.json").read_text()))
+    spec_file = path / "spec.json"
+    try:
+        spec = json.loads(spec_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ckpt.CheckpointError(
+            f"{config_key}: {spec_file} is not valid JSON ({err}); export the base model again"
+        ) from err
+    encoder = ckpt.instantiate(spec, origin=f"{config_key}: {spec_file}")
+    if not isinstance(encoder, TitleTokenEncoder):
+        raise ckpt.CheckpointError(
+            f"{config_key}: {spec_file} builds a {type(encoder).__name__}, not a TitleTokenEncoder"
+        )
     encoder.load_state_dict(ckpt.read_safetensors(path / "model.safetensors", config_key))
     return ckpt.freeze(encoder)

@@ -18,7 +18,6 @@ A reward that stage 2 can fit defines ``fit_loss(images, context) -> scalar Tens
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from collections.abc import Mapping
@@ -30,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from icg import ckpt
-from icg.errors import ConfigError
+from icg.errors import ClassPathError, ConfigError
 from icg.models.rewards.base import Reward, RewardContext
 
 logger = logging.getLogger(__name__)
@@ -223,19 +222,21 @@ class RewardBundle(nn.Module):
         }
 
 
-def bundle_from_spec(spec: dict[str, Any]) -> RewardBundle:
-    """Rebuild a ``RewardBundle`` (fresh weights) from its spec: every reward from its own spec first."""
+def bundle_from_spec(spec: dict[str, Any], key: str = "", origin: str = "") -> RewardBundle:
+    """Rebuild a ``RewardBundle`` (fresh weights) from its spec: every reward from its own spec first.
+
+    Every class path in the spec is checked (``icg.ckpt.resolve_class``) before anything is built; ``key`` and
+    ``origin`` (where the spec sits, in which file) are quoted in errors.
+    """
     if not isinstance(spec, dict) or "init_args" not in spec:
         raise ckpt.CheckpointError(f"not a reward-bundle spec: {spec!r:.200}")
-    init_args = dict(spec["init_args"])
-    rewards = [ckpt.instantiate(r) for r in init_args.pop("rewards")]
-    module_name, _, class_name = str(spec.get("class_path", "")).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ckpt.CheckpointError(f"cannot import the bundle class {spec.get('class_path')!r}: {err}") from err
-    if not (isinstance(cls, type) and issubclass(cls, RewardBundle)):
+    ckpt.check_class_paths(spec, key, origin)
+    cls = ckpt.resolve_class(spec.get("class_path"), key, origin)
+    if not issubclass(cls, RewardBundle):
         raise ckpt.CheckpointError(f"{spec['class_path']} is not a RewardBundle")
+    init_args = dict(spec["init_args"])
+    rewards_key = f"{key}.init_args.rewards" if key else "init_args.rewards"
+    rewards = [ckpt.instantiate(r, f"{rewards_key}[{i}]", origin) for i, r in enumerate(init_args.pop("rewards"))]
     return cls(rewards=rewards, **init_args)
 
 
@@ -258,8 +259,10 @@ def load_reward_bundle(path: str | Path, config_key: str = "rewards_ckpt") -> Re
     if SPEC_NAME not in specs:
         raise ckpt.CheckpointError(f"{config_key}: {path} has no '{SPEC_NAME}' spec (has {sorted(specs)})")
     try:
-        bundle = bundle_from_spec(specs[SPEC_NAME])
+        bundle = bundle_from_spec(specs[SPEC_NAME], f"{ckpt.ICG_KEY}.specs.{SPEC_NAME}", f"{config_key}: {path}")
         bundle.load_state_dict(ckpt.sub_state_dict(checkpoint["state_dict"], STATE_PREFIX), strict=True)
+    except ClassPathError:
+        raise  # already names the file and the key
     except (ckpt.CheckpointError, RuntimeError, TypeError, ValueError) as err:
         raise ckpt.CheckpointError(f"{config_key}: cannot rebuild the reward bundle from {path}: {err}") from err
     if not bundle.is_fitted:
