@@ -36,8 +36,11 @@ class OutputFolderError(UserError, FileExistsError):
 
 
 class ClassPathError(UserError, ValueError):
-    """A checkpoint, export or config names a class outside the allow-list (``icg.ckpt.resolve_class``); files are
-    data, so it is refused before it is imported; the message names the file, the key and the class."""
+    """A checkpoint, export or config names a class outside the allow-list (``icg.ckpt.resolve_class``).
+
+    Files are data: a path outside the allowed packages is refused before it is imported, and nothing is built. The
+    message names the file, the key and the class.
+    """
 
 
 class ArgumentsError(UserError):
