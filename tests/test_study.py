@@ -370,6 +370,36 @@ def test_only_the_screen_shown_can_be_answered(study_run, tiny_platform, tmp_pat
     assert [(r, c) for r, c, *_ in rows(db)] == [("bob", queue[0]), ("bob", queue[1])]
 
 
+def test_guard_names_and_a_request_without_host():
+    import asyncio
+
+    from icg.study.guard import RequestGuard, allowed_hosts, host_name, parse_allowed_hosts
+
+    assert [host_name(h) for h in ("[::1]:8000", "LocalHost:80", "::1", "example.org", "[::1]")] == [
+        "::1", "localhost", "::1", "example.org", "::1"]  # fmt: skip
+    names, added = allowed_hosts("0.0.0.0", parse_allowed_hosts(" Lab.example , 10.0.0.5,"))
+    assert names == {"localhost", "127.0.0.1", "::1", "0.0.0.0", "lab.example", "10.0.0.5"}
+    assert added == {"lab.example", "10.0.0.5"}
+    reached, sent = [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    guard = RequestGuard(app, "127.0.0.1")
+    scope = {"type": "http", "method": "GET", "path": "/api/next", "headers": [], "scheme": "http"}
+    asyncio.run(guard(scope, receive, send))  # HTTP/1.0 without a Host header
+    assert reached == [] and sent[0]["status"] == 400 and b"no Host header" in sent[1]["body"]
+    ok = {**scope, "method": "POST", "headers": [(b"host", b"127.0.0.1:8000")]}
+    asyncio.run(guard(ok, receive, send))  # a program's POST: neither Origin nor Referer
+    assert reached == ["/api/next"]
+
+
 def _tamper(db: Path, *statements: str) -> None:
     with sqlite3.connect(db) as connection:
         for statement in statements:

@@ -25,7 +25,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def host_name(host: str) -> str:
@@ -40,13 +39,13 @@ def allowed_hosts(served: str | None = None, extra: Iterable[str] = ()) -> tuple
     """(every host name the app answers to, the names added on purpose) for an app served on ``served``.
 
     Args:
-        served: the ``--host`` the server listens on (a wildcard such as 0.0.0.0 adds nothing: name the hosts
-            people will type with ``extra``).
+        served: the ``--host`` the server listens on, as typed (a wildcard such as 0.0.0.0 adds only itself: name
+            the addresses people will type with ``extra``).
         extra: more names (``--allowed_hosts a,b``), e.g. the machine's name on the network or a proxy's.
     """
     added = frozenset(host_name(h) for h in extra if h.strip())
     names = set(LOOPBACK_NAMES) | added
-    if served is not None and host_name(served) not in WILDCARDS:
+    if served:
         names.add(host_name(served))
     return frozenset(names), added
 
