@@ -7,10 +7,13 @@ import json
 import re
 import shutil
 import socket
+import struct
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,7 +26,7 @@ from icg.evaluation.methods import AlignmentMethod, TitleOnlyMethod
 from icg.explore.app import create_app
 from icg.explore.commands import load_explorer
 from icg.explore.explorer import ExploreInputError, Settings
-from icg.explore.uploads import UPLOAD_PREFIX, Uploads
+from icg.explore.uploads import MAX_UPLOAD_PIXELS, UPLOAD_PREFIX, Uploads
 from icg.generation.generator import reference_batch, to_pil
 from icg.models.rewards.bundle import load_reward_bundle
 from icg.study.server import running
@@ -151,15 +154,59 @@ def test_uploads_are_checked_and_kept_small():
         uploads.add("A title", b"", "poster.png")
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header says ``width`` x ``height`` (its pixels are missing: only the header should be read)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_uploads_of_too_many_pixels_are_refused_before_decoding():
+    uploads = Uploads(image_size=32)
+    assert MAX_UPLOAD_PIXELS == 4096 * 4096 < Image.MAX_IMAGE_PIXELS  # below PIL's own bomb limit
+    with pytest.raises(ExploreInputError, match=r"^big\.png: 9400 x 9400 pixels; upload an image of at most 16,777"):
+        uploads.add("A title", png_claiming(9400, 9400), "big.png")
+    real = _png(Image.new("L", (5000, 5000), 90))  # one colour: a small file that decodes to 25 MB
+    assert len(real) < 100_000
+    with pytest.raises(ExploreInputError, match="5000 x 5000 pixels"):
+        uploads.add("A title", real, "real.png")
+    assert uploads.add("A title", _png(Image.new("RGB", (4096, 16), 9)), "wide.png").image.size == (32, 32)
+
+
+def test_the_guard_refuses_other_hosts_and_cross_site_uploads():
+    """Without a model: the guard answers before any route (a stub catalogue serves ``/api/users``)."""
+    catalogue = SimpleNamespace(search_users=lambda q="", limit=None: ["u0001"])
+    with running(create_app(SimpleNamespace(), catalogue, allowed_hosts=["lab.example"])) as url:
+        port = url.rsplit(":", 1)[1]
+        for host in ("attacker.example", f"attacker.example:{port}", f"10.0.0.1:{port}"):
+            status, body, _ = get_with(f"{url}/api/users", {"Host": host})
+            assert status == 400 and b"u0001" not in body and b"--allowed_hosts" in body, host
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "lab.example"):
+            assert get_with(f"{url}/api/users", {"Host": host})[:2] == (200, b'["u0001"]'), host
+        image = _png(Image.new("RGB", (8, 8)))
+        for headers in ({"Origin": "http://evil.example"}, {"Referer": "http://evil.example/"}, {"Origin": "null"}):
+            status, _, body = post_upload(f"{url}/upload", {"title": "T"}, "p.png", image, headers)
+            assert status == 403 and "is not this server" in body, headers
+
+
 def get(url: str) -> tuple[int, bytes, str]:
+    return get_with(url, {})
+
+
+def get_with(url: str, headers: dict[str, str]) -> tuple[int, bytes, str]:
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as response:
             return response.status, response.read(), response.headers.get("Content-Type", "")
     except urllib.error.HTTPError as err:
         return err.code, err.read(), err.headers.get("Content-Type", "")
 
 
-def post_upload(url: str, fields: dict[str, str], filename: str, data: bytes) -> tuple[int, str, str]:
+def post_upload(
+    url: str, fields: dict[str, str], filename: str, data: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     """A multipart form post (what the page's upload form sends); (status, final URL, body)."""
     boundary = uuid.uuid4().hex
     head = f"--{boundary}\r\nContent-Disposition: form-data; "
@@ -167,7 +214,8 @@ def post_upload(url: str, fields: dict[str, str], filename: str, data: bytes) ->
     parts.append(f'{head}name="image"; filename="{filename}"\r\n'
                  "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")  # fmt: skip
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    kind = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    request = urllib.request.Request(url, body, {**kind, **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.url, response.read().decode()
@@ -205,12 +253,16 @@ def test_the_app_serves_the_page_covers_and_scores(explored, tiny_platform):
         assert get(f"{url}/cover/other.png?{query}")[0] == 404
         # an upload: back to the page with the new item's covers; a file that is not an image: one line
         image = (tiny_platform / "images").iterdir().__next__().read_bytes()
-        status, final, body = post_upload(f"{url}/upload", {"title": "A new red poster", "user": user}, "p.png", image)
+        page_origin = {"Origin": url, "Referer": f"{url}/?user={user}"}  # as the browser sends the page's form
+        fields = {"title": "A new red poster", "user": user}
+        status, final, body = post_upload(f"{url}/upload", fields, "p.png", image, page_origin)
         assert status == 200 and "item=upload%3A" in final and "A new red poster" in body
         key = urllib.parse.parse_qs(urllib.parse.urlparse(final).query)["item"][0]
         assert get(f"{url}/cover/icg.png?user={user}&item={urllib.parse.quote(key)}")[0] == 200
         status, _, body = post_upload(f"{url}/upload", {"title": "Notes", "user": user}, "notes.txt", b"hello")
         assert status == 400 and "notes.txt: not an image PIL can read" in body
+        status, _, body = post_upload(f"{url}/upload", {"title": "Huge"}, "huge.png", png_claiming(9400, 9400))
+        assert status == 400 and "huge.png: 9400 x 9400 pixels; upload an image of at most" in body
 
 
 def test_an_export_without_a_base_model_folder_has_no_title_only(tiny_stage3_ckpt, tiny_platform, tmp_path):

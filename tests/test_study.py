@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from icg.cover_manifest import ManifestError, read_manifest, resolve_manifest, w
 from icg.lit.callbacks import save_png
 from icg.study.design import StudyDesign, StudyInputError
 from icg.study.results import bradley_terry, study_results
-from icg.study.store import StudyDatabaseError
+from icg.study.store import StudyDatabaseError, StudyStore
 from tests.study_fixtures import METHODS_BEST_FIRST, oracle_means, recoloured_run
 from tests.test_evaluation import tiny_methods  # noqa: F401  (a fixture: the tiny title-only, no-user and ICG)
 
@@ -219,20 +220,60 @@ def _get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
+def session(url: str, rater: str):
+    """A client that joined as ``rater`` with the link ``/?rater=`` (it holds the cookie)."""
+    from icg.study.simulate import rater_session
+
+    return rater_session(url, rater, 30)
+
+
+def open_json(client, url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    """(status, JSON body) of a GET, or of a POST of ``body``, through ``client`` (an opener)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})})
+    try:
+        with client.open(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        text = err.read().decode()
+        try:
+            return err.code, json.loads(text)
+        except json.JSONDecodeError:
+            return err.code, {"text": text}  # the guard's plain-text refusals
+
+
+def post_form(client, url: str, fields: dict, headers: dict | None = None) -> tuple[int, str]:
+    """(status, body) of a form POST (what the rating page sends); redirects are not followed."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    data = urllib.parse.urlencode(fields).encode()
+    kind = {"Content-Type": "application/x-www-form-urlencoded"}
+    request = urllib.request.Request(url, data, {**kind, **(headers or {})})
+    handlers = [h for h in getattr(client, "handlers", []) if isinstance(h, urllib.request.HTTPCookieProcessor)]
+    try:
+        with urllib.request.build_opener(*handlers, NoRedirect()).open(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
 def test_pages_never_name_a_method(study_run, tiny_platform, tmp_path):
     from icg.study.app import create_app
     from icg.study.server import running
 
     s = load(study_run, tiny_platform, tmp_path / "s.db")
     with running(create_app(s)) as url:
-        page = urllib.request.urlopen(f"{url}/rate?rater=alice", timeout=30).read().decode()
-        screen = _get_json(f"{url}/api/next?rater=alice")
-        images = [urllib.request.urlopen(url + path, timeout=30).read() for path in (screen["left"], screen["right"])]
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(f"{url}/rate?rater=bad%20id", timeout=30)
+        alice = session(url, "alice")
+        page = alice.open(f"{url}/rate", timeout=30).read().decode()
+        screen = open_json(alice, f"{url}/api/next")[1]
+        images = [alice.open(url + path, timeout=30).read() for path in (screen["left"], screen["right"])]
         with pytest.raises(urllib.error.HTTPError) as start:
             urllib.request.urlopen(f"{url}/?rater=bad%20id", timeout=30)
-    assert err.value.code == 400 and start.value.code == 400
+        assert "/rate" not in urllib.request.urlopen(f"{url}/rate", timeout=30).url  # no cookie: the start page
+    assert start.value.code == 400
     assert "rater id &#39;bad id&#39;: use 1-64 letters" in start.value.read().decode()  # the start page says why
     assert "/cover/" in page and "User u00" in page
     for method in METHODS_BEST_FIRST:
@@ -240,6 +281,178 @@ def test_pages_never_name_a_method(study_run, tiny_platform, tmp_path):
     left, right = s.design.sides("alice", screen["comparison_id"])
     assert images[0] == s.design.cover(screen["comparison_id"], left).file.read_bytes()
     assert images[1] == s.design.cover(screen["comparison_id"], right).file.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------ who may ask
+def test_a_host_that_is_not_this_server_gets_400_and_no_data(study_run, tiny_platform, tmp_path):
+    from icg.study.app import create_app
+    from icg.study.server import running
+
+    s = load(study_run, tiny_platform, tmp_path / "s.db")
+    with running(create_app(s, allowed_hosts=["study.lab"])) as url:
+        alice, port = session(url, "alice"), url.rsplit(":", 1)[1]
+        for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io", f"127.0.0.2:{port}"):
+            status, body = open_json(alice, f"{url}/api/next", headers={"Host": host})
+            assert status == 400 and "comparison_id" not in body and "--allowed_hosts" in body["text"], host
+            assert open_json(alice, f"{url}/healthz", headers={"Host": host})[0] == 400
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", "study.lab", f"study.lab:{port}"):
+            status, body = open_json(alice, f"{url}/api/next", headers={"Host": host})
+            assert status == 200 and "comparison_id" in body, host
+
+
+def test_posts_from_another_site_are_refused_and_store_nothing(study_run, tiny_platform, tmp_path):
+    from icg.study.app import create_app
+    from icg.study.server import running
+
+    db = tmp_path / "s.db"
+    s = load(study_run, tiny_platform, db)
+    with running(create_app(s)) as url:
+        alice, nobody = session(url, "alice"), urllib.request.build_opener()
+        shown = open_json(alice, f"{url}/api/next")[1]["comparison_id"]
+        form = {"comparison_id": shown, "choice": "left"}
+        # the issue's request: another site's form, ?rater= in the address, no cookie
+        status, body = post_form(nobody, f"{url}/answer?rater=frank", form, {"Origin": "http://evil.example"})
+        assert status == 403 and "Origin 'http://evil.example' is not this server" in body
+        # even with the rater's cookie (a browser that sends it), or by Referer alone, or from a sandboxed frame
+        for headers in ({"Origin": "http://evil.example"}, {"Referer": "http://evil.example/page"},
+                        {"Origin": "null"}, {"Origin": f"http://localhost:{url.rsplit(':', 1)[1]}"}):  # fmt: skip
+            assert post_form(alice, f"{url}/answer", form, headers)[0] == 403, headers
+            assert open_json(alice, f"{url}/api/answer", form, headers)[0] == 403, headers
+        assert post_form(nobody, f"{url}/start", {"rater": "mallory"}, {"Origin": "http://evil.example"})[0] == 403
+        assert rows(db) == []
+        # the rater's own page: same origin (Origin as a browser sends it), stored
+        assert post_form(alice, f"{url}/answer", form, {"Origin": url, "Referer": f"{url}/rate"})[0] == 303
+    assert [(r, c) for r, c, *_ in rows(db)] == [("alice", shown)]
+
+
+def test_the_rater_is_the_cookie_never_the_address_or_the_body(study_run, tiny_platform, tmp_path):
+    from icg.study.app import create_app
+    from icg.study.server import running
+
+    db = tmp_path / "s.db"
+    s = load(study_run, tiny_platform, db)
+    with running(create_app(s)) as url:
+        frank, alice, nobody = session(url, "frank"), session(url, "alice"), urllib.request.build_opener()
+        for client in (frank, alice):  # both are shown their first screen
+            open_json(client, f"{url}/api/next")
+        first = s.queue("frank")[0]
+        form = {"comparison_id": first, "choice": "left", "rater": "frank"}
+        status, body = post_form(nobody, f"{url}/answer?rater=frank", form)
+        assert status == 400 and "no rater" in body
+        status, body = open_json(nobody, f"{url}/api/answer?rater=frank", form)
+        assert status == 400 and "no rater" in body["detail"]
+        assert open_json(nobody, f"{url}/api/next?rater=frank")[0] == 400
+        # alice's cookie with frank's name in the address and the body: alice answers (her own screen) or nothing
+        mine = s.queue("alice")[0]
+        assert open_json(alice, f"{url}/api/answer?rater=frank", {**form, "comparison_id": mine})[0] == 200
+    assert [(r, c) for r, c, *_ in rows(db)] == [("alice", mine)]
+
+
+def test_only_the_screen_shown_can_be_answered(study_run, tiny_platform, tmp_path):
+    from icg.study.app import create_app
+    from icg.study.server import running
+
+    db = tmp_path / "s.db"
+    s = load(study_run, tiny_platform, db)
+    with running(create_app(s)) as url:
+        bob = session(url, "bob")  # the link shows /rate: the first screen is shown
+        queue = s.queue("bob")
+        for cid in queue[1:4]:  # in bob's queue, never shown
+            status, body = open_json(bob, f"{url}/api/answer", {"comparison_id": cid, "choice": "left"})
+            assert status == 409 and f"comparison {cid} was never shown to rater 'bob'" in body["detail"]
+            assert f"comparison {queue[0]}" in body["detail"]
+            assert post_form(bob, f"{url}/answer", {"comparison_id": cid, "choice": "right"})[0] == 409
+        assert rows(db) == []
+        assert open_json(bob, f"{url}/api/answer", {"comparison_id": queue[0], "choice": "none"})[1]["stored"]
+        assert open_json(bob, f"{url}/api/answer", {"comparison_id": queue[1], "choice": "none"})[0] == 409
+        assert open_json(bob, f"{url}/api/next")[1]["comparison_id"] == queue[1]  # now shown: answerable
+        assert open_json(bob, f"{url}/api/answer", {"comparison_id": queue[1], "choice": "left"})[1]["stored"]
+    assert [(r, c) for r, c, *_ in rows(db)] == [("bob", queue[0]), ("bob", queue[1])]
+
+
+def test_guard_names_and_a_request_without_host():
+    import asyncio
+
+    from icg.study.guard import RequestGuard, allowed_hosts, host_name, parse_allowed_hosts
+
+    assert [host_name(h) for h in ("[::1]:8000", "LocalHost:80", "::1", "example.org", "[::1]")] == [
+        "::1", "localhost", "::1", "example.org", "::1"]  # fmt: skip
+    names, added = allowed_hosts("0.0.0.0", parse_allowed_hosts(" Lab.example , 10.0.0.5,"))
+    assert names == {"localhost", "127.0.0.1", "::1", "0.0.0.0", "lab.example", "10.0.0.5"}
+    assert added == {"lab.example", "10.0.0.5"}
+    reached, sent = [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    guard = RequestGuard(app, "127.0.0.1")
+    scope = {"type": "http", "method": "GET", "path": "/api/next", "headers": [], "scheme": "http"}
+    asyncio.run(guard(scope, receive, send))  # HTTP/1.0 without a Host header
+    assert reached == [] and sent[0]["status"] == 400 and b"no Host header" in sent[1]["body"]
+    ok = {**scope, "method": "POST", "headers": [(b"host", b"127.0.0.1:8000")]}
+    asyncio.run(guard(ok, receive, send))  # a program's POST: neither Origin nor Referer
+    assert reached == ["/api/next"]
+
+
+def _tamper(db: Path, *statements: str) -> None:
+    with sqlite3.connect(db) as connection:
+        for statement in statements:
+            connection.execute(statement)
+
+
+@pytest.mark.parametrize(
+    ("statements", "message"),
+    [
+        (["UPDATE study_meta SET value = 'two' WHERE key = 'version'"], "version 'two'; this icg reads versions 1, 2"),
+        (["UPDATE study_meta SET value = '9' WHERE key = 'version'"], "version '9'"),
+        (["UPDATE study_meta SET value = 'x' WHERE key = 'seed'"], "seed 'x' is not a whole number"),
+        (["UPDATE study_meta SET value = '1' WHERE key = 'seed'"], "holds another study"),
+        (["UPDATE study_meta SET value = 'abc' WHERE key = 'fingerprint'"], "holds another study"),
+        (["DELETE FROM study_meta WHERE key = 'fingerprint'"], "no covers fingerprint"),
+        (["UPDATE study_meta SET value = '[\"a\", ' WHERE key = 'methods'"], "is not a JSON list of method names"),
+        (["UPDATE study_meta SET value = '[\"a\", \"b\"]' WHERE key = 'methods'"], 'method list ["a", "b"] is not'),
+        (["UPDATE comparisons SET method_a = 'zzz' WHERE id = 3"], "comparison row 3 is ("),
+        (["DELETE FROM comparisons WHERE id = 72"], "comparisons table has 71 rows, not 72"),
+        (["DROP INDEX answers_by_rater"], "without its 'answers_by_rater'"),
+        (["DROP TABLE served"], "without its 'served'"),
+        (["CREATE TABLE notes (x)"], "other tables ['notes']"),
+        (["DROP TABLE answers", "CREATE TABLE answers (id, rater, comparison_id)"], "'answers' is not"),
+    ],
+)
+def test_a_tampered_database_is_one_line_at_start_up(study_run, tiny_platform, tmp_path, capsys, statements, message):
+    db = tmp_path / "s.db"
+    load(study_run, tiny_platform, db).store.close()
+    _tamper(db, *statements)
+    with pytest.raises(StudyDatabaseError) as err:
+        load(study_run, tiny_platform, db)
+    assert message in str(err.value) and str(err.value).startswith(str(db)) and "\n" not in str(err.value)
+    code, _, err = study(["simulate", study_run, "--data_root", tiny_platform, "--db", db, "--raters", 1], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"icg study simulate: {db}: ") and message in err
+
+
+def test_results_of_a_tampered_database_is_one_line(study_run, tiny_platform, tmp_path, capsys):
+    db = tmp_path / "s.db"
+    load(study_run, tiny_platform, db).answer("alice", 1, "left")
+    _tamper(db, "UPDATE study_meta SET value = 'not json' WHERE key = 'methods'")
+    code, _, err = study(["results", db], capsys)
+    assert code == 2 and err.count("\n") == 1 and "methods 'not json' is not a JSON list" in err
+
+
+def test_a_version_1_database_gains_the_served_table_and_keeps_its_answers(study_run, tiny_platform, tmp_path):
+    db = tmp_path / "s.db"
+    load(study_run, tiny_platform, db).answer("alice", 1, "left")
+    _tamper(db, "DROP TABLE served", "UPDATE study_meta SET value = '1' WHERE key = 'version'")
+    assert StudyStore.open_existing(db).meta()["version"] == "1"  # results read it as it is
+    s = load(study_run, tiny_platform, db)
+    assert s.store.meta()["version"] == "2" and len(rows(db)) == 1
+    s.show("alice")
+    assert s.store.was_served("alice", s.progress("alice")[0])
 
 
 def test_twenty_concurrent_raters_lose_no_answer(study_run, tiny_platform, tmp_path):
@@ -285,12 +498,11 @@ def test_a_killed_server_loses_nothing_and_raters_resume(study_run, tiny_platfor
     server = _serve(study_run, tiny_platform, db, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        seen = []
+        seen, carol = [], session(url, "carol")
         for _ in range(7):
-            screen = _get_json(f"{url}/api/next?rater=carol")
-            body = json.dumps({"rater": "carol", "comparison_id": screen["comparison_id"], "choice": "left"}).encode()
-            request = urllib.request.Request(f"{url}/api/answer", body, {"Content-Type": "application/json"})
-            assert json.loads(urllib.request.urlopen(request, timeout=30).read())["stored"] is True
+            screen = open_json(carol, f"{url}/api/next")[1]
+            answer = open_json(carol, f"{url}/api/answer", {"comparison_id": screen["comparison_id"], "choice": "left"})
+            assert answer == (200, {"stored": True, "answered": len(seen) + 1})
             seen.append(screen["comparison_id"])
         # the port is taken now: a second server says so in one line and suggests --port
         code, _, err = study(["serve", study_run, "--data_root", tiny_platform, "--db", db, "--port", port], capsys)
@@ -301,7 +513,7 @@ def test_a_killed_server_loses_nothing_and_raters_resume(study_run, tiny_platfor
     assert len(rows(db)) == 7
     server = _serve(study_run, tiny_platform, db, port)
     try:
-        screen = _get_json(f"{url}/api/next?rater=carol")
+        screen = open_json(session(url, "carol"), f"{url}/api/next")[1]
         assert screen["answered"] == 7 and screen["comparison_id"] not in seen
     finally:
         server.terminate()

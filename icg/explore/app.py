@@ -8,10 +8,15 @@ once, and the first request draws all three while the others wait for it.
 Routes: ``/`` (page), ``POST /upload`` (a title and a reference image; back to the page), ``/cover/{method}.png``,
 ``/reference.png``, ``/click/{k}.png`` (images), ``/api/covers`` (seed, timing, scores as JSON), ``/api/users`` and
 ``/api/items`` (``?q=`` search for the pickers), ``/healthz``.
+
+Who may ask (docs/explore.md): :class:`~icg.study.guard.RequestGuard` answers only requests whose Host is this
+server's (loopback, ``--host``, ``--allowed_hosts``; else 400, so a rebound DNS name reads nothing) and takes an
+upload only from the explorer's own page (a cross-site POST gets 403).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -34,15 +39,26 @@ from icg.explore.explorer import (
 )
 from icg.explore.uploads import MAX_UPLOAD_BYTES
 from icg.study.app import TEMPLATES as STUDY_TEMPLATES
+from icg.study.guard import RequestGuard
 
 TEMPLATES = Path(__file__).parent / "templates"
 PICKER_SIZE = 500  # options in a picker before it asks the server (``/api/users?q=``)
 IMAGE_HEADERS = {"Cache-Control": "private, max-age=3600"}
 
 
-def create_app(explorer: CoverExplorer, catalogue: ExploreCatalogue) -> FastAPI:
-    """The explorer's web app (serve it with ``icg.study.server``)."""
+def create_app(
+    explorer: CoverExplorer, catalogue: ExploreCatalogue, host: str | None = None, allowed_hosts: Sequence[str] = ()
+) -> FastAPI:
+    """The explorer's web app (serve it with ``icg.study.server``).
+
+    Args:
+        explorer: draws and scores the covers.
+        catalogue: users, items and clicks for the pickers and the page.
+        host: the address it is served on (``--host``): answered to besides the loopback names.
+        allowed_hosts: more host names it answers to (``--allowed_hosts``).
+    """
     app = FastAPI(title="icg cover explorer", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RequestGuard, served=host, extra=allowed_hosts)
     templates = Jinja2Templates(directory=[TEMPLATES, STUDY_TEMPLATES])  # the study's base.html
     app.state.explorer, app.state.catalogue = explorer, catalogue
 

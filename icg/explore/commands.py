@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="where to draw: cpu, cuda, cuda:1, mps ...")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument(
+        "--allowed_hosts",
+        default="",
+        help="more host names the server answers to, comma-separated (loopback and --host always are)",
+    )
     parser.add_argument("--history", type=int, default=8, help="recent clicks shown per user")
     return parser
 
@@ -140,6 +145,7 @@ def title_only_base(generator):
 
 def _serve(args: argparse.Namespace) -> int:
     from icg.explore.app import create_app
+    from icg.study.guard import parse_allowed_hosts
     from icg.study.server import bind, make_server, url_of
 
     sock = bind(args.host, args.port)  # a port in use fails before anything is loaded
@@ -163,7 +169,8 @@ def _serve(args: argparse.Namespace) -> int:
         + f"\nopen {url}/ -- Ctrl-C stops\n"
     )  # cli-output
     sys.stdout.flush()
-    make_server(create_app(explorer, catalogue)).run(sockets=[sock])
+    app = create_app(explorer, catalogue, host=args.host, allowed_hosts=parse_allowed_hosts(args.allowed_hosts))
+    make_server(app).run(sockets=[sock])
     return 0
 
 

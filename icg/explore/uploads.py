@@ -2,7 +2,9 @@
 
 An upload is decoded with PIL and cropped to the generator's square cover size exactly as ``reference_batch``
 would crop it (``ImageOps.fit``, bicubic), so only a small image is kept and the covers are the ones a notebook
-would draw from the original file. A file PIL cannot read is refused with one line; nothing is saved.
+would draw from the original file. A file PIL cannot read is refused with one line; nothing is saved. So is one of
+more than ``MAX_UPLOAD_PIXELS`` (4096 x 4096 = 16.8 M) pixels: its size is read from the header before any pixel
+is decoded, since a small file (a 9400 x 9400 PNG of one colour is a few hundred KiB) can decode to gigabytes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from icg.explore.explorer import ExploreInputError, Item
 
 UPLOAD_PREFIX = "upload:"
 MAX_UPLOAD_BYTES = 20 * 2**20
+MAX_UPLOAD_PIXELS = 4096 * 4096  # ~50 MB decoded as RGB; a cover is drawn at a few hundred pixels a side
 MAX_TITLE_CHARS = 300
 
 
@@ -67,11 +70,17 @@ def decode_image(data: bytes, filename: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, rather than decode, a bomb
-            with Image.open(io.BytesIO(data)) as opened:
-                opened.load()
-                return opened.convert("RGB")
+            with Image.open(io.BytesIO(data)) as opened:  # lazy: only the header is read here
+                width, height = opened.size
+                if width * height <= MAX_UPLOAD_PIXELS:
+                    opened.load()
+                    return opened.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ExploreInputError(
             f"{filename}: not an image PIL can read ({reason}); upload a PNG, JPEG or WebP file"
         ) from None
+    raise ExploreInputError(
+        f"{filename}: {width} x {height} pixels; upload an image of at most {MAX_UPLOAD_PIXELS:,} pixels "
+        "(e.g. 4096 x 4096)"
+    )

@@ -8,12 +8,18 @@ study database before the reply (``store.py``), then the next screen is one the 
 
 Routes: ``/`` (start: rater id), ``/rate`` (the next screen), ``POST /answer`` (form), ``/cover/{id}/{side}``,
 ``/reference/{id}``, ``/history/{id}/{k}`` (images), ``/api/next`` and ``POST /api/answer`` (JSON), ``/healthz``.
-A rater is identified by ``?rater=`` (kept in a cookie) so a link per rater can be handed out.
+
+Who may ask (docs/study.md): a rater joins with the start form or the link ``/?rater=<id>`` (so a link per rater
+can be handed out); either sets the ``icg_rater`` cookie, and from then on the cookie alone says who rates: pages,
+``/api/next`` and every answer. The server records each screen it shows a rater (``Study.show``) and takes an answer
+only for such a screen (409 otherwise). :class:`~icg.study.guard.RequestGuard` refuses a Host that is not this
+server's (400) and a POST from another site's page (403).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,8 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
 from icg.study.design import StudyInputError, check_rater
-from icg.study.screens import Study
+from icg.study.guard import RequestGuard
+from icg.study.screens import NotShownError, Study
 
 TEMPLATES = Path(__file__).parent / "templates"
 RATER_COOKIE = "icg_rater"
@@ -31,30 +38,45 @@ SIDES = ("left", "right")
 
 
 class AnswerIn(BaseModel):
-    """``POST /api/answer`` body."""
+    """``POST /api/answer`` body (the rater is the cookie's; a ``rater`` field is ignored)."""
 
-    rater: str
     comparison_id: int
     choice: str
     seconds: float | None = None
 
 
-def create_app(study: Study) -> FastAPI:
-    """The study's web app (serve it with ``icg.study.server``)."""
+def create_app(study: Study, host: str | None = None, allowed_hosts: Sequence[str] = ()) -> FastAPI:
+    """The study's web app (serve it with ``icg.study.server``).
+
+    Args:
+        study: the study.
+        host: the address it is served on (``--host``): answered to besides the loopback names.
+        allowed_hosts: more host names it answers to (``--allowed_hosts``).
+    """
     app = FastAPI(title="icg cover study", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RequestGuard, served=host, extra=allowed_hosts)
     templates = Jinja2Templates(directory=TEMPLATES)
     app.state.study = study
 
-    def rater_of(request: Request, required: bool = True) -> str | None:
-        rater = request.query_params.get("rater") or request.cookies.get(RATER_COOKIE)
-        if rater is None:
-            if required:
-                raise HTTPException(400, "no rater: open / first, or add ?rater=<your id> to the address")
-            return None
+    def checked(rater: str) -> str:
         try:
             return check_rater(rater)
         except StudyInputError as err:
             raise HTTPException(400, str(err)) from None
+
+    def rater_of(request: Request, required: bool = True) -> str | None:
+        """The rater of the cookie (set by the start form or the ``/?rater=`` link); never a query or form field."""
+        rater = request.cookies.get(RATER_COOKIE)
+        if rater is None:
+            if required:
+                raise HTTPException(400, "no rater: open / (or the link /?rater=<your id>) first")
+            return None
+        return checked(rater)
+
+    def image_rater(request: Request) -> str:
+        """The rater whose left/right arrangement an image URL asks for (its ``?rater=``, else the cookie's)."""
+        rater = request.query_params.get("rater")
+        return checked(rater) if rater is not None else rater_of(request)
 
     def comparison_or_404(comparison_id: int) -> None:
         if not 1 <= comparison_id <= len(study.design.comparisons):
@@ -70,9 +92,11 @@ def create_app(study: Study) -> FastAPI:
 
     @app.get("/")
     def start(request: Request):
+        """The start page; the link ``/?rater=<id>`` joins as that rater (sets the cookie) and goes on to /rate."""
         try:
-            rater = rater_of(request, required=False)
-        except HTTPException as err:  # a bad ?rater= link: say why on the start page
+            link = request.query_params.get("rater")
+            rater = checked(link) if link is not None else rater_of(request, required=False)
+        except HTTPException as err:  # a bad ?rater= link or cookie: say why on the start page
             return start_page(request, err.detail)
         if rater is not None:
             return remember(RedirectResponse("/rate", status_code=303), rater)
@@ -91,7 +115,7 @@ def create_app(study: Study) -> FastAPI:
         rater = rater_of(request, required=False)
         if rater is None:
             return RedirectResponse("/", status_code=303)
-        upcoming, answered, total = study.progress(rater)
+        upcoming, answered, total = study.show(rater)
         if upcoming is None:
             page = templates.TemplateResponse(request, "done.html", {"rater": rater, "answered": answered})
         else:
@@ -108,7 +132,9 @@ def create_app(study: Study) -> FastAPI:
         rater = rater_of(request)
         comparison_or_404(comparison_id)
         try:
-            study.answer(rater, comparison_id, choice, time.time() - shown_at if shown_at else None)
+            study.answer(rater, comparison_id, choice, time.time() - shown_at if shown_at else None, shown_only=True)
+        except NotShownError as err:
+            raise HTTPException(409, str(err)) from None
         except StudyInputError as err:
             raise HTTPException(400, str(err)) from None
         return RedirectResponse("/rate", status_code=303)
@@ -123,7 +149,7 @@ def create_app(study: Study) -> FastAPI:
         comparison_or_404(comparison_id)
         if side not in SIDES:
             raise HTTPException(404, "side is left or right")
-        method = study.design.sides(rater_of(request), comparison_id)[SIDES.index(side)]
+        method = study.design.sides(image_rater(request), comparison_id)[SIDES.index(side)]
         return image(study.design.cover(comparison_id, method).file)
 
     @app.get("/reference/{comparison_id}")
@@ -141,18 +167,20 @@ def create_app(study: Study) -> FastAPI:
     @app.get("/api/next")
     def api_next(request: Request) -> dict[str, Any]:
         rater = rater_of(request)
-        upcoming, answered, total = study.progress(rater)
+        upcoming, answered, total = study.show(rater)
         body: dict[str, Any] = {"done": upcoming is None, "answered": answered, "total": total}
         if upcoming is not None:
             body.update(study.screen(rater, upcoming))
         return body
 
     @app.post("/api/answer")
-    def api_answer(answer: AnswerIn) -> dict[str, Any]:
+    def api_answer(request: Request, answer: AnswerIn) -> dict[str, Any]:
+        rater = rater_of(request)
+        comparison_or_404(answer.comparison_id)
         try:
-            rater = check_rater(answer.rater)
-            comparison_or_404(answer.comparison_id)
-            stored = study.answer(rater, answer.comparison_id, answer.choice, answer.seconds)
+            stored = study.answer(rater, answer.comparison_id, answer.choice, answer.seconds, shown_only=True)
+        except NotShownError as err:
+            raise HTTPException(409, str(err)) from None
         except StudyInputError as err:
             raise HTTPException(400, str(err)) from None
         return {"stored": stored, "answered": study.progress(rater)[1]}

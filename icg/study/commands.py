@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     study_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--allowed_hosts",
+        default="",
+        help="more host names the server answers to, comma-separated (loopback and --host always are)",
+    )
     serve.add_argument("--history", type=int, default=8, help="recent clicks shown per user")
 
     results = commands.add_parser("results", help="win rates and Bradley-Terry scores of a study database")
@@ -83,6 +88,7 @@ def load_study(run: Path, data_root: Path, db: Path, seed: int, pairs_per_rater:
 
 def _serve(args: argparse.Namespace) -> int:
     from icg.study.app import create_app
+    from icg.study.guard import parse_allowed_hosts
     from icg.study.server import bind, make_server, url_of
 
     _positive("history", args.history)
@@ -100,7 +106,8 @@ def _serve(args: argparse.Namespace) -> int:
         f"open {url}/ -- or hand each rater {url}/?rater=NAME; Ctrl-C stops (every answer is already saved)\n"
     )  # cli-output
     sys.stdout.flush()
-    make_server(create_app(study)).run(sockets=[sock])
+    app = create_app(study, host=args.host, allowed_hosts=parse_allowed_hosts(args.allowed_hosts))
+    make_server(app).run(sockets=[sock])
     return 0
 
 

@@ -16,6 +16,10 @@ from icg.study.design import CHOICES, StudyDesign, StudyInputError
 from icg.study.store import StudyStore
 
 
+class NotShownError(StudyInputError):
+    """An answer for a comparison the server never showed that rater (the web app takes answers to its screens only)."""
+
+
 @dataclass
 class Study:
     """A study being run: its design, its database and the dataset its screens draw on.
@@ -50,12 +54,32 @@ class Study:
         upcoming = next((cid for cid in queue if cid not in answered), None)
         return upcoming, sum(cid in answered for cid in queue), len(queue)
 
-    def answer(self, rater: str, comparison_id: int, choice: str, seconds: float | None = None) -> bool:
-        """Record ``rater``'s choice for one of their comparisons; False if it was already answered."""
+    def show(self, rater: str) -> tuple[int | None, int, int]:
+        """:meth:`progress`, recording the next screen as shown to ``rater`` (what the web app serves)."""
+        upcoming, answered, total = self.progress(rater)
+        if upcoming is not None:
+            self.store.mark_served(rater, upcoming)
+        return upcoming, answered, total
+
+    def answer(
+        self, rater: str, comparison_id: int, choice: str, seconds: float | None = None, shown_only: bool = False
+    ) -> bool:
+        """Record ``rater``'s choice for one of their comparisons; False if it was already answered.
+
+        Args:
+            shown_only: refuse (NotShownError) a comparison :meth:`show` never gave this rater (the web app's rule;
+                simulated raters in-process judge every screen of their queue).
+        """
         if choice not in CHOICES:
             raise StudyInputError(f"choice {choice!r}: expected one of {', '.join(CHOICES)}")
         if comparison_id not in self.queue(rater):
             raise StudyInputError(f"comparison {comparison_id} is not among the screens of rater {rater!r}")
+        if shown_only and not self.store.was_served(rater, comparison_id):
+            upcoming = self.progress(rater)[0]
+            raise NotShownError(
+                f"comparison {comparison_id} was never shown to rater {rater!r}: answer the screen the study shows "
+                + (f"(comparison {upcoming}, at /rate or /api/next)" if upcoming else "(none left: all answered)")
+            )
         if seconds is not None and not 0 <= seconds < 86400:
             seconds = None
         return self.store.record(rater, comparison_id, self.design.sides(rater, comparison_id), choice, seconds)
@@ -73,7 +97,7 @@ class Study:
     def screen(self, rater: str, comparison_id: int) -> dict[str, Any]:
         """Everything a screen shows, as URLs and text (no method names)."""
         c = self.design.comparison(comparison_id)
-        query = f"?rater={rater}"
+        query = f"?rater={rater}"  # the cookie says who asks; this keeps each rater's images apart in caches
         clicks = self.catalogue.recent_clicks(c.user_id, c.item_id)
         return {
             "comparison_id": comparison_id,

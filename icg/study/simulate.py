@@ -15,10 +15,12 @@ click probabilities. Two drivers: ``simulate_study`` answers through the same ``
 
 from __future__ import annotations
 
+import http.cookiejar
 import io
 import json
 import logging
 import threading
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -130,9 +132,12 @@ def simulate_study(
     return stored
 
 
-def _get(url: str, timeout: float) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read()
+def rater_session(base: str, rater: str, timeout: float) -> urllib.request.OpenerDirector:
+    """A client holding ``rater``'s cookie, got the way a person gets it: the link ``/?rater=<id>``."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    with opener.open(f"{base}/?rater={urllib.parse.quote(rater)}", timeout=timeout) as response:
+        response.read()
+    return opener
 
 
 def simulate_over_http(
@@ -141,8 +146,9 @@ def simulate_over_http(
 ) -> int:  # fmt: skip
     """``raters`` simulated raters at once (one thread each, up to ``workers``) against a running study server.
 
-    Each rater reads ``/api/next``, downloads the two covers it is shown, judges them with the oracle and posts
-    ``/api/answer``, until the server says it is done (or ``max_screens``, a bound on the loop).
+    Each rater joins with the link ``/?rater=<id>`` (the server's cookie says who it is from then on), reads
+    ``/api/next``, downloads the two covers it is shown, judges them with the oracle and posts ``/api/answer``,
+    until the server says it is done (or ``max_screens``, a bound on the loop).
 
     Returns:
         the number of answers the server reported as newly stored.
@@ -152,21 +158,23 @@ def simulate_over_http(
 
     def one(k: int) -> int:
         rater, rng, stored = f"{prefix}-{k:03d}", np.random.default_rng([seed, k]), 0
+        session = rater_session(base, rater, timeout_s)
+
+        def get(path: str) -> bytes:
+            with session.open(base + path, timeout=timeout_s) as response:
+                return response.read()
+
         for _ in range(max_screens):
-            screen = json.loads(_get(f"{base}/api/next?rater={rater}", timeout_s))
+            screen = json.loads(get("/api/next"))
             if screen["done"]:
                 break
-            p_left = judge.probability(screen["user_id"], _get(base + screen["left"], timeout_s))
-            p_right = judge.probability(screen["user_id"], _get(base + screen["right"], timeout_s))
-            body = {
-                "rater": rater,
-                "comparison_id": screen["comparison_id"],
-                "choice": model.choose(p_left, p_right, rng),
-            }
+            p_left = judge.probability(screen["user_id"], get(screen["left"]))
+            p_right = judge.probability(screen["user_id"], get(screen["right"]))
+            body = {"comparison_id": screen["comparison_id"], "choice": model.choose(p_left, p_right, rng)}
             request = urllib.request.Request(
                 f"{base}/api/answer", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
             )
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            with session.open(request, timeout=timeout_s) as response:
                 stored += bool(json.loads(response.read())["stored"])
         return stored
 
