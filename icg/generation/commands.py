@@ -299,6 +299,7 @@ def fold_in(
         l2: prior on the new embeddings (default: stage 1's user_l2).
         steps: L-BFGS iterations of the fit.
     """
+    from icg.generation.export import check_new_export
     from icg.generation.fold_in import FoldInError, fold_in_export
     from icg.output_lock import output_lock
 
@@ -313,6 +314,7 @@ def fold_in(
         users = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if out is None:
         return fold_in_export(export, data_root, stage1_ckpt, users, out, refit=refit, l2=l2, steps=steps)  # refused
+    check_new_export(export, out)  # before the lock file beside --out: an --out inside the input is never touched
     with output_lock(out, "icg users fold-in"):  # before the fit: a second run into --out is refused at once
         return fold_in_export(export, data_root, stage1_ckpt, users, out, refit=refit, l2=l2, steps=steps)
 

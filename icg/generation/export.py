@@ -281,6 +281,7 @@ def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out:
         out: the export to write: a new folder (or an empty one), never ``folder`` itself nor a folder inside it.
     """
     folder, target = Path(folder), Path(out)
+    check_new_export(folder, target)  # before the lock file beside --out: an --out inside the input is never touched
     with output_lock(target, "icg users fold-in"):
         config = read_config(folder)
         check_new_export(folder, target)
