@@ -114,12 +114,18 @@ def _earlier_start_of_this_job(holder: dict[str, Any], me: dict[str, Any]) -> bo
     )
 
 
-def _stale(holder: dict[str, Any], me: dict[str, Any]) -> str | None:
-    """Why a holder is known to be dead, or None when it may be alive."""
+def _stale(holder: dict[str, Any], me: dict[str, Any], flocked: bool = False) -> str | None:
+    """Why a holder is known to be dead, or None when it may be alive.
+
+    ``flocked``: this process got the lock file's ``flock``, which a live holder on this host would still hold (its
+    pid, if alive, is another process's now).
+    """
     if _earlier_start_of_this_job(holder, me):
         return f"an earlier start of SLURM job {me['slurm_job_id']}, requeued since"
     if holder.get("host") == me["host"] and not _pid_alive(holder.get("pid")):
         return f"process {holder.get('pid')} is gone"
+    if holder.get("host") == me["host"] and flocked:
+        return f"its flock is free: process {holder.get('pid')} is not the holder any more"
     return None
 
 
@@ -143,7 +149,7 @@ class OutputLock:
         for _ in range(20):  # only a lock file deleted between our open and flock makes us go round again
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                locked = self._flock(fd)
+                locked, flocked = self._flock(fd)
                 holder = self._read(fd)
                 if locked and not self._same_file(fd):  # released (deleted) by its holder meanwhile
                     os.close(fd)
@@ -161,7 +167,7 @@ class OutputLock:
                         f"choose another output folder (its lock: {self.path})"
                     )
                 if holder is not None:
-                    why = _stale(holder, me)
+                    why = _stale(holder, me, flocked)
                     if why is None:  # free to flock, but the holder may live on another host: do not guess
                         raise OutputLockedError(
                             f"{self.out}: locked by {describe(holder)}, which this host cannot see; if that run is "
@@ -180,18 +186,19 @@ class OutputLock:
         raise OutputLockedError(f"{self.out}: its lock {self.path} keeps changing hands; another run is starting here")
 
     @staticmethod
-    def _flock(fd: int) -> bool:
+    def _flock(fd: int) -> tuple[bool, bool]:
+        """(free to take, taken by ``flock``); without ``flock`` the record alone decides."""
         if fcntl is None:
-            return True
+            return True, False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return False
-        except OSError as err:  # a file system without flock: the record alone decides
+            return False, False
+        except OSError as err:  # a file system without flock
             if err.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
-                return True
+                return True, False
             raise
-        return True
+        return True, True
 
     def _same_file(self, fd: int) -> bool:
         try:

@@ -83,6 +83,14 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, c
     assert not lock_path(out).exists()
 
 
+def test_a_record_whose_flock_is_free_on_this_host_is_stale_even_if_its_pid_was_reused(tmp_path, caplog):
+    out = tmp_path / "out"
+    write_record(out, pid=os.getppid())  # alive, but not holding the lock: the pid belongs to another process now
+    with caplog.at_level(logging.WARNING, "icg.output_lock"), output_lock(out, "icg generate"):
+        pass
+    assert f"its flock is free: process {os.getppid()} is not the holder any more" in caplog.text
+
+
 def test_a_lock_of_another_host_is_not_guessed_at(tmp_path):
     out = tmp_path / "out"
     write_record(out, host="node-elsewhere", pid=12345)
