@@ -8,8 +8,13 @@ that) whenever the message alone tells the user what to change.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "ICG_DEBUG"
@@ -41,6 +46,10 @@ class ClassPathError(UserError, ValueError):
     Files are data: a path outside the allowed packages is refused before it is imported, and nothing is built. The
     message names the file, the key and the class.
     """
+
+
+class DiskFullError(UserError, OSError):
+    """A write ran out of disk space or quota; the message names the path, the space needed and the space free."""
 
 
 class ArgumentsError(UserError):
@@ -163,3 +172,78 @@ def _plain_types(text: str) -> str:
     """``Expected a <class 'int'>`` -> ``expected int`` in parser messages."""
     text = re.sub(r"Expected an? <class '([\w.]+)'>", r"expected \1", text)
     return re.sub(r"<class '([\w.]+)'>", r"\1", text)
+
+
+# ENOSPC / EDQUOT as OSError, and as the text of errors that carry them without an errno: safetensors'
+# ``SafetensorError`` ("IoError(Os { code: 28, kind: StorageFull, ...})") and pyarrow's "[errno 28] ..."
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+_DISK_FULL_TEXT = re.compile(
+    r"No space left on device|Disk quota exceeded|StorageFull|FilesystemQuotaExceeded"
+    rf"|(?:errno|code:) ?(?:{errno.ENOSPC}|{getattr(errno, 'EDQUOT', errno.ENOSPC)})\b",
+    re.I,
+)
+
+
+def disk_full_cause(err: BaseException) -> BaseException | None:
+    """``err`` or the first error it was raised from (or during) that says the disk or quota is full; else None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNOS:
+            return err
+        if not isinstance(err, UserError) and _DISK_FULL_TEXT.search(str(err)):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"  # pragma: no cover
+
+
+def _free_space(path: Path) -> int | None:
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return None
+
+
+@contextmanager
+def disk_full_is_a_user_error(out: str | Path, needed: Callable[[], int | None] | None = None) -> Iterator[None]:
+    """Turn a full disk or quota met inside the block into one :class:`DiskFullError` line (exit status 2).
+
+    The line names the file being written (or ``out``), what the write needed (``needed()``, an estimate in bytes of
+    what the command still had to write) and what is free there. The writers it wraps leave nothing half-written (they
+    write beside the target and rename), so the message can say so.
+
+    Args:
+        out: the output folder or file of the command.
+        needed: returns the bytes the command still had to write when it failed (None: unknown).
+    """
+    try:
+        yield
+    except Exception as err:
+        cause = disk_full_cause(err)
+        if cause is None or isinstance(err, DiskFullError):
+            raise
+        filename = getattr(cause, "filename", None)
+        path = Path(filename) if isinstance(filename, str | os.PathLike) else Path(out)
+        quota = isinstance(cause, OSError) and cause.errno == getattr(errno, "EDQUOT", None)
+        reason = "disk quota exceeded" if quota or "quota" in str(cause).lower() else "no space left on device"
+        try:
+            estimate = needed() if needed is not None else None
+        except Exception:  # an estimate must not hide the real error
+            estimate = None
+        free = _free_space(path)
+        wants = f"it needed about {_size(estimate)} more" if estimate else "it needed more"
+        has = f", {_size(free)} is free there" if free is not None else ""
+        raise DiskFullError(
+            f"{path}: {reason} ({wants}{has}); free some space or choose another output folder and run again "
+            "(nothing half-written was left)"
+        ) from err

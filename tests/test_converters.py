@@ -7,7 +7,10 @@ its reason, and timestamps follow the same rule as ``icg data validate``.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -15,11 +18,12 @@ import pytest
 from PIL import Image
 
 from icg.cli import main
-from icg.data.conversion import LEFT_OUT_FILE, ConversionError
+from icg.data.conversion import LEFT_OUT_FILE, ConversionError, InteractionsWriter
 from icg.data.convert_movielens import convert_movielens
 from icg.data.convert_pixelrec import convert_pixelrec
 from icg.data.schema import read_dataset
 from icg.data.validation import validate_dataset
+from icg.output_lock import OutputLock, old_copy
 
 ITEM_INFO_HEADER = (
     "item_id,view_number,comment_number,thumbup_number,share_number,coin_number,favorite_number,barrage_number,"
@@ -225,6 +229,53 @@ def test_existing_output_needs_overwrite_and_survives_a_failed_rerun(tmp_path, c
     assert main(_convert_args(inputs, other, "--overwrite")) == 2
     assert "not an icg dataset (no meta.json); --overwrite does not replace it" in capsys.readouterr().err
     assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_dataset(tmp_path, capsys, monkeypatch):
+    inputs = _pixelrec_inputs(tmp_path / "src")
+    out = tmp_path / "ds"
+    assert main(_convert_args(inputs, out)) == 0
+    first = _snapshot(out)
+
+    def full(self, chunk):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.root / "interactions.parquet"))
+
+    monkeypatch.setattr(InteractionsWriter, "write", full)
+    assert main(_convert_args(inputs, out, "--overwrite")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    needed = inputs["interactions"].stat().st_size + inputs["items"].stat().st_size
+    assert re.fullmatch(rf"icg data convert: {re.escape(str(tmp_path))}/\.ds\.partial-\w+/interactions\.parquet: no "
+                        rf"space left on device \(it needed about {needed} B more, [\d.]+ [KMGT]?i?B is free there\); "
+                        r"free some space .*", err), err  # fmt: skip
+    assert _snapshot(out) == first and sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src"]
+
+
+def test_a_second_conversion_is_refused_and_a_killed_ones_leftovers_are_settled(tmp_path, capsys, caplog):
+    inputs = _pixelrec_inputs(tmp_path / "src")
+    out = tmp_path / "ds"
+    first = OutputLock(out, "icg data convert")  # another conversion, still writing --out
+    first.acquire()
+    try:
+        assert main(_convert_args(inputs, out)) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: another run writes this folder: icg data convert (pid {os.getpid()}" in err
+    finally:
+        first.release()
+    assert not out.exists()
+    assert main(_convert_args(inputs, out)) == 0
+    dataset = _snapshot(out)
+    # A conversion killed between the renames of its --overwrite: the earlier dataset aside, the new one staged.
+    out.rename(old_copy(out))
+    (tmp_path / ".ds.partial-abc123").mkdir()
+    with caplog.at_level("WARNING", "icg.output_lock"):
+        assert main(_convert_args(inputs, out)) == 2  # put back, so without --overwrite: refused as before
+    assert "folder is not empty" in capsys.readouterr().err
+    assert (
+        f"{out}: put back the previous copy, which an interrupted --overwrite had left in {old_copy(out)}"
+        in caplog.text
+    )
+    assert _snapshot(out) == dataset and sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src"]
 
 
 def test_missing_input_is_named(tmp_path, capsys):

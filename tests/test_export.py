@@ -1,17 +1,22 @@
 """``icg export`` + ``CoverGenerator``: a stage-3 checkpoint becomes a folder that alone makes covers (issue 12)."""
 
 import json
+import os
 import re
 import shutil
+import socket
+from pathlib import Path
 
 import pytest
 import torch
 
 from icg.cli import main
 from icg.errors import UserError
-from icg.generation import CoverGenerator
+from icg.generation import CoverGenerator, UserTable
 from icg.generation.export import CONFIG, EXPORT_FILES, USERS_IDS, ExportError
+from icg.output_lock import OutputLock, old_copy
 from tests.conftest import TINY, only_ckpt, run_cli
+from tests.generation_fixtures import tiny_generator, write_tiny_export
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +110,68 @@ def test_overwrite_replaces_an_export_and_never_a_foreign_folder(stage3_ckpt, ex
     one_line_error(capsys, ["export", "--stage3_ckpt", stage3_ckpt, "--out", foreign, "--overwrite", "true"],
                    "not an icg export")  # fmt: skip
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_a_second_export_into_the_same_out_is_refused_at_once(stage3_ckpt, tmp_path, capsys):
+    out = tmp_path / "x"
+    first = OutputLock(out, "icg export")  # another export, still writing
+    first.acquire()
+    try:
+        one_line_error(capsys, ["export", "--stage3_ckpt", stage3_ckpt, "--out", out],
+                       rf"^icg export: {re.escape(str(out))}: another run writes this folder: icg export \(pid "
+                       rf"{os.getpid()} on {re.escape(socket.gethostname())}, started ")  # fmt: skip
+    finally:
+        first.release()
+    assert not out.exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(stage3_ckpt, tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    def full(tensors, filename, *args, **kwargs):  # what safetensors raises on ENOSPC
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                              'left on device" })')  # fmt: skip
+
+    monkeypatch.setattr("icg.generation.export.save_file", full)
+    out = tmp_path / "x"
+    one_line_error(capsys, ["export", "--stage3_ckpt", stage3_ckpt, "--out", out],
+                   rf"^icg export: {re.escape(str(out))}: no space left on device \(it needed about [\d.]+ KiB more, "
+                   r"[\d.]+ [KMGT]?i?B is free there\)")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # no export, no temporary folder, no lock
+
+
+class Killed(BaseException):
+    """The process dies here: nothing after it runs (no rename back, no clean-up)."""
+
+
+def test_an_overwrite_killed_between_its_renames_loses_nothing(tmp_path, monkeypatch, caplog):
+    folder = write_tiny_export(tmp_path / "export", UserTable(["a", "b"], torch.randn(3, 8)))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    replace, rmtree, dead = os.replace, shutil.rmtree, []
+
+    def dies_at_the_second_rename(src, dst):
+        if dead or Path(src).name.endswith(".tmp"):
+            dead.append(src)
+            raise Killed
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dies_at_the_second_rename)
+    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: None if dead else rmtree(path, *a, **k))
+    with pytest.raises(Killed):
+        tiny_generator(UserTable(["c"], torch.randn(2, 8))).save_pretrained(folder, overwrite=True)
+    monkeypatch.undo()
+    assert not folder.exists() and {p.name: p.read_bytes() for p in old_copy(folder).iterdir()} == before
+    assert len(list(tmp_path.glob(".export.*.tmp"))) == 1  # the killed run's complete new export, never renamed
+
+    # The next run (here one without --overwrite) puts the previous export back, says where it was, and refuses.
+    with caplog.at_level("WARNING", "icg.output_lock"), pytest.raises(ExportError, match="exists and is not empty"):
+        write_tiny_export(folder, UserTable(["c"], torch.randn(2, 8)))
+    assert f"put back the previous copy, which an interrupted --overwrite had left in {old_copy(folder)}" in caplog.text
+    assert "removed 1 temporary folder(s) of a killed run" in caplog.text
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    tiny_generator(UserTable(["c"], torch.randn(2, 8))).save_pretrained(folder, overwrite=True)
+    assert UserTable.load(folder).user_ids == ["c"] and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_export_onto_another_base_model_folder(stage3_ckpt, tmp_path, capsys):

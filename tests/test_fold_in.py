@@ -1,6 +1,7 @@
 """New users without retraining: ``icg users fold-in`` fits an embedding from a user's clicks."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -10,10 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from icg.ckpt import CheckpointError
+from icg.cli import main
 from icg.generation import CoverGenerator, UserTable
 from icg.generation.commands import generate
 from icg.generation.export import CONFIG, USERS_IDS, WEIGHTS
 from icg.generation.fold_in import FoldInError, Stage1, fold_in, fold_in_export, user_rows
+from icg.output_lock import OutputLock
 from tests.conftest import run_cli
 from tests.generation_fixtures import write_tiny_export
 
@@ -132,3 +135,21 @@ def test_fold_in_refuses_what_it_cannot_do(stage1_export, tiny_platform, tiny_st
     assert lora == b"a file the export format may hold"  # every other file of the export comes along
     with pytest.raises(Exception, match="exists and is not empty"):
         fold_in_export(stage1_export, tiny_platform, users=NEW[1:2], out=str(copy))
+
+
+def test_a_second_fold_in_into_the_same_out_is_refused_naming_the_first(stage1_export, tiny_platform, tmp_path,
+                                                                        capsys):  # fmt: skip
+    out = tmp_path / "v2"
+    first = OutputLock(out, "icg users fold-in")  # another fold-in, still writing --out
+    first.acquire()
+    try:
+        words = ["users", "fold-in", "--export", stage1_export, "--data_root", tiny_platform, "--out", out]
+        assert main([str(w) for w in words]) == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            len(err.splitlines()) == 1
+            and f"another run writes this folder: icg users fold-in (pid {os.getpid()}" in err
+        )
+    finally:
+        first.release()
+    assert not out.exists() and not [p for p in stage1_export.iterdir() if p.name.startswith(".")]

@@ -4,10 +4,13 @@ Fast tests run the command in-process on one rank (``icg.generation.commands.gen
 the slow ones run it as a user does, in subprocesses: two DDP ranks against one process, and a kill -9 mid-run.
 """
 
+import errno
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from icg.cli import main
 from icg.cover_manifest import read_manifest
 from icg.errors import UserError
 from icg.generation import CoverGenerator, UserTable
@@ -25,6 +29,7 @@ from icg.generation.commands import generate
 from icg.generation.cover_folder import SETTINGS, CoverFolder, OutputFolderError, ShardWriter, cover_file
 from icg.generation.export import ExportError
 from icg.generation.pairs import read_pairs
+from icg.output_lock import OutputLock, lock_path
 from tests.conftest import REPO, run_cli
 from tests.generation_fixtures import pairs_csv, write_tiny_export
 
@@ -193,6 +198,82 @@ def test_icg_generate_through_the_cli(export, pairs, tiny_platform, tmp_path, ca
             "--progress_bar", "false", "--batch_size", "4")  # fmt: skip
     assert "8 covers (8 made now, 0 kept from before)" in capsys.readouterr().out
     assert len(read_manifest(tmp_path / "out")) == 8
+
+
+def generate_words(export, pairs, tiny_platform, out) -> list[str]:
+    return [str(w) for w in ("generate", "--export", export, "--pairs", pairs, "--data_root", tiny_platform, "--out",
+                             out, "--progress_bar", "false", "--batch_size", "2")]  # fmt: skip
+
+
+def test_a_second_run_into_the_same_out_is_refused_naming_the_first(export, pairs, tiny_platform, tmp_path, capsys):
+    out = tmp_path / "out"
+    first = OutputLock(out, "icg generate --out runs/covers")  # the first run, holding --out (as another process)
+    first.acquire()
+    try:
+        assert main(generate_words(export, pairs, tiny_platform, out)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"icg generate: {out}: another run writes this folder: icg generate --out runs/covers (pid " in err
+        assert f"pid {os.getpid()} on {socket.gethostname()}, started " in err and str(lock_path(out)) in err
+        assert not out.exists()  # the refused run wrote nothing
+    finally:
+        first.release()
+    assert main(generate_words(export, pairs, tiny_platform, out)) == 0  # the folder is free again: a normal run
+    assert len(read_manifest(out)) == 8 and not lock_path(out).exists()
+
+
+def test_a_stale_lock_of_a_killed_run_is_taken_over(export, pairs, tiny_platform, tmp_path, caplog):
+    out = tmp_path / "out"
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    out.parent.mkdir(exist_ok=True)
+    lock_path(out).write_text(json.dumps({"pid": killed.pid, "host": socket.gethostname(), "command": "icg generate",
+                                          "started": "2026-01-01T00:00:00+00:00"}))  # fmt: skip
+    with caplog.at_level("WARNING", "icg.output_lock"):
+        summary = run(export, pairs, out, data_root=str(tiny_platform))
+    assert summary["covers"] == 8 and f"process {killed.pid} is gone" in caplog.text
+    assert not lock_path(out).exists()
+
+
+def test_a_full_disk_is_one_line_leaves_no_half_cover_and_the_rerun_resumes(export, pairs, tiny_platform, tmp_path,
+                                                                             capsys, monkeypatch):  # fmt: skip
+    from icg.generation import cover_folder
+
+    out, real_write, real_fdopen = tmp_path / "out", cover_folder.write_atomic, os.fdopen
+    covers = []
+
+    class HalfThenFull:  # the disk fills up halfway through a cover's bytes
+        def __init__(self, fd, mode):
+            self.file = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fills_up_at_the_fifth_cover(path, data):
+        if path.suffix == ".png":
+            covers.append(path)
+            if len(covers) == 5:
+                monkeypatch.setattr(cover_folder.os, "fdopen", HalfThenFull)
+        real_write(path, data)
+
+    monkeypatch.setattr(cover_folder, "write_atomic", fills_up_at_the_fifth_cover)
+    assert main(generate_words(export, pairs, tiny_platform, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.fullmatch(rf"icg generate: {re.escape(str(out))}: no space left on device \(it needed about [\d.]+ KiB "
+                        r"more, [\d.]+ [KMGT]?i?B is free there\); free some space .*", err), err  # fmt: skip
+    assert not list(out.rglob("*.tmp")) and not lock_path(out).exists()  # no half cover, the lock released
+    monkeypatch.undo()
+    assert all(Image.open(p).verify() is None for p in covers[:4])
+    summary = run(export, pairs, out, data_root=str(tiny_platform), batch_size=2)
+    assert summary["covers"] == 8 and summary["kept"] == 4  # the covers made before the disk filled up are kept
 
 
 # ------------------------------------------------------------------------------------------------ as a user runs it

@@ -13,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from icg.errors import ConfigError
+from icg.errors import ConfigError, disk_full_is_a_user_error
+from icg.output_lock import output_lock
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,16 @@ def _synth(args: argparse.Namespace) -> int:
     # the generator pulls in rendering code: load it only here
     from icg.data.synthetic import CLICKS_PER_USER, generate_platform
 
-    out = generate_platform(
-        args.out,
-        users=args.users,
-        items=args.items,
-        seed=args.seed,
-        image_size=args.image_size,
-        overwrite=args.overwrite,
-        clicks_per_user=tuple(args.clicks_per_user) if args.clicks_per_user else CLICKS_PER_USER,
-    )
+    with output_lock(args.out, "icg data synth"), disk_full_is_a_user_error(args.out):
+        out = generate_platform(
+            args.out,
+            users=args.users,
+            items=args.items,
+            seed=args.seed,
+            image_size=args.image_size,
+            overwrite=args.overwrite,
+            clicks_per_user=tuple(args.clicks_per_user) if args.clicks_per_user else CLICKS_PER_USER,
+        )
     sys.stdout.write(f"wrote synthetic platform to {out}\n")
     return 0
 
@@ -154,26 +156,35 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    tables = [args.interactions, args.items] if args.source == "pixelrec" else [args.ratings, args.movies]
+
+    def needed() -> int:  # about the input tables' size: the parquet and the left-out rows take less
+        return sum(Path(path).stat().st_size for path in tables if Path(path).is_file())
+
+    with disk_full_is_a_user_error(args.out, needed):  # the converter leaves no half dataset; say what it needed
+        report = _run_converter(args)
+    sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def _run_converter(args: argparse.Namespace) -> dict:
     if args.source == "pixelrec":
         from icg.data.convert_pixelrec import convert_pixelrec
 
-        report = convert_pixelrec(
+        return convert_pixelrec(
             args.interactions, args.items, args.covers, args.out, encoding=args.encoding, overwrite=args.overwrite
         )
-    else:
-        from icg.data.convert_movielens import convert_movielens
+    from icg.data.convert_movielens import convert_movielens
 
-        report = convert_movielens(
-            args.ratings,
-            args.movies,
-            args.posters,
-            args.out,
-            args.positive_threshold,
-            encoding=args.encoding,
-            overwrite=args.overwrite,
-        )
-    sys.stdout.write(json.dumps(report, indent=1) + "\n")
-    return 0
+    return convert_movielens(
+        args.ratings,
+        args.movies,
+        args.posters,
+        args.out,
+        args.positive_threshold,
+        encoding=args.encoding,
+        overwrite=args.overwrite,
+    )
 
 
 def run_data_command(args: list[str]) -> int:

@@ -3,8 +3,9 @@ not at all, covers linked into the dataset, interactions streamed in chunks, and
 
 Safety: an ``--out`` folder that holds, or lies inside, an input is refused before anything is written (naming
 both), and the dataset is built in a hidden temporary folder beside ``--out`` (``.<name>.partial-*``) that replaces
-it in one rename at the end; a failed run removes it, so no half dataset is ever left in ``--out``. Covers are hard
-links (or copies) of the input files; nothing in an input folder is written, moved or deleted.
+it in one rename at the end; a failed run removes it, so no half dataset is ever left in ``--out``. One conversion at a
+time writes an ``--out`` (``icg.output_lock``), and an earlier dataset is kept until the new one is in place. Covers
+are hard links (or copies) of the input files; nothing in an input folder is written, moved or deleted.
 
 Accounting: every row a converter leaves out (item without a cover or title, repeated item, interaction of such an
 item, of an unknown item, with an empty user id, a timestamp outside :data:`icg.data.timestamps.TIMESTAMP_RULE` or
@@ -32,10 +33,12 @@ import pyarrow.parquet as pq
 from icg.data.schema import IMAGES_DIR, INTERACTION_COLUMNS, INTERACTIONS_TABLE, META_FILE
 from icg.data.timestamps import TIMESTAMP_RULE, parse_timestamps
 from icg.errors import MissingFileError, OutputFolderError, UserError
+from icg.output_lock import output_lock, settle_leftovers, swap_into_place
 
 log = logging.getLogger(__name__)
 REPORT_FILE = "conversion_report.json"
 LEFT_OUT_FILE = "left_out_rows.csv"
+PARTIAL = ".partial-"  # a dataset being written: .<name>.partial-<random> beside --out
 LEFT_OUT_COLUMNS = ("file", "row", "item_id", "user_id", "value", "reason")
 # reason -> the report key that counts it
 REASONS = {
@@ -91,38 +94,36 @@ def check_paths(out: Path, files: dict[str, Path], folders: dict[str, Path]) -> 
 def staged_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a new hidden folder beside ``out``; on success it becomes ``out`` in one rename, on failure it goes.
 
+    Holds ``out``'s lock (``icg.output_lock``: a second conversion into it is refused, naming the first) and first
+    settles what a killed conversion left: its ``.<name>.partial-*`` folders are removed, and an earlier dataset that
+    an interrupted ``--overwrite`` had moved aside is put back. An earlier dataset is kept until the new one is in
+    place.
+
     Args:
         out: the dataset folder to produce. It must be missing or empty, or (with ``overwrite``) hold an earlier
             icg dataset, which is replaced only once the new one is complete.
         overwrite: allow replacing an earlier dataset in ``out``.
     """
     out = Path(out)
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputFolderError(
-                f"--out {out}: folder is not empty; choose a new folder, or pass --overwrite to replace an earlier "
-                "conversion"
-            )
-        if not (out / META_FILE).is_file():
-            raise OutputFolderError(
-                f"--out {out}: not an icg dataset (no {META_FILE}); --overwrite does not replace it"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        yield staging
-    except BaseException:  # KeyboardInterrupt too: never leave a half dataset behind
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = None
-    if out.is_dir() and any(out.iterdir()):
-        previous = out.parent / f".{out.name}.replaced-{staging.name.rsplit('-', 1)[-1]}"
-        os.rename(out, previous)
-    elif out.is_dir():
-        out.rmdir()
-    os.rename(staging, out)
-    if previous is not None:
-        shutil.rmtree(previous)
+    with output_lock(out, "icg data convert"):
+        settle_leftovers(out, [f".{out.name}{PARTIAL}*"])
+        if out.is_dir() and any(out.iterdir()):
+            if not overwrite:
+                raise OutputFolderError(
+                    f"--out {out}: folder is not empty; choose a new folder, or pass --overwrite to replace an "
+                    "earlier conversion"
+                )
+            if not (out / META_FILE).is_file():
+                raise OutputFolderError(
+                    f"--out {out}: not an icg dataset (no {META_FILE}); --overwrite does not replace it"
+                )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{PARTIAL}"))
+        try:
+            yield staging
+            swap_into_place(staging, out)
+        finally:  # KeyboardInterrupt too: never leave a half dataset behind
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------- CSV inputs

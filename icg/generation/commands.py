@@ -37,8 +37,10 @@ def export(
         overwrite: replace an existing export folder.
     """
     from icg.generation.export import export_checkpoint
+    from icg.output_lock import output_lock
 
-    folder = export_checkpoint(stage3_ckpt, out, preference_ckpt, base_model, mllm, overwrite=overwrite)
+    with output_lock(out, "icg export"):  # before loading anything: a second export into --out is refused at once
+        folder = export_checkpoint(stage3_ckpt, out, preference_ckpt, base_model, mllm, overwrite=overwrite)
     return str(folder)
 
 
@@ -135,12 +137,13 @@ def generate(
     """
     from torch.utils.data import DataLoader
 
-    from icg.errors import UserError
+    from icg.errors import UserError, disk_full_is_a_user_error
     from icg.generation.cover_folder import CoverFolder
     from icg.generation.export import read_config
     from icg.generation.pairs import PairsDataset, bad_rows_message, read_pairs
     from icg.generation.users import UserTable
     from icg.lit.generation import CoverFolderWriter, CoverGeneration
+    from icg.output_lock import is_lead_process, output_lock
 
     if on_bad_record not in ON_BAD_RECORD:
         raise UserError(f"--on_bad_record must be one of {ON_BAD_RECORD}, got {on_bad_record!r}")
@@ -180,43 +183,51 @@ def generate(
         "image_size": sampler.get("image_size"),
         "rewards_ckpt": _absolute(rewards_ckpt) if score else None,
     }
-    folder = CoverFolder(out, settings)
-    known_users = UserTable.load(export).user_ids
-    state = folder.inspect(overwrite, known_users)  # read-only, on every rank alike
-    remaining = [p for p in found if p.key not in state.finished]
-    skipped = [b.as_dict() for b in bad]
-    writer = CoverFolderWriter(folder, state, method, [p.key for p in found], skipped, skip_report)
-    trainer = generation_trainer(accelerator, devices, num_nodes, [writer], progress_bar)
-    if remaining:
-        from icg.generation.generator import CoverGenerator
+    side = int(settings["image_size"] or 1024)
+    remaining: list = []  # the pairs still to make: a full disk's message says what they need
 
-        generator = CoverGenerator.from_pretrained(export, base_model=base_model, mllm=mllm, dtype=dtype)
-        rewards, reward_users = _reward_bundle(rewards_ckpt) if score else (None, [])
-        module = CoverGeneration(generator, seed, num_steps, guidance_scale, strength, rewards, reward_users)
-        loader = DataLoader(PairsDataset(remaining, generator.image_size), batch_size=batch_size,
-                            num_workers=num_workers)  # fmt: skip
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
-        merged, seconds, cpu_seconds = writer.merged, writer.seconds, writer.cpu_seconds
-    elif trainer.is_global_zero:  # nothing left to make: only the manifest to settle (e.g. after a kill mid-merge)
-        folder.prepare(state, skipped, Path(skip_report) if skip_report else None)
-        merged, seconds, cpu_seconds = folder.finalize(writer.order), 0.0, 0.0
-    if not trainer.is_global_zero:
-        return None
-    in_run = [fallback for key, fallback in merged.items() if key in writer.current]
-    kept = len(found) - len(remaining)
-    summary = {
-        "manifest": str(folder.manifest),
-        "covers": len(in_run),
-        "made": len(in_run) - kept,
-        "kept": kept,
-        "skipped": len(bad),
-        "fallback": sum(in_run),
-        "seconds": round(seconds, 3),
-        "cpu_seconds": round(cpu_seconds, 3),
-    }
-    if len(in_run) != len(found):
-        raise RuntimeError(f"{folder.manifest} lists {len(in_run)} of the {len(found)} pairs after the run")
-    return summary
+    def needed() -> int:
+        return len(remaining) * (3 * side * side + 1024)  # at most a raw RGB cover and its manifest line each
+
+    # One run per --out: rank 0 holds the lock; the other ranks of the same run write under it.
+    with output_lock(out, "icg generate", lead=is_lead_process()), disk_full_is_a_user_error(out, needed):
+        folder = CoverFolder(out, settings)
+        known_users = UserTable.load(export).user_ids
+        state = folder.inspect(overwrite, known_users)  # read-only, on every rank alike
+        remaining = [p for p in found if p.key not in state.finished]
+        skipped = [b.as_dict() for b in bad]
+        writer = CoverFolderWriter(folder, state, method, [p.key for p in found], skipped, skip_report)
+        trainer = generation_trainer(accelerator, devices, num_nodes, [writer], progress_bar)
+        if remaining:
+            from icg.generation.generator import CoverGenerator
+
+            generator = CoverGenerator.from_pretrained(export, base_model=base_model, mllm=mllm, dtype=dtype)
+            rewards, reward_users = _reward_bundle(rewards_ckpt) if score else (None, [])
+            module = CoverGeneration(generator, seed, num_steps, guidance_scale, strength, rewards, reward_users)
+            loader = DataLoader(PairsDataset(remaining, generator.image_size), batch_size=batch_size,
+                                num_workers=num_workers)  # fmt: skip
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+            merged, seconds, cpu_seconds = writer.merged, writer.seconds, writer.cpu_seconds
+        elif trainer.is_global_zero:  # nothing left to make: only the manifest to settle (e.g. after a kill mid-merge)
+            folder.prepare(state, skipped, Path(skip_report) if skip_report else None)
+            merged, seconds, cpu_seconds = folder.finalize(writer.order), 0.0, 0.0
+        if not trainer.is_global_zero:
+            return None
+        in_run = [fallback for key, fallback in merged.items() if key in writer.current]
+        kept = len(found) - len(remaining)
+        summary = {
+            "manifest": str(folder.manifest),
+            "covers": len(in_run),
+            "made": len(in_run) - kept,
+            "kept": kept,
+            "skipped": len(bad),
+            "fallback": sum(in_run),
+            "seconds": round(seconds, 3),
+            "cpu_seconds": round(cpu_seconds, 3),
+        }
+        if len(in_run) != len(found):
+            raise RuntimeError(f"{folder.manifest} lists {len(in_run)} of the {len(found)} pairs after the run")
+        return summary
 
 
 def generation_trainer(accelerator: str, devices: int, num_nodes: int, callbacks: list, progress_bar: bool = True):
@@ -288,7 +299,9 @@ def fold_in(
         l2: prior on the new embeddings (default: stage 1's user_l2).
         steps: L-BFGS iterations of the fit.
     """
+    from icg.generation.export import check_new_export
     from icg.generation.fold_in import FoldInError, fold_in_export
+    from icg.output_lock import output_lock
 
     if users is not None and users_file is not None:
         raise FoldInError("give --users or --users_file, not both")
@@ -299,7 +312,11 @@ def fold_in(
         if not path.is_file():
             raise FoldInError(f"--users_file: {path} does not exist (one user id per line)")
         users = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return fold_in_export(export, data_root, stage1_ckpt, users, out, refit=refit, l2=l2, steps=steps)
+    if out is None:
+        return fold_in_export(export, data_root, stage1_ckpt, users, out, refit=refit, l2=l2, steps=steps)  # refused
+    check_new_export(export, out)  # before the lock file beside --out: an --out inside the input is never touched
+    with output_lock(out, "icg users fold-in"):  # before the fit: a second run into --out is refused at once
+        return fold_in_export(export, data_root, stage1_ckpt, users, out, refit=refit, l2=l2, steps=steps)
 
 
 USERS_OVERVIEW = """usage: icg users fold-in --export DIR --data_root DIR --out DIR [--stage1_ckpt CKPT] [--users ID..]

@@ -16,6 +16,8 @@ and must survive being killed. The folder::
   with the recorded size; a cover made with the cold-start fallback is made again once its user is known.
 * **No collisions.** File names are a readable prefix of the ids plus a hash of the exact ids, so ids that differ only
   in characters a file name cannot hold (``a/b`` vs ``a_b``, or case on a case-insensitive disk) get distinct files.
+* **One run at a time.** ``icg generate`` holds the folder's lock (``icg.output_lock``, rank 0 for the whole run), so a
+  second run into it is refused instead of merging away the shards the first is still appending to.
 * **No silent mixing.** A folder whose ``generate.json`` names other settings is refused, unless ``overwrite``: then
   the earlier run's covers, manifests and settings are deleted first (nothing else in the folder is touched).
 """

@@ -21,7 +21,8 @@ stock diffusion model, so that is all an export holds, plus what generation need
 
 Generating needs no stage-1 or stage-2 file and no reward weights. The base model and MLLM paths can be overridden
 when loading (``CoverGenerator.from_pretrained(folder, base_model=..., mllm=...)``), e.g. on a cluster with another
-weights root. Folders are written beside the target and renamed into place: a failed export leaves nothing behind.
+weights root. Folders are written beside the target and renamed into place: a failed export leaves nothing behind, and
+``--overwrite`` keeps the previous export until the new one is in place (``icg.output_lock``: one writer at a time).
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ from icg import ckpt
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.lora import LORA_WEIGHTS, UNetLoRA, current_lora, load_lora, read_lora, save_lora
 from icg.diffusion.source import DTYPES, DiffusionSource
-from icg.errors import MissingFileError, UserError
+from icg.errors import MissingFileError, UserError, disk_full_is_a_user_error
 from icg.generation.generator import CoverGenerator, SamplerSettings
 from icg.generation.users import USERS_IDS, USERS_WEIGHTS, UserTable
+from icg.output_lock import output_lock, settle_leftovers, swap_into_place
 
 EXPORT_FORMAT = "icg-cover-generator"
 EXPORT_VERSION = 1
@@ -52,6 +54,7 @@ CONFIG = "icg_config.json"
 WEIGHTS = "conditioner.safetensors"
 NEGATIVE = "negative.safetensors"
 EXPORT_FILES = (CONFIG, WEIGHTS, USERS_WEIGHTS, USERS_IDS, NEGATIVE)
+TMP_SUFFIX = ".tmp"  # an export being written: .<name>.<random>.tmp beside it
 ALIGNMENT_STAGE = "alignment"  # = icg.lit.alignment.STAGE (not imported: inference code does not import training code)
 
 
@@ -206,16 +209,31 @@ def write_export(generator: CoverGenerator, folder: str | Path, provenance: dict
 
 
 def write_parts(parts: ExportParts, folder: str | Path, overwrite: bool = False) -> Path:
-    """Write an export folder atomically: into a temporary folder beside it, then renamed into place."""
+    """Write an export folder atomically: into a temporary folder beside it, then renamed into place.
+
+    Holds the folder's lock (``icg.output_lock``) throughout; first puts back a previous export that an interrupted
+    ``--overwrite`` left in ``.<name>.old`` and removes temporary folders of killed exports. A full disk is one line
+    (``DiskFullError``) and leaves nothing behind.
+    """
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        if not overwrite:
-            raise ExportError(f"export folder {folder} exists and is not empty; pass --overwrite true to replace it")
-        if not (folder / CONFIG).is_file():
-            raise ExportError(f"export folder {folder} holds files but no {CONFIG}: not an icg export, left as is")
+    with output_lock(folder, "icg export"):
+        settle_leftovers(folder, [f".{folder.name}.*{TMP_SUFFIX}"])
+        if folder.exists() and any(folder.iterdir()):
+            if not overwrite:
+                raise ExportError(
+                    f"export folder {folder} exists and is not empty; pass --overwrite true to replace it"
+                )
+            if not (folder / CONFIG).is_file():
+                raise ExportError(f"export folder {folder} holds files but no {CONFIG}: not an icg export, left as is")
+        with disk_full_is_a_user_error(folder, lambda: _parts_bytes(parts)):
+            _write_parts(parts, folder)
+    return folder
+
+
+def _write_parts(parts: ExportParts, folder: Path) -> None:
     spec, source = with_paths(parts.conditioner.spec, parts.source)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=TMP_SUFFIX))
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in parts.conditioner.trained_state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS))
@@ -237,10 +255,17 @@ def write_parts(parts: ExportParts, folder: str | Path, overwrite: bool = False)
             "provenance": parts.provenance,
         }
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        _swap_into_place(tmp, folder)
+        swap_into_place(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+
+def _parts_bytes(parts: ExportParts) -> int:
+    """About what an export of ``parts`` takes on disk (its tensors; the JSON files are small)."""
+    tensors = [*parts.conditioner.trained_state_dict().values(), parts.users.embeddings]
+    if parts.lora is not None:
+        tensors += list(parts.lora[1].values())
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out: str | Path) -> Path:
@@ -256,13 +281,23 @@ def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out:
         out: the export to write: a new folder (or an empty one), never ``folder`` itself nor a folder inside it.
     """
     folder, target = Path(folder), Path(out)
-    config = read_config(folder)
-    check_new_export(folder, target)
-    config["users"] = {**config.get("users", {}), "count": len(users), "embed_dim": users.embed_dim}
-    provenance = config.setdefault("provenance", {})
-    provenance["fold_in"] = [*provenance.get("fold_in", []), note]
+    check_new_export(folder, target)  # before the lock file beside --out: an --out inside the input is never touched
+    with output_lock(target, "icg users fold-in"):
+        config = read_config(folder)
+        check_new_export(folder, target)
+        settle_leftovers(target, [f".{target.name}.*{TMP_SUFFIX}"])
+        config["users"] = {**config.get("users", {}), "count": len(users), "embed_dim": users.embed_dim}
+        provenance = config.setdefault("provenance", {})
+        provenance["fold_in"] = [*provenance.get("fold_in", []), note]
+        needed = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())  # at most: others are linked
+        with disk_full_is_a_user_error(target, lambda: needed):
+            _write_users(folder, users, config, target)
+    return target
+
+
+def _write_users(folder: Path, users: UserTable, config: dict[str, Any], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX))
     try:
         # Every other file as it is (weights, guidance negative, and whatever else the export holds, e.g. a LoRA).
         for path in sorted(folder.iterdir()):
@@ -274,10 +309,9 @@ def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out:
                 shutil.copy2(path, tmp / path.name)
         users.save(tmp)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        _swap_into_place(tmp, target)
+        swap_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def check_new_export(folder: str | Path, out: str | Path) -> None:
@@ -289,18 +323,6 @@ def check_new_export(folder: str | Path, out: str | Path) -> None:
         raise ExportError(f"--out: {target} is {what}; give a new folder (the input export is never written to)")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ExportError(f"--out: {target} exists and is not empty; give a new folder")
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Put the finished folder ``tmp`` at ``target``; an earlier ``target`` goes only once ``tmp`` is complete."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old)
 
 
 class _NoDiffusion:
