@@ -66,9 +66,10 @@ def stage1_table(seed: int) -> Callable[[], None]:
     def run() -> None:
         from icg.data.datamodule import ICGDataModule
         from icg.data.oracle import Oracle
-        from icg.lit.preference import compare_click_models, load_preference_model
+        from icg.lit.preference import compare_click_models
+        from icg.models.preference import PreferenceModel
 
-        model, _ = load_preference_model(STAGE1_CKPT, "demo stage-1 checkpoint")
+        model, _ = PreferenceModel.from_checkpoint(STAGE1_CKPT, "demo stage-1 checkpoint")
         datamodule = ICGDataModule(root=str(DATA), image_size=64, holdout=HOLDOUT, eval_candidates=20, seed=seed)
         datamodule.setup("test")
         table = compare_click_models(datamodule, model, Oracle.from_dataset(DATA), split="test")

@@ -11,7 +11,7 @@ from icg.cli import main
 from icg.data.datamodule import ICGDataModule
 from icg.data.oracle import Oracle
 from icg.data.synthetic import generate_platform
-from icg.lit.preference import NonFiniteLossError, PreferenceStage, compare_click_models, load_preference_model
+from icg.lit.preference import NonFiniteLossError, PreferenceStage, compare_click_models
 from icg.models.image_encoders import TinyImageEncoder
 from icg.models.preference import PreferenceModel
 
@@ -63,7 +63,7 @@ def test_cli_fit_tiny_config(platform, tmp_path):
     )
     checkpoints = list((tmp_path / "checkpoints").glob("*.ckpt"))
     assert len(checkpoints) == 1
-    model, user_ids = load_preference_model(checkpoints[0])
+    model, user_ids = PreferenceModel.from_checkpoint(checkpoints[0])
     assert model.history_type == "mean" and model.title_type == "hashed" and len(user_ids) == 30
 
 
@@ -71,7 +71,7 @@ def test_checkpoint_round_trip(fitted):
     stage, datamodule, path = fitted
     raw = torch.load(path, map_location="cpu", weights_only=True)  # plain data only
     assert raw["icg"]["stage"] == "preference" and raw["icg"]["user_ids"] == list(datamodule.user_ids)
-    model, user_ids = load_preference_model(path, "model.init_args.preference_ckpt")
+    model, user_ids = PreferenceModel.from_checkpoint(path, "model.init_args.preference_ckpt")
     assert user_ids == list(datamodule.user_ids)
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     images, users = torch.rand(4, 3, 32, 32), torch.tensor([0, 3, -1, 29])
@@ -85,7 +85,7 @@ def test_wrong_stage_checkpoint_is_refused(fitted, tmp_path):
     raw["icg"]["stage"] = "rewards"
     torch.save(raw, tmp_path / "rewards.ckpt")
     with pytest.raises(ckpt.CheckpointError, match=r"preference_ckpt.*'rewards' stage.*'preference' stage"):
-        load_preference_model(tmp_path / "rewards.ckpt", "preference_ckpt")
+        PreferenceModel.from_checkpoint(tmp_path / "rewards.ckpt", "preference_ckpt")
 
 
 @pytest.mark.slow  # ~8 s on 2 busy cores

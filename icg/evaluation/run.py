@@ -52,7 +52,7 @@ from icg.evaluation.metrics import (
 )
 from icg.evaluation.report import METRICS, write_report
 from icg.lit.metrics import ClickMetrics
-from icg.lit.preference import compare_click_models, load_preference_model
+from icg.lit.preference import compare_click_models
 from icg.models.image_encoders import TinyImageEncoder
 from icg.models.preference import PreferenceModel
 from icg.models.rewards.base import RewardContext
@@ -402,7 +402,7 @@ def evaluate(
     if compared is not None:
         compared = np.union1d(compared, users)
 
-    stage1_model, stage1_ids = load_preference_model(stage1_ckpt, "stage1_ckpt")
+    stage1_model, stage1_ids = PreferenceModel.from_checkpoint(stage1_ckpt, "stage1_ckpt")
     stage1_model.to(device)
     stage1_users = _index_map(stage1_ids or dm.user_ids, dm)
     click_table = compare_click_models(dm, stage1_model, oracle, users=compared, user_rows=stage1_users)
@@ -415,7 +415,7 @@ def evaluate(
         "popularity_gauc": click_table["popularity"]["gauc"],
     }
     if evaluator_ckpt is not None:
-        evaluator, evaluator_ids = load_preference_model(evaluator_ckpt, "evaluator_ckpt")
+        evaluator, evaluator_ids = PreferenceModel.from_checkpoint(evaluator_ckpt, "evaluator_ckpt")
         evaluator = evaluator.to(device)
         evaluator_users, evaluator_source = _index_map(evaluator_ids or dm.user_ids, dm), str(evaluator_ckpt)
     else:

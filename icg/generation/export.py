@@ -46,6 +46,7 @@ from icg.diffusion.source import DTYPES, DiffusionSource
 from icg.errors import MissingFileError, UserError, disk_full_is_a_user_error
 from icg.generation.generator import CoverGenerator, SamplerSettings
 from icg.generation.users import USERS_IDS, USERS_WEIGHTS, UserTable
+from icg.models.preference import PreferenceModel
 from icg.output_lock import output_lock, settle_leftovers, swap_into_place
 
 EXPORT_FORMAT = "icg-cover-generator"
@@ -144,8 +145,6 @@ def checkpoint_parts(
         config_key: the key that named ``stage3_ckpt``, quoted in errors.
         keep_tiny: a diffusion model built from config keeps its own instead of ``base_model`` (no folder to replace).
     """
-    from icg.lit.preference import load_preference_model
-
     checkpoint = ckpt.load_stage_checkpoint(stage3_ckpt, ALIGNMENT_STAGE, config_key)
     block = checkpoint[ckpt.ICG_KEY]
     spec, source = with_paths(
@@ -158,7 +157,7 @@ def checkpoint_parts(
     )
     stage1 = preference_ckpt or block["preference_ckpt"]
     recorded = "preference_ckpt" if preference_ckpt else "preference_ckpt (recorded; --preference_ckpt names another)"
-    model, user_ids = load_preference_model(stage1, recorded)
+    model, user_ids = PreferenceModel.from_checkpoint(stage1, recorded)
     hparams = checkpoint.get("hyper_parameters", {})
     settings = SamplerSettings(**{k: hparams[k] for k in asdict(SamplerSettings()) if k in hparams})
     provenance = {"stage3_ckpt": _absolute(str(stage3_ckpt)), "preference_ckpt": _absolute(str(stage1)),

@@ -35,9 +35,9 @@ from icg.diffusion.source import DiffusionSource
 from icg.errors import ConfigError
 from icg.generation.generator import CoverGenerator, SamplerSettings
 from icg.generation.users import UserTable
-from icg.lit.preference import load_preference_model
 from icg.models.cover_conditioner import CoverConditioner
 from icg.models.feature_cache import MLLMFeatureCache
+from icg.models.preference import PreferenceModel
 from icg.models.rewards.base import RewardContext
 from icg.models.rewards.bundle import RewardOutput, load_reward_bundle
 
@@ -130,7 +130,9 @@ class AlignmentStage(LightningModule):
     def setup(self, stage: str) -> None:
         if self.frozen:
             return
-        users, user_ids = load_preference_model(self.hparams.preference_ckpt, "model.init_args.preference_ckpt")
+        users, user_ids = PreferenceModel.from_checkpoint(
+            self.hparams.preference_ckpt, "model.init_args.preference_ckpt"
+        )
         if stage != "predict":  # making covers needs no reward weights
             bundle = load_reward_bundle(self.hparams.rewards_ckpt, "model.init_args.rewards_ckpt")
             if self.hparams.reward_weights:

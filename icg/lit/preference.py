@@ -3,9 +3,9 @@
 ``PreferenceStage`` is a thin LightningModule around ``icg.models.preference.PreferenceModel``: binary cross-entropy
 on observed clicks plus the DataModule's sampled negatives; validation/test metrics AUC, GAUC, log loss, NDCG@10 and
 Recall@10 (``icg.lit.metrics``) logged as ``val/*`` / ``test/*``; an injected optimizer; a tagged checkpoint that
-stages 2 and 3 load by path with ``load_preference_model``. A non-finite loss stops training with an error naming the
-step and batch. ``compare_click_models`` scores the oracle and a popularity baseline on the exact test candidates the
-model is scored on (docs/stage1.md).
+stages 2 and 3 load by path with ``PreferenceModel.from_checkpoint``. A non-finite loss stops training with an error
+naming the step and batch. ``compare_click_models`` scores the oracle and a popularity baseline on the exact test
+candidates the model is scored on (docs/stage1.md).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,11 +27,11 @@ from icg import ckpt
 from icg.data.splits import TRAIN
 from icg.errors import ConfigError
 from icg.lit.metrics import ClickMetrics
-from icg.models.preference import ItemFeatureCache, PreferenceModel
+from icg.models.preference import CHECKPOINT_STAGE, ItemFeatureCache, PreferenceModel
 
 log = logging.getLogger(__name__)
 
-STAGE = "preference"
+STAGE = CHECKPOINT_STAGE
 MODEL_KEY = "model.init_args.model"
 
 
@@ -221,24 +220,6 @@ class PreferenceStage(LightningModule):
             "user_ids": list(datamodule.user_ids) if datamodule is not None else [],
             "item_ids": list(datamodule.item_ids) if datamodule is not None else [],
         }
-
-
-def load_preference_model(path: str | Path, config_key: str = "preference_ckpt") -> tuple[PreferenceModel, list[str]]:
-    """The frozen stage-1 click model and its user vocabulary from a stage-1 checkpoint.
-
-    Args:
-        path: a checkpoint written by ``PreferenceStage``.
-        config_key: the config key that named ``path``, quoted in every error (e.g. a wrong-stage checkpoint).
-
-    Returns:
-        ``(model, user_ids)``: the ``PreferenceModel`` in eval mode with no trainable parameters, and the sorted
-        string user ids whose positions are its ``user_idx``.
-    """
-    checkpoint = ckpt.load_stage_checkpoint(path, STAGE, config_key)
-    model = ckpt.load_module(checkpoint, "model", prefix="model")
-    if not isinstance(model, PreferenceModel):
-        raise ckpt.CheckpointError(f"{config_key}: {path} holds a {type(model).__name__}, not a PreferenceModel")
-    return ckpt.freeze(model), list(checkpoint[ckpt.ICG_KEY].get("user_ids", []))
 
 
 @torch.no_grad()

@@ -28,13 +28,17 @@ Architecture (D = ``embed_dim``, F = the image encoder's ``feature_dim``)::
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from icg import ckpt
 from icg.ckpt import init_spec
 from icg.errors import ConfigError
 from icg.models.title_tokens import hash_bucket, title_words
+
+CHECKPOINT_STAGE = "preference"  # the stage tag the stage-1 LightningModule writes (icg.lit.preference.STAGE)
 
 HISTORY_TYPES = ("none", "mean")
 ITEM_NORMS = ("layer", "batch")
@@ -151,6 +155,26 @@ class PreferenceModel(nn.Module):
         if self.freeze_encoder:
             self.image_encoder.eval()
         return self
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, config_key: str = "preference_ckpt"
+    ) -> tuple[PreferenceModel, list[str]]:
+        """The frozen stage-1 click model and its user vocabulary from a stage-1 checkpoint.
+
+        Args:
+            path: a checkpoint written by the preference stage (``icg.lit.preference.PreferenceStage``).
+            config_key: the config key that named ``path``, quoted in every error (e.g. a wrong-stage checkpoint).
+
+        Returns:
+            ``(model, user_ids)``: the model in eval mode with no trainable parameters, and the sorted string user ids
+            whose positions are its ``user_idx``.
+        """
+        checkpoint = ckpt.load_stage_checkpoint(path, CHECKPOINT_STAGE, config_key)
+        model = ckpt.load_module(checkpoint, "model", prefix="model")
+        if not isinstance(model, cls):
+            raise ckpt.CheckpointError(f"{config_key}: {path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return ckpt.freeze(model), list(checkpoint[ckpt.ICG_KEY].get("user_ids", []))
 
     @property
     def fallback_index(self) -> int:

@@ -8,7 +8,7 @@ back-propagated into the generator like any other reward.
 ``PreferenceReward`` is built in two ways:
 
 * from a stage-1 checkpoint (``preference_ckpt``, the stage-2 config): the frozen model and its user vocabulary are
-  read through ``icg.lit.preference.load_preference_model``;
+  read through ``PreferenceModel.from_checkpoint``;
 * from its own spec inside a reward-bundle checkpoint (``model_spec`` + ``user_ids``, no ``preference_ckpt``): the
   model is rebuilt with fresh weights and the bundle's state dict then loads the stage-1 weights it saved. So stage 3
   and evaluation never need the original stage-1 file.
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from icg.ckpt import CheckpointError, instantiate
 from icg.errors import ConfigError
 from icg.models.image_ops import check_images
+from icg.models.preference import PreferenceModel
 from icg.models.rewards.base import Reward, RewardContext
 
 logger = logging.getLogger(__name__)
@@ -83,10 +84,7 @@ class PreferenceReward(Reward):
             path: a checkpoint written by ``PreferenceStage``.
             config_key: the config key that named ``path``, quoted in every error.
         """
-        # imported here: icg.lit pulls in Lightning, which a bundle rebuilt from its spec does not need
-        from icg.lit.preference import load_preference_model
-
-        model, user_ids = load_preference_model(path, config_key=config_key)
+        model, user_ids = PreferenceModel.from_checkpoint(path, config_key=config_key)
         logger.info("preference reward '%s': stage-1 model from %s (%d users)", self.name, path, len(user_ids))
         self._set_model(model, user_ids)
         self.freeze()
