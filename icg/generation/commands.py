@@ -135,6 +135,7 @@ def generate(
     """
     from torch.utils.data import DataLoader
 
+    from icg.diffusion.sampler import strength_in_range
     from icg.errors import UserError
     from icg.generation.cover_folder import CoverFolder
     from icg.generation.export import read_config
@@ -153,7 +154,7 @@ def generate(
         raise UserError(f"--num_workers must be >= 0, got {num_workers}")
     if num_steps is not None and num_steps < 1:
         raise UserError(f"--num_steps must be >= 1, got {num_steps}")
-    if strength is not None and not 0 < strength <= 1:
+    if strength is not None and not strength_in_range(strength):
         raise UserError(f"--strength must be in (0, 1] (1: from pure noise, < 1: from the reference), got {strength}")
     found, bad = read_pairs(pairs, data_root)
     if bad and on_bad_record == "error":
