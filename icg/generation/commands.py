@@ -182,7 +182,7 @@ def generate(
         "rewards_ckpt": _absolute(rewards_ckpt) if score else None,
     }
     folder = CoverFolder(out, settings)
-    known_users = UserTable.load(export).user_ids
+    known_users = UserTable.load(export, count=config["users"]["count"]).user_ids
     state = folder.inspect(overwrite, known_users)  # read-only, on every rank alike
     remaining = [p for p in found if p.key not in state.finished]
     skipped = [b.as_dict() for b in bad]

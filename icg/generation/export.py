@@ -150,9 +150,9 @@ def checkpoint_parts(
     )
     conditioner = ckpt.instantiate(spec)
     prefix = "conditioner."
-    conditioner.load_trained_state_dict(
-        {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    )
+    trained = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    check_tensors(trained, conditioner.trained_state_dict(), f"{config_key}: {stage3_ckpt}", "conditioner.")
+    conditioner.load_trained_state_dict(trained)
     stage1 = preference_ckpt or block["preference_ckpt"]
     recorded = "preference_ckpt" if preference_ckpt else "preference_ckpt (recorded; --preference_ckpt names another)"
     model, user_ids = load_preference_model(stage1, recorded)
@@ -338,7 +338,74 @@ def read_config(folder: str | Path, config_key: str = "export folder") -> dict[s
                           f"{EXPORT_VERSION}")  # fmt: skip
     if config.get("unet_lora") and not (folder / LORA_WEIGHTS).is_file():
         raise ExportError(f"{config_key}: {folder} lacks {LORA_WEIGHTS} (its {CONFIG} names a unet_lora)")
+    for key in ("conditioner", "diffusion", "sampler", "users"):
+        if not isinstance(config.get(key), dict):
+            raise ExportError(f"{config_key}: {folder / CONFIG} has no {key!r} object (got {config.get(key)!r:.80})")
+    if problem := SamplerSettings.problem(config["sampler"]):
+        raise ExportError(f"{config_key}: {folder / CONFIG}: sampler.{problem}")
+    count = config["users"].get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ExportError(f"{config_key}: {folder / CONFIG}: users.count={count!r}: expected the number of users")
     return config
+
+
+def check_tensors(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str, prefix: str = ""
+) -> None:
+    """Refuse trained weights that do not fit the module they are for, in one line naming the tensor.
+
+    Every tensor of ``expected`` must be there, none other, each of the expected shape, a float tensor where a float
+    one is expected (the same dtype otherwise), with no NaN or infinite value.
+
+    Args:
+        tensors: what the file holds.
+        expected: what the module holds (its ``trained_state_dict()``, before loading).
+        where: the file (and the key or folder that named it), quoted first.
+        prefix: put before each tensor's name in messages (``conditioner.`` in a stage-3 checkpoint).
+    """
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        named = [
+            f"{verb} tensor(s) {[prefix + n for n in names[:3]]}" + (" ..." if len(names) > 3 else "")
+            for verb, names in (("lacks", missing), ("holds unexpected", extra))
+            if names
+        ]
+        raise ExportError(f"{where}: {' and '.join(named)} (not the weights of the module its config describes)")
+    for name, want in expected.items():
+        got, label = tensors[name], repr(prefix + name)
+        if tuple(got.shape) != tuple(want.shape):
+            raise ExportError(f"{where}: tensor {label} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        if got.is_floating_point() != want.is_floating_point() or not (
+            want.is_floating_point() or got.dtype == want.dtype
+        ):
+            raise ExportError(f"{where}: tensor {label} is {got.dtype}, expected {want.dtype}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise ExportError(f"{where}: tensor {label} holds NaN or infinite values")
+
+
+def _check_negative(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """The guidance negative: float (1, L, D) hidden states, an optional (1, L) mask and (1, P) pooled vector."""
+    known = {"encoder_hidden_states", "attention_mask", "pooled"}
+    if "encoder_hidden_states" not in tensors or set(tensors) - known:
+        raise ExportError(f"{where}: holds tensors {sorted(tensors)}, expected 'encoder_hidden_states' and "
+                          "optionally 'attention_mask', 'pooled'")  # fmt: skip
+    states = tensors["encoder_hidden_states"]
+    shapes = {"encoder_hidden_states": (3, "(1, L, D)")}
+    if "attention_mask" in tensors:
+        shapes["attention_mask"] = (2, f"(1, {states.shape[1] if states.ndim == 3 else 'L'})")
+    if "pooled" in tensors:
+        shapes["pooled"] = (2, "(1, P)")
+    for name, (ndim, expected) in shapes.items():
+        got = tensors[name]
+        bad = got.ndim != ndim or got.shape[0] != 1
+        if name == "attention_mask" and not bad:
+            bad = states.ndim != 3 or got.shape[1] != states.shape[1]
+        if bad:
+            raise ExportError(f"{where}: tensor {name!r} has shape {tuple(got.shape)}, expected {expected}")
+        if name != "attention_mask" and not got.is_floating_point():
+            raise ExportError(f"{where}: tensor {name!r} is {got.dtype}, not a float tensor")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise ExportError(f"{where}: tensor {name!r} holds NaN or infinite values")
 
 
 def load_export(
@@ -354,12 +421,16 @@ def load_export(
     spec, source = with_paths(config["conditioner"], DiffusionSource(**config["diffusion"]), base_model, mllm,
                               f"export {folder}")  # fmt: skip
     conditioner = ckpt.instantiate(spec)
-    conditioner.load_trained_state_dict(ckpt.read_safetensors(folder / WEIGHTS, f"export {folder}"))
+    weights = ckpt.read_safetensors(folder / WEIGHTS, f"export {folder}")
+    check_tensors(weights, conditioner.trained_state_dict(), f"export {folder}: {folder / WEIGHTS}")
+    conditioner.load_trained_state_dict(weights)
     negative = ckpt.read_safetensors(folder / NEGATIVE, f"export {folder}")
+    _check_negative(negative, f"export {folder}: {folder / NEGATIVE}")
+    users = UserTable.load(folder, count=config["users"]["count"])
     lora = None
     if config.get("unet_lora"):
         lora = (UNetLoRA(**config["unet_lora"]), read_lora(folder, source.variant))
-    parts = ExportParts(ckpt.freeze(conditioner), UserTable.load(folder), SamplerSettings(**config["sampler"]), source,
+    parts = ExportParts(ckpt.freeze(conditioner), users, SamplerSettings(**config["sampler"]), source,
                         config.get("provenance", {}), lora)  # fmt: skip
     generator = _assemble(parts, device=device, dtype=dtype, config_key="base_model",
                           lora_name=f"the UNet LoRA in {folder / LORA_WEIGHTS}")  # fmt: skip
