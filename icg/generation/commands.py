@@ -293,13 +293,23 @@ def fold_in(
 
     if users is not None and users_file is not None:
         raise FoldInError("give --users or --users_file, not both")
+    # User ids are kept exactly as written (spaces included), as the dataset, stage 1 and the export keep them.
     if isinstance(users, str):
-        users = [user.strip() for user in users.split(",") if user.strip()]
+        users = [user for user in users.split(",") if user]
+        for index, user in enumerate(users):
+            if not user.strip():
+                raise FoldInError(f"--users: entry {index + 1} is blank ({user!r}); ids are taken exactly as written")
     if users_file is not None:
         path = Path(users_file)
         if not path.is_file():
             raise FoldInError(f"--users_file: {path} does not exist (one user id per line)")
-        users = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        users = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line and not line.strip():
+                raise FoldInError(f"--users_file: {path} line {number} is blank ({line!r}); ids are taken exactly as "
+                                  "written, one per line")  # fmt: skip
+            if line:
+                users.append(line)
     return fold_in_export(export, data_root, stage1_ckpt, users, out, refit=refit, l2=l2, steps=steps)
 
 

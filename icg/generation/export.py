@@ -75,6 +75,22 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
+def _same_folder(recorded: str, base: str | None) -> bool:
+    """Whether a path the conditioner spec records names the base model folder ``base`` (absolute, as recorded).
+
+    A stage-3 config names the title encoder's folder as written (often relative: ``weights/stable-diffusion-v1-5``)
+    and its checkpoint records the diffusion folder resolved where training ran, so a relative path is the base
+    model's folder when ``base`` ends with it; an absolute one when it resolves to ``base``.
+    """
+    if base is None:
+        return False
+    path = Path(recorded).expanduser()
+    if path.is_absolute():
+        return _absolute(str(path)) == base or os.path.normpath(path) == os.path.normpath(base)
+    parts = Path(os.path.normpath(path)).parts
+    return _absolute(recorded) == base or (".." not in parts and Path(base).parts[-len(parts) :] == parts)
+
+
 def _paths(spec: dict[str, Any]) -> tuple[dict | None, dict | None]:
     """The init_args of the conditioner spec's prompter and title prompt (None where absent)."""
     args = spec["init_args"]
@@ -110,7 +126,8 @@ def with_paths(
                         "from config (no folder to replace)")  # fmt: skip
     if title is not None and title.get("path") is not None:
         title_path = _absolute(title["path"])
-        title["path"] = new_base if (base_model is not None and title_path == old_base) else title_path
+        follows = base_model is not None and _same_folder(title["path"], old_base)
+        title["path"] = new_base if follows else title_path
     if prompter is not None:
         if mllm is not None:
             if prompter.get("mllm_path") is None:
