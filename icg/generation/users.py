@@ -147,6 +147,6 @@ class UserTable:
             row = f"user {ids[bad]!r}" if bad < len(ids) else "the fallback"
             raise ExportError(f"{where}: {weights}: 'embeddings' holds NaN or infinite values (row {bad}, {row})")
         if count is not None and count != len(ids):
-            raise ExportError(f"{where}: users.count={count!r} in its icg_config.json, but {USERS_IDS} names "
+            raise ExportError(f"{where}: {folder / 'icg_config.json'}: users.count={count!r}, but {ids_file} names "
                               f"{len(ids)} users")  # fmt: skip
         return cls(ids, table)
