@@ -281,9 +281,9 @@ def fold_in(
         export: the ``icg export`` folder to extend (only read: the extended copy is written to ``out``).
         data_root: the icg dataset holding the users' clicks.
         stage1_ckpt: the stage-1 checkpoint the export's users come from (default: the one the export records).
-        users: the users to fold in, ``--users u1,u2`` or a JSON list (default: every user with clicks in data_root
-            that the export does not know).
-        users_file: a file with one user id per line, instead of ``users``.
+        users: the users to fold in, ``--users u1,u2`` or a JSON list, ids exactly as written (default: every user
+            with clicks in data_root that the export does not know).
+        users_file: a file with one user id per line (exactly as written), instead of ``users``.
         out: the new export folder to write (required; the input export is never written to).
         refit: allow users the export already knows (replaces their trained embedding).
         l2: prior on the new embeddings (default: stage 1's user_l2).
