@@ -168,7 +168,9 @@ def checkpoint_parts(
     conditioner = ckpt.instantiate(spec)
     prefix = "conditioner."
     trained = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    check_tensors(trained, conditioner.trained_state_dict(), f"{config_key}: {stage3_ckpt}", "conditioner.")
+    check_tensors(
+        trained, conditioner.trained_state_dict(), f"{config_key}: {stage3_ckpt}", "conditioner.", ckpt.CheckpointError
+    )
     conditioner.load_trained_state_dict(trained)
     stage1 = preference_ckpt or block["preference_ckpt"]
     recorded = "preference_ckpt" if preference_ckpt else "preference_ckpt (recorded; --preference_ckpt names another)"
@@ -367,7 +369,11 @@ def read_config(folder: str | Path, config_key: str = "export folder") -> dict[s
 
 
 def check_tensors(
-    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str, prefix: str = ""
+    tensors: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    where: str,
+    prefix: str = "",
+    error: type[UserError] = ExportError,
 ) -> None:
     """Refuse trained weights that do not fit the module they are for, in one line naming the tensor.
 
@@ -379,6 +385,7 @@ def check_tensors(
         expected: what the module holds (its ``trained_state_dict()``, before loading).
         where: the file (and the key or folder that named it), quoted first.
         prefix: put before each tensor's name in messages (``conditioner.`` in a stage-3 checkpoint).
+        error: the error raised (``ExportError``; ``CheckpointError`` for a checkpoint).
     """
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
@@ -387,17 +394,17 @@ def check_tensors(
             for verb, names in (("lacks", missing), ("holds unexpected", extra))
             if names
         ]
-        raise ExportError(f"{where}: {' and '.join(named)} (not the weights of the module its config describes)")
+        raise error(f"{where}: {' and '.join(named)} (not the weights of the module its config describes)")
     for name, want in expected.items():
         got, label = tensors[name], repr(prefix + name)
         if tuple(got.shape) != tuple(want.shape):
-            raise ExportError(f"{where}: tensor {label} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+            raise error(f"{where}: tensor {label} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
         if got.is_floating_point() != want.is_floating_point() or not (
             want.is_floating_point() or got.dtype == want.dtype
         ):
-            raise ExportError(f"{where}: tensor {label} is {got.dtype}, expected {want.dtype}")
+            raise error(f"{where}: tensor {label} is {got.dtype}, expected {want.dtype}")
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
-            raise ExportError(f"{where}: tensor {label} holds NaN or infinite values")
+            raise error(f"{where}: tensor {label} holds NaN or infinite values")
 
 
 def _check_negative(tensors: dict[str, torch.Tensor], where: str) -> None:
