@@ -280,6 +280,17 @@ def load_stage_checkpoint(path: str | Path, stage: str, config_key: str, mmap: b
             f"{config_key}: {path} was written by the {block['stage']!r} stage, but {a_stage_checkpoint(stage)} is "
             "needed here"
         )
+    # A stage tag is only a string: a checkpoint of another stage (or none) with the tag edited must not get further.
+    # Each stage writes its module's spec into the block and (but base_model) its weights under a prefix.
+    contents = {"preference": ("model", "model."), "rewards": ("bundle", "bundle."),
+                "alignment": ("conditioner", "conditioner."), "base_model": ("title_encoder", None)}  # fmt: skip
+    spec_name, prefix = contents.get(stage, (None, None))
+    state, specs = checkpoint.get("state_dict"), block.get("specs")
+    forged = f"{config_key}: {path} is tagged {a_stage_checkpoint(stage)} but"
+    if not isinstance(state, dict) or (prefix is not None and not any(str(k).startswith(prefix) for k in state)):
+        raise CheckpointError(f"{forged} holds no '{prefix}*' weights, which that stage writes (an edited file?)")
+    if spec_name is not None and not (isinstance(specs, dict) and isinstance(specs.get(spec_name), dict)):
+        raise CheckpointError(f"{forged} has no '{spec_name}' module spec, which that stage writes (an edited file?)")
     return checkpoint
 
 

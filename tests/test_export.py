@@ -195,3 +195,18 @@ def test_a_moved_base_model_folder_is_named_with_the_option_that_fixes_it(tiny_e
                                         "--base_model"):  # fmt: skip
         CoverGenerator.from_pretrained(copy)
     assert CoverGenerator.from_pretrained(copy, base_model=str(moved)).source.path == str(moved)
+
+
+@pytest.mark.parametrize("tamper", ["nan", "int64", "shape"])
+def test_a_tampered_stage3_checkpoint_is_refused_naming_the_tensor(stage3_ckpt, tmp_path, capsys, tamper):
+    raw = torch.load(stage3_ckpt, map_location="cpu", weights_only=True)
+    key = sorted(k for k in raw["state_dict"] if k.startswith("conditioner.adapter."))[0]
+    value = raw["state_dict"][key]
+    raw["state_dict"][key] = {"nan": torch.full_like(value, float("nan")), "int64": value.round().long(),
+                              "shape": torch.zeros(*value.shape, 2)}[tamper]  # fmt: skip
+    bad = tmp_path / "stage3.ckpt"
+    torch.save(raw, bad)
+    reason = {"nan": "holds NaN", "int64": "is torch.int64", "shape": "has shape"}[tamper]
+    one_line_error(capsys, ["export", "--stage3_ckpt", bad, "--out", tmp_path / "e"],
+                   rf"stage3_ckpt: {re.escape(str(bad))}: tensor '{re.escape(key)}' {reason}")  # fmt: skip
+    assert not (tmp_path / "e").exists()

@@ -24,7 +24,15 @@ from torch.utils.checkpoint import checkpoint
 
 from icg.diffusion.conditioning import Conditioning, predict_flow
 from icg.diffusion.flux import FluxComponents
-from icg.diffusion.sampler import GradWindow, _autocast, _window, decode, encode, gradient_steps
+from icg.diffusion.sampler import (
+    GradWindow,
+    _autocast,
+    _window,
+    decode,
+    encode,
+    gradient_steps,
+    strength_in_range,
+)
 
 
 def calculate_shift(seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float) -> float:
@@ -92,7 +100,7 @@ def sample_flow(
     """
     if eta:
         raise ValueError(f"eta={eta}: Flux's flow-matching Euler sampler has no eta (a DDIM parameter); use 0")
-    if not 0.0 < strength <= 1.0:
+    if not strength_in_range(strength):
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     t_start = int(max(num_steps - num_steps * strength, 0))  # FluxImg2ImgPipeline.get_timesteps
     run_steps = num_steps - t_start

@@ -15,6 +15,7 @@ components, conditioning, noise and steps (tests/test_diffusion.py). Pipelines a
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Literal
 
 import torch
@@ -133,6 +134,14 @@ def _window(
     return None, True
 
 
+def strength_in_range(strength: float) -> bool:
+    """Whether ``strength`` is a usable img2img strength: a finite number in (0, 1] (1: from pure noise).
+
+    The one test of the range, shared by the samplers, stage 3's config, ``icg generate`` and export loading.
+    """
+    return isinstance(strength, numbers.Real) and not isinstance(strength, bool) and 0.0 < strength <= 1.0
+
+
 def sample(
     components: DiffusionComponents,
     cond: Conditioning,
@@ -205,7 +214,7 @@ def sample(
             reference=reference, strength=strength, height=height, width=width, decode=decode,
             autocast_dtype=autocast_dtype,
         )  # fmt: skip
-    if not 0.0 < strength <= 1.0:
+    if not strength_in_range(strength):
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     run_steps = min(int(num_steps * strength), num_steps)  # the steps that run (diffusers' img2img get_timesteps)
     if run_steps < 1:

@@ -137,6 +137,7 @@ def generate(
     """
     from torch.utils.data import DataLoader
 
+    from icg.diffusion.sampler import strength_in_range
     from icg.errors import UserError, disk_full_is_a_user_error
     from icg.generation.cover_folder import CoverFolder
     from icg.generation.export import read_config
@@ -156,7 +157,7 @@ def generate(
         raise UserError(f"--num_workers must be >= 0, got {num_workers}")
     if num_steps is not None and num_steps < 1:
         raise UserError(f"--num_steps must be >= 1, got {num_steps}")
-    if strength is not None and not 0 < strength <= 1:
+    if strength is not None and not strength_in_range(strength):
         raise UserError(f"--strength must be in (0, 1] (1: from pure noise, < 1: from the reference), got {strength}")
     found, bad = read_pairs(pairs, data_root)
     if bad and on_bad_record == "error":
@@ -192,7 +193,7 @@ def generate(
     # One run per --out: rank 0 holds the lock; the other ranks of the same run write under it.
     with output_lock(out, "icg generate", lead=is_lead_process()), disk_full_is_a_user_error(out, needed):
         folder = CoverFolder(out, settings)
-        known_users = UserTable.load(export).user_ids
+        known_users = UserTable.load(export, count=config["users"]["count"]).user_ids
         state = folder.inspect(overwrite, known_users)  # read-only, on every rank alike
         remaining = [p for p in found if p.key not in state.finished]
         skipped = [b.as_dict() for b in bad]
@@ -291,9 +292,9 @@ def fold_in(
         export: the ``icg export`` folder to extend (only read: the extended copy is written to ``out``).
         data_root: the icg dataset holding the users' clicks.
         stage1_ckpt: the stage-1 checkpoint the export's users come from (default: the one the export records).
-        users: the users to fold in, ``--users u1,u2`` or a JSON list (default: every user with clicks in data_root
-            that the export does not know).
-        users_file: a file with one user id per line, instead of ``users``.
+        users: the users to fold in, ``--users u1,u2`` or a JSON list, ids exactly as written (default: every user
+            with clicks in data_root that the export does not know).
+        users_file: a file with one user id per line (exactly as written), instead of ``users``.
         out: the new export folder to write (required; the input export is never written to).
         refit: allow users the export already knows (replaces their trained embedding).
         l2: prior on the new embeddings (default: stage 1's user_l2).
@@ -305,13 +306,23 @@ def fold_in(
 
     if users is not None and users_file is not None:
         raise FoldInError("give --users or --users_file, not both")
+    # User ids are kept exactly as written (spaces included), as the dataset, stage 1 and the export keep them.
     if isinstance(users, str):
-        users = [user.strip() for user in users.split(",") if user.strip()]
+        users = [user for user in users.split(",") if user]
+        for index, user in enumerate(users):
+            if not user.strip():
+                raise FoldInError(f"--users: entry {index + 1} is blank ({user!r}); ids are taken exactly as written")
     if users_file is not None:
         path = Path(users_file)
         if not path.is_file():
             raise FoldInError(f"--users_file: {path} does not exist (one user id per line)")
-        users = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        users = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line and not line.strip():
+                raise FoldInError(f"--users_file: {path} line {number} is blank ({line!r}); ids are taken exactly as "
+                                  "written, one per line")  # fmt: skip
+            if line:
+                users.append(line)
     if out is None:
         return fold_in_export(export, data_root, stage1_ckpt, users, out, refit=refit, l2=l2, steps=steps)  # refused
     check_new_export(export, out)  # before the lock file beside --out: an --out inside the input is never touched

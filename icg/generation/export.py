@@ -79,6 +79,22 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
+def _same_folder(recorded: str, base: str | None) -> bool:
+    """Whether a path the conditioner spec records names the base model folder ``base`` (absolute, as recorded).
+
+    A stage-3 config names the title encoder's folder as written (often relative: ``weights/stable-diffusion-v1-5``)
+    and its checkpoint records the diffusion folder resolved where training ran, so a relative path is the base
+    model's folder when ``base`` ends with it; an absolute one when it resolves to ``base``.
+    """
+    if base is None:
+        return False
+    path = Path(recorded).expanduser()
+    if path.is_absolute():
+        return _absolute(str(path)) == base or os.path.normpath(path) == os.path.normpath(base)
+    parts = Path(os.path.normpath(path)).parts
+    return _absolute(recorded) == base or (".." not in parts and Path(base).parts[-len(parts) :] == parts)
+
+
 def _paths(spec: dict[str, Any]) -> tuple[dict | None, dict | None]:
     """The init_args of the conditioner spec's prompter and title prompt (None where absent)."""
     args = spec["init_args"]
@@ -114,7 +130,8 @@ def with_paths(
                         "from config (no folder to replace)")  # fmt: skip
     if title is not None and title.get("path") is not None:
         title_path = _absolute(title["path"])
-        title["path"] = new_base if (base_model is not None and title_path == old_base) else title_path
+        follows = base_model is not None and _same_folder(title["path"], old_base)
+        title["path"] = new_base if follows else title_path
     if prompter is not None:
         if mllm is not None:
             if prompter.get("mllm_path") is None:
@@ -152,9 +169,11 @@ def checkpoint_parts(
     )
     conditioner = ckpt.instantiate(spec, f"{ckpt.ICG_KEY}.specs.conditioner", f"{config_key}: {stage3_ckpt}")
     prefix = "conditioner."
-    conditioner.load_trained_state_dict(
-        {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    trained = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    check_tensors(
+        trained, conditioner.trained_state_dict(), f"{config_key}: {stage3_ckpt}", "conditioner.", ckpt.CheckpointError
     )
+    conditioner.load_trained_state_dict(trained)
     stage1 = preference_ckpt or block["preference_ckpt"]
     recorded = "preference_ckpt" if preference_ckpt else "preference_ckpt (recorded; --preference_ckpt names another)"
     model, user_ids = PreferenceModel.from_checkpoint(stage1, recorded)
@@ -359,7 +378,79 @@ def read_config(folder: str | Path, config_key: str = "export folder") -> dict[s
                           f"{EXPORT_VERSION}")  # fmt: skip
     if config.get("unet_lora") and not (folder / LORA_WEIGHTS).is_file():
         raise ExportError(f"{config_key}: {folder} lacks {LORA_WEIGHTS} (its {CONFIG} names a unet_lora)")
+    for key in ("conditioner", "diffusion", "sampler", "users"):
+        if not isinstance(config.get(key), dict):
+            raise ExportError(f"{config_key}: {folder / CONFIG} has no {key!r} object (got {config.get(key)!r:.80})")
+    if problem := SamplerSettings.problem(config["sampler"]):
+        raise ExportError(f"{config_key}: {folder / CONFIG}: sampler.{problem}")
+    count = config["users"].get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ExportError(f"{config_key}: {folder / CONFIG}: users.count={count!r}: expected the number of users")
     return config
+
+
+def check_tensors(
+    tensors: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    where: str,
+    prefix: str = "",
+    error: type[UserError] = ExportError,
+) -> None:
+    """Refuse trained weights that do not fit the module they are for, in one line naming the tensor.
+
+    Every tensor of ``expected`` must be there, none other, each of the expected shape, a float tensor where a float
+    one is expected (the same dtype otherwise), with no NaN or infinite value.
+
+    Args:
+        tensors: what the file holds.
+        expected: what the module holds (its ``trained_state_dict()``, before loading).
+        where: the file (and the key or folder that named it), quoted first.
+        prefix: put before each tensor's name in messages (``conditioner.`` in a stage-3 checkpoint).
+        error: the error raised (``ExportError``; ``CheckpointError`` for a checkpoint).
+    """
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        named = [
+            f"{verb} tensor(s) {[prefix + n for n in names[:3]]}" + (" ..." if len(names) > 3 else "")
+            for verb, names in (("lacks", missing), ("holds unexpected", extra))
+            if names
+        ]
+        raise error(f"{where}: {' and '.join(named)} (not the weights of the module its config describes)")
+    for name, want in expected.items():
+        got, label = tensors[name], repr(prefix + name)
+        if tuple(got.shape) != tuple(want.shape):
+            raise error(f"{where}: tensor {label} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        if got.is_floating_point() != want.is_floating_point() or not (
+            want.is_floating_point() or got.dtype == want.dtype
+        ):
+            raise error(f"{where}: tensor {label} is {got.dtype}, expected {want.dtype}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise error(f"{where}: tensor {label} holds NaN or infinite values")
+
+
+def _check_negative(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """The guidance negative: float (1, L, D) hidden states, an optional (1, L) mask and (1, P) pooled vector."""
+    known = {"encoder_hidden_states", "attention_mask", "pooled"}
+    if "encoder_hidden_states" not in tensors or set(tensors) - known:
+        raise ExportError(f"{where}: holds tensors {sorted(tensors)}, expected 'encoder_hidden_states' and "
+                          "optionally 'attention_mask', 'pooled'")  # fmt: skip
+    states = tensors["encoder_hidden_states"]
+    shapes = {"encoder_hidden_states": (3, "(1, L, D)")}
+    if "attention_mask" in tensors:
+        shapes["attention_mask"] = (2, f"(1, {states.shape[1] if states.ndim == 3 else 'L'})")
+    if "pooled" in tensors:
+        shapes["pooled"] = (2, "(1, P)")
+    for name, (ndim, expected) in shapes.items():
+        got = tensors[name]
+        bad = got.ndim != ndim or got.shape[0] != 1
+        if name == "attention_mask" and not bad:
+            bad = states.ndim != 3 or got.shape[1] != states.shape[1]
+        if bad:
+            raise ExportError(f"{where}: tensor {name!r} has shape {tuple(got.shape)}, expected {expected}")
+        if name != "attention_mask" and not got.is_floating_point():
+            raise ExportError(f"{where}: tensor {name!r} is {got.dtype}, not a float tensor")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise ExportError(f"{where}: tensor {name!r} holds NaN or infinite values")
 
 
 def load_export(
@@ -375,12 +466,16 @@ def load_export(
     spec, source = with_paths(config["conditioner"], DiffusionSource(**config["diffusion"]), base_model, mllm,
                               f"export {folder}")  # fmt: skip
     conditioner = ckpt.instantiate(spec, "conditioner", f"export {folder / CONFIG}")
-    conditioner.load_trained_state_dict(ckpt.read_safetensors(folder / WEIGHTS, f"export {folder}"))
+    weights = ckpt.read_safetensors(folder / WEIGHTS, f"export {folder}")
+    check_tensors(weights, conditioner.trained_state_dict(), f"export {folder}: {folder / WEIGHTS}")
+    conditioner.load_trained_state_dict(weights)
     negative = ckpt.read_safetensors(folder / NEGATIVE, f"export {folder}")
+    _check_negative(negative, f"export {folder}: {folder / NEGATIVE}")
+    users = UserTable.load(folder, count=config["users"]["count"])
     lora = None
     if config.get("unet_lora"):
         lora = (UNetLoRA(**config["unet_lora"]), read_lora(folder, source.variant))
-    parts = ExportParts(ckpt.freeze(conditioner), UserTable.load(folder), SamplerSettings(**config["sampler"]), source,
+    parts = ExportParts(ckpt.freeze(conditioner), users, SamplerSettings(**config["sampler"]), source,
                         config.get("provenance", {}), lora)  # fmt: skip
     generator = _assemble(parts, device=device, dtype=dtype, config_key="base_model",
                           lora_name=f"the UNet LoRA in {folder / LORA_WEIGHTS}")  # fmt: skip

@@ -352,7 +352,7 @@ def fold_in_export(
         raise FoldInError("--out: give a new folder for the extended export (the input export is never written to)")
     config = read_config(export, "--export")
     check_new_export(export, out)  # before any work: the input export is never written to
-    table = UserTable.load(export)
+    table = UserTable.load(export, count=config["users"]["count"])
     stage1_ckpt = stage1_ckpt or config.get("provenance", {}).get("preference_ckpt")
     if stage1_ckpt is None:
         raise FoldInError(f"--stage1_ckpt: {export} does not record its stage-1 checkpoint; pass --stage1_ckpt")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from torch import Tensor
 
 from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.conditioning import Conditioning
-from icg.diffusion.sampler import sample
+from icg.diffusion.sampler import sample, strength_in_range
 from icg.diffusion.source import DiffusionSource
 from icg.generation.seeds import content_key, pair_generators, pair_seed
 from icg.generation.users import UserTable
@@ -61,6 +62,37 @@ class SamplerSettings:
     strength: float = 1.0
     image_size: int | None = None
     seed: int = 0
+
+    @classmethod
+    def problem(cls, values: Any) -> str | None:
+        """What is wrong with a dict of sampler settings (an export's ``sampler``), naming key and value; None if ok.
+
+        Every key must be a setting, ``num_steps`` an integer >= 1, ``guidance_scale`` a finite number >= 0,
+        ``strength`` in (0, 1], ``image_size`` null or a positive integer, ``seed`` an integer.
+        """
+        if not isinstance(values, dict):
+            return f"expected an object of {sorted(asdict(cls()))}, got {values!r:.80}"
+        unknown = sorted(set(values) - set(asdict(cls())))
+        if unknown:
+            return f"{unknown[0]}: not a sampler setting (expected {sorted(asdict(cls()))})"
+
+        def integer(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        checks = {
+            "num_steps": (lambda v: integer(v) and v >= 1, "an integer >= 1"),
+            "guidance_scale": (
+                lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+                "a finite number >= 0",
+            ),  # fmt: skip
+            "strength": (strength_in_range, "a number in (0, 1] (1: from pure noise, < 1: from the reference)"),
+            "image_size": (lambda v: v is None or (integer(v) and v > 0), "null or a positive integer"),
+            "seed": (integer, "an integer"),
+        }
+        for key, (ok, expected) in checks.items():
+            if key in values and not ok(values[key]):
+                return f"{key}={values[key]!r}: expected {expected}"
+        return None
 
 
 @dataclass

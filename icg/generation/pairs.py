@@ -153,11 +153,12 @@ def read_pairs(path: str | Path, data_root: str | Path | None = None) -> tuple[l
         if record is None:
             bad.append(BadPair(row, where, "", "", "not a JSON object"))
             continue
-        user, item = str(record.get("user_id", "")).strip(), str(record.get("item_id", "")).strip()
+        # ids exactly as written (spaces included), as the dataset, stage 1 and the export's user table keep them
+        user, item = str(record.get("user_id", "")), str(record.get("item_id", ""))
         title, image = str(record.get("title") or ""), str(record.get("image") or "").strip()
         reason = None
-        if not user or not item:
-            reason = "empty user_id" if not user else "empty item_id"
+        if not user.strip() or not item.strip():
+            reason = "empty user_id" if not user.strip() else "empty item_id"
         elif (not title.strip() or not image) and item not in items:
             reason = (
                 f"unknown item {item!r} (not in {Path(data_root) / 'items'}.*)"

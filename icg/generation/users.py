@@ -100,7 +100,53 @@ class UserTable:
         (folder / USERS_IDS).write_text(json.dumps(self.user_ids) + "\n")
 
     @classmethod
-    def load(cls, folder: str | Path) -> UserTable:
+    def load(cls, folder: str | Path, count: int | None = None) -> UserTable:
+        """The table of an export folder, checked: a tampered or damaged table is refused in one line.
+
+        Args:
+            folder: the export folder (``users.safetensors`` + ``users.json``).
+            count: the user count its ``icg_config.json`` records (``users.count``), checked against the table.
+
+        Raises:
+            ExportError: ``users.json`` is not a list of distinct string ids, ``users.safetensors`` holds another
+                tensor than ``embeddings``, or one that is not a finite float (N + 1) x D table, or ``count``
+                disagrees; the message names the file, the tensor or id and the bad value.
+        """
+        from icg.generation.export import ExportError  # (export imports this module)
+
         folder = Path(folder)
-        tensors = ckpt.read_safetensors(folder / USERS_WEIGHTS, f"export {folder}")
-        return cls(json.loads((folder / USERS_IDS).read_text()), tensors["embeddings"])
+        where, ids_file = f"export {folder}", folder / USERS_IDS
+        tensors = ckpt.read_safetensors(folder / USERS_WEIGHTS, where)
+        weights = folder / USERS_WEIGHTS
+        if set(tensors) != {"embeddings"}:
+            extra, missing = sorted(set(tensors) - {"embeddings"}), "embeddings" not in tensors
+            what = "lacks the tensor 'embeddings'" if missing else f"holds tensor(s) {extra} besides 'embeddings'"
+            raise ExportError(f"{where}: {weights} {what} (a user table holds only 'embeddings')")
+        try:
+            ids = json.loads(ids_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ExportError(f"{where}: {ids_file} is not valid JSON ({err})") from err
+        if not isinstance(ids, list):
+            raise ExportError(f"{where}: {ids_file} must be a JSON list of user ids, got {type(ids).__name__}")
+        seen: dict[str, int] = {}
+        for row, user in enumerate(ids):
+            if not isinstance(user, str):
+                raise ExportError(f"{where}: {ids_file} entry {row} is {user!r}, not a string user id")
+            if user in seen:
+                raise ExportError(f"{where}: {ids_file} names user {user!r} twice (entries {seen[user]} "
+                                  f"and {row}); user ids must be distinct")  # fmt: skip
+            seen[user] = row
+        table = tensors["embeddings"]
+        if not table.is_floating_point():
+            raise ExportError(f"{where}: {weights}: 'embeddings' is {table.dtype}, not a float tensor")
+        if table.ndim != 2 or table.shape[0] != len(ids) + 1:
+            raise ExportError(f"{where}: {weights}: 'embeddings' has shape {tuple(table.shape)}, expected "
+                              f"({len(ids) + 1}, D): {len(ids)} users in {USERS_IDS} + the fallback row")  # fmt: skip
+        if not bool(torch.isfinite(table).all()):
+            bad = int((~torch.isfinite(table)).any(dim=1).nonzero()[0])
+            row = f"user {ids[bad]!r}" if bad < len(ids) else "the fallback"
+            raise ExportError(f"{where}: {weights}: 'embeddings' holds NaN or infinite values (row {bad}, {row})")
+        if count is not None and count != len(ids):
+            raise ExportError(f"{where}: {folder / 'icg_config.json'}: users.count={count!r}, but {ids_file} names "
+                              f"{len(ids)} users")  # fmt: skip
+        return cls(ids, table)

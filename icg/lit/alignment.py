@@ -30,7 +30,7 @@ from torch import Tensor
 from icg import ckpt
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.lora import UNetLoRA, add_lora
-from icg.diffusion.sampler import denoising_loss, sample
+from icg.diffusion.sampler import denoising_loss, sample, strength_in_range
 from icg.diffusion.source import DiffusionSource
 from icg.errors import ConfigError
 from icg.generation.generator import CoverGenerator, SamplerSettings
@@ -112,7 +112,7 @@ class AlignmentStage(LightningModule):
         super().__init__()
         if grad_window not in GRAD_WINDOWS:
             raise ConfigError(f"model.init_args.grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
-        if not 0.0 < strength <= 1.0:
+        if not strength_in_range(strength):
             raise ConfigError(f"model.init_args.strength must be in (0, 1], got {strength}")
         self.save_hyperparameters(ignore=["conditioner", "optimizer", "diffusion", "unet_lora"])
         self.conditioner = conditioner
