@@ -398,6 +398,13 @@ def test_guard_names_and_a_request_without_host():
     ok = {**scope, "method": "POST", "headers": [(b"host", b"127.0.0.1:8000")]}
     asyncio.run(guard(ok, receive, send))  # a program's POST: neither Origin nor Referer
     assert reached == ["/api/next"]
+    cross = [(b"host", b"127.0.0.1:8000"), (b"sec-fetch-site", b"cross-site")]
+    embedded = {**scope, "path": "/cover/a.png", "headers": [*cross, (b"sec-fetch-mode", b"no-cors")]}
+    asyncio.run(guard(embedded, receive, send))  # another site's <img src=...>
+    assert reached == ["/api/next"] and sent[-2]["status"] == 403 and b"another site" in sent[-1]["body"]
+    link = {**scope, "path": "/", "headers": [*cross, (b"sec-fetch-mode", b"navigate")]}
+    asyncio.run(guard(link, receive, send))  # a link from another site opens the start page
+    assert reached == ["/api/next", "/"]
 
 
 def _tamper(db: Path, *statements: str) -> None:

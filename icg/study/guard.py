@@ -13,6 +13,9 @@ form can POST to ``http://127.0.0.1:8000/answer``, and DNS rebinding (``attacker
   frames, privacy-stripped posts) is refused. A request with neither header is let through: browsers send
   ``Origin`` on every cross-site POST (and on same-origin ones too), so such a request comes from a program (``icg
   study simulate``, curl) that a web page cannot make on a visitor's behalf.
+* **Embedding**: a request the browser marks ``Sec-Fetch-Site: cross-site`` that is not a navigation (an ``<img>``,
+  ``fetch`` or frame of another site's page) gets 403: another site may link to the apps, but may not make a
+  visitor's browser draw covers or load pages inside its own.
 """
 
 from __future__ import annotations
@@ -78,6 +81,10 @@ class RequestGuard:
             shown = repr(host) if host else "no Host header"
             message = f"Host {shown} is not one this server answers to; start it with --allowed_hosts to add a name"
             await PlainTextResponse(message, status_code=400)(scope, receive, send)
+            return
+        if headers.get("sec-fetch-site") == "cross-site" and headers.get("sec-fetch-mode") != "navigate":
+            message = "a page of another site may not load this server's pages or images (open it directly)"
+            await PlainTextResponse(message, status_code=403)(scope, receive, send)
             return
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             refusal = self.cross_origin(headers, host, scope.get("scheme", "http"))
