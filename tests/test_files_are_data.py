@@ -148,8 +148,9 @@ def test_icg_generate_refuses_the_payload(tampered_export, tiny_platform, tmp_pa
 # ------------------------------------------------------------------------------------------------ stage 3 (payload b)
 def test_icg_export_refuses_the_payload_in_a_stage3_checkpoint(tmp_path, capsys):
     marker = tmp_path / "pwned"
-    spec = tiny_generator(UserTable(USERS, torch.randn(4, 8))).conditioner.spec
-    spec = json.loads(json.dumps(spec))
+    conditioner = tiny_generator(UserTable(USERS, torch.randn(4, 8))).conditioner
+    spec = json.loads(json.dumps(conditioner.spec))
+    weights = {f"conditioner.{k}": v for k, v in conditioner.trained_state_dict().items()}  # a whole stage-3 file
     spec["init_args"]["fusion"] = popen(marker)
     block = {
         "stage": "alignment",
@@ -159,7 +160,7 @@ def test_icg_export_refuses_the_payload_in_a_stage3_checkpoint(tmp_path, capsys)
         "preference_ckpt": str(tmp_path / "stage1.ckpt"),
     }
     path = tmp_path / "stage3.ckpt"
-    torch.save({"state_dict": {}, ckpt.ICG_KEY: block}, path)
+    torch.save({"state_dict": weights, ckpt.ICG_KEY: block}, path)
     assert torch.load(path, weights_only=True)[ckpt.ICG_KEY]["specs"]["conditioner"]["init_args"]["fusion"]
     line = one_line(capsys, ["export", "--stage3_ckpt", path, "--out", tmp_path / "out"])
     assert f"{path}: icg.specs.conditioner.init_args.fusion: class_path 'subprocess.Popen' is refused" in line
