@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     lora = json.dumps({"rank": args.rank, "alpha": args.alpha})
     variants = {"adapter only": [], f"adapter + UNet LoRA r{args.rank}": ["--model.init_args.unet_lora", lora]}
     from icg.evaluation.run import evaluate_checkpoints
+    from icg.evaluation.settings import DataSettings, SampleSettings
 
     rows = {}
     for i, (name, extra) in enumerate(variants.items()):
@@ -84,8 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
         timing = _run([*stage3, *extra, *_outputs(folder), "--overwrite", "true"])
         ckpt = folder / "checkpoints/last.ckpt"
         state = torch.load(ckpt, weights_only=True)["state_dict"]
+        settings = {"data": DataSettings(holdout=HOLDOUT), "sample": SampleSettings(seed=args.seed)}
         report = evaluate_checkpoints(str(data), str(stage1), str(ckpt), str(base), out_dir=str(folder / "eval"),
-                                      holdout=HOLDOUT, seed=args.seed)  # fmt: skip
+                                      **settings)  # fmt: skip
         icg_row, baseline = report["methods"]["icg"], report["methods"]["title_only"]
         rows[name] = {
             "p_icg": icg_row["true_click_prob"],

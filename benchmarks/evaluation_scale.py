@@ -85,8 +85,10 @@ def measure(root: Path, stage1: Path, work: Path, max_users: int | None, max_pai
     """Run ``evaluate`` in this (fresh) process; time its parts; report the peak RSS."""
     import torch  # noqa: F401 - imported first so the baseline includes it
 
+    import icg.evaluation.evaluator as grading
     import icg.evaluation.run as run
     from icg.data.datamodule import ICGDataModule
+    from icg.evaluation.settings import DataSettings, EvaluatorSettings, RunSettings, SampleSettings, ScoringSettings
 
     parts: dict[str, float] = {}
 
@@ -102,8 +104,8 @@ def measure(root: Path, stage1: Path, work: Path, max_users: int | None, max_pai
         return wrapper
 
     ICGDataModule.setup = timed("datamodule_setup", ICGDataModule.setup)
-    run.compare_click_models = timed("click_model_comparisons", run.compare_click_models)
-    run.train_evaluator = timed("evaluator_training", run.train_evaluator)
+    grading.compare_click_models = timed("click_model_comparisons", grading.compare_click_models)
+    grading.train_evaluator = timed("evaluator_training", grading.train_evaluator)
     methods = tiny_methods(work / "base_model")
     baseline = _vm("VmRSS")
     start, cpu = time.perf_counter(), time.process_time()
@@ -112,17 +114,13 @@ def measure(root: Path, stage1: Path, work: Path, max_users: int | None, max_pai
         stage1,
         methods,
         work / "report",
-        image_size=32,
-        eval_candidates=20,
-        num_users=8,
-        grid_users=2,
-        grid_items=2,
-        downstream_users=4,
-        downstream_negatives=4,
-        max_users=max_users,
-        max_pairs=max_pairs,
-        tensorboard=False,
-        bootstrap_samples=100,
+        data=DataSettings(image_size=32, eval_candidates=20),
+        sample=SampleSettings(
+            num_users=8, grid_users=2, grid_items=2, downstream_users=4, downstream_negatives=4, max_users=max_users
+        ),  # fmt: skip
+        evaluator=EvaluatorSettings(max_pairs=max_pairs),
+        scoring=ScoringSettings(bootstrap_samples=100),
+        run=RunSettings(tensorboard=False),
     )
     return {
         "evaluate_s": round(time.perf_counter() - start, 1),

@@ -258,7 +258,7 @@ def _run(words: list[str], from_argv: bool) -> int:
 
         return run_data_command(words[1:])
     if words and words[0] == EVALUATE_COMMAND:
-        from icg.evaluation.run import main as run_evaluation
+        from icg.evaluate_command import main as run_evaluation
 
         return run_evaluation(words[1:])
     if words and words[0] == EXPORT_COMMAND:

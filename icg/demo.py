@@ -87,10 +87,12 @@ def evaluation(seed: int, started_at: float) -> Callable[[], None]:
     def run() -> None:
         from icg.evaluation.report import format_markdown
         from icg.evaluation.run import evaluate_checkpoints
+        from icg.evaluation.settings import DataSettings, RunSettings, SampleSettings
 
         report = evaluate_checkpoints(
             str(DATA), str(STAGE1_CKPT), str(STAGE3_CKPT), str(RUNS / "base_model"), out_dir=str(RUNS),
-            no_user_ckpt=str(NO_USER_CKPT), holdout=HOLDOUT, seed=seed, started_at=started_at,
+            no_user_ckpt=str(NO_USER_CKPT), data=DataSettings(holdout=HOLDOUT), sample=SampleSettings(seed=seed),
+            run=RunSettings(started_at=started_at),
         )  # fmt: skip
         say(format_markdown(report))
 
@@ -100,8 +102,8 @@ def evaluation(seed: int, started_at: float) -> Callable[[], None]:
 def user_appeal() -> None:
     """The paper's user-appeal axis, simulated: 20 raters answer a blind pairwise study of the evaluation's covers from
     the oracle's click probabilities (docs/study.md); their Bradley-Terry scores become the report's user_appeal row."""
-    from icg.evaluation.report import format_markdown
-    from icg.study.results import attach_user_appeal, format_results, study_results, write_results
+    from icg.evaluation.report import attach_user_appeal, format_markdown
+    from icg.study.results import format_results, study_results, write_results
 
     db = RUNS / "study.db"
     _ok(icg(["study", "simulate", str(RUNS), "--data_root", str(DATA), "--db", str(db), "--raters", "20",
@@ -111,7 +113,7 @@ def user_appeal() -> None:
     say(format_results(results))
     report = json.loads((RUNS / "report.json").read_text())
     report.get("unavailable", {}).pop("user_appeal", None)
-    attach_user_appeal(report, db)
+    attach_user_appeal(report, results)
     (RUNS / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (RUNS / "report.md").write_text(format_markdown(report))
 

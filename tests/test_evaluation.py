@@ -137,6 +137,27 @@ def test_gallery_references_existing_images(tmp_path):
     assert "title &lt;0&gt;" in page  # titles are escaped
 
 
+def test_user_appeal_row_comes_from_a_studys_results(tmp_path):
+    """The evaluation takes a study's results (the study reads its database; icg.evaluation never imports it)."""
+    from icg.cover_manifest import write_manifest_folder
+    from icg.evaluation.report import attach_user_appeal
+    from icg.lit.callbacks import save_png
+
+    report, _ = _fake_report(tmp_path)
+    attach_user_appeal(report, None)
+    assert "study database" in report["unavailable"]["user_appeal"]
+    rows = [({"user_id": "u1", "item_id": "i1", "method": m}, torch.rand(3, 8, 8)) for m in ("title_only", "icg")]
+    report["cover_manifest"] = str(write_manifest_folder(tmp_path / "covers", rows, save_png))
+    study = {
+        "study": {"db": "s.db", "fingerprint": "another study's covers", "answers": 4, "raters": 2},
+        "bradley_terry": {"icg": {"score": 0.5}},
+        "pairs": [],
+    }
+    attach_user_appeal(report, study)
+    assert report["methods"]["icg"]["user_appeal"] == 0.5 and report["methods"]["title_only"]["user_appeal"] is None
+    assert report["user_appeal"]["study_db"] == "s.db" and report["user_appeal"]["same_covers"] is False
+
+
 def test_markdown_formats_nan_as_unavailable():
     report, _ = _fake_report(None)
     report["methods"]["icg"]["aesthetic"] = float("nan")
@@ -188,7 +209,7 @@ def tiny_methods(tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory):
 
 def test_methods_share_per_pair_noise_and_differ_by_user(tiny_platform, tiny_methods):
     from icg.data.datamodule import ICGDataModule
-    from icg.evaluation.run import pairs_batch
+    from icg.evaluation.sample import pairs_batch
 
     dm = ICGDataModule(str(tiny_platform), image_size=32)
     dm.setup()
@@ -205,6 +226,7 @@ def test_methods_share_per_pair_noise_and_differ_by_user(tiny_platform, tiny_met
 def test_evaluate_end_to_end_on_tiny_models(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tiny_methods, tmp_path):
     from icg.evaluation.lpips import LPIPS
     from icg.evaluation.run import evaluate
+    from icg.evaluation.settings import DataSettings, EvaluatorSettings, RunSettings, SampleSettings, ScoringSettings
     from tests.test_lpips import save_backbone
 
     save_backbone(tmp_path / "alexnet.pth")
@@ -214,17 +236,11 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_platform, tiny_stage1_ckpt, tin
         tiny_methods,
         tmp_path,
         rewards=tiny_stage2_ckpt,
-        lpips=LPIPS(tmp_path / "alexnet.pth"),
-        image_size=32,
-        eval_candidates=10,
-        num_users=6,
-        grid_users=2,
-        grid_items=2,
-        downstream_users=3,
-        downstream_negatives=2,
-        evaluator_epochs=1,
-        batch_size=4,
-        bootstrap_samples=200,
+        data=DataSettings(image_size=32, eval_candidates=10),
+        sample=SampleSettings(num_users=6, grid_users=2, grid_items=2, downstream_users=3, downstream_negatives=2),
+        evaluator=EvaluatorSettings(epochs=1),
+        scoring=ScoringSettings(lpips=LPIPS(tmp_path / "alexnet.pth"), bootstrap_samples=200),
+        run=RunSettings(batch_size=4),
     )
     data = json.loads((tmp_path / "report.json").read_text())
     assert set(data["methods"]) == {"title_only", "icg_no_user", "icg"}
@@ -286,7 +302,7 @@ def test_icg_evaluate_cli_on_tiny_chained_checkpoints(tiny_evaluation, tiny_plat
     picture shows, a row's user the one whose ICG cover of that item the row shows."""
     from icg.data.datamodule import ICGDataModule
     from icg.evaluation.methods import AlignmentMethod, TitleOnlyMethod
-    from icg.evaluation.run import pairs_batch
+    from icg.evaluation.sample import pairs_batch
 
     out, printed = tiny_evaluation
     data = json.loads((out / "report.json").read_text())

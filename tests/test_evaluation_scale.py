@@ -13,7 +13,8 @@ import torch
 
 from icg.cli import main
 from icg.data.datamodule import ICGDataModule
-from icg.evaluation.run import _train_rows, sample_users
+from icg.evaluation.evaluator import train_rows
+from icg.evaluation.sample import sample_users
 from icg.lit.preference import compare_click_models
 
 
@@ -59,14 +60,14 @@ def test_comparison_on_a_user_sample_scores_only_their_rows(dm):
 
 def test_evaluator_rows_of_sampled_users_and_at_most_max_pairs(dm):
     dataset = dm.dataset("train", "interactions", fields=("user_idx",))
-    whole = _train_rows(dm, None, None, seed=0, batch_size=64)
+    whole = train_rows(dm, None, None, seed=0, batch_size=64)
     assert len(whole.dataset) == len(dataset)  # the DataModule's own train rows, unchanged
     users = np.array([0, 3, 5])
-    loader = _train_rows(dm, users, None, seed=0, batch_size=64)
+    loader = train_rows(dm, users, None, seed=0, batch_size=64)
     seen = torch.cat([batch["user_idx"] for batch in loader])
     positives = int(np.isin(dm.log.user[dataset.positions], users).sum())
     assert set(seen.tolist()) == set(users.tolist()) and len(seen) == positives * dataset.per_row
-    bounded = _train_rows(dm, users, 4, seed=0, batch_size=64)
+    bounded = train_rows(dm, users, 4, seed=0, batch_size=64)
     assert len(bounded.dataset) == 4 * dataset.per_row
     loader.sampler.set_epoch(1)  # negatives are resampled per epoch through the sample too
     again = torch.cat([batch["user_idx"] for batch in loader])
@@ -84,7 +85,7 @@ def test_device_that_is_not_there_is_one_line(tmp_path, capsys):
 
 
 def test_evaluator_of_sampled_users_holds_them_alone(dm):
-    from icg.evaluation.run import compact_users, train_evaluator
+    from icg.evaluation.evaluator import compact_users, train_evaluator
 
     users = np.array([1, 4, 6])
     rows = compact_users(users, dm.num_users)

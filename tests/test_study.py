@@ -588,10 +588,14 @@ def test_a_study_over_an_evaluation_run_comes_back_as_its_user_appeal_row(
     capsys,
 ):
     from icg.evaluation.run import evaluate
+    from icg.evaluation.settings import DataSettings, EvaluatorSettings, RunSettings, SampleSettings, ScoringSettings
+    from icg.study.results import study_results
 
-    settings = dict(rewards=tiny_stage2_ckpt, image_size=32, eval_candidates=10, num_users=4, grid_users=2,
-                    grid_items=2, downstream_users=2, downstream_negatives=1, evaluator_epochs=1, batch_size=4,
-                    bootstrap_samples=50, tensorboard=False)  # fmt: skip
+    settings = dict(rewards=tiny_stage2_ckpt, data=DataSettings(image_size=32, eval_candidates=10),
+                    sample=SampleSettings(num_users=4, grid_users=2, grid_items=2, downstream_users=2,
+                                          downstream_negatives=1),
+                    evaluator=EvaluatorSettings(epochs=1), scoring=ScoringSettings(bootstrap_samples=50),
+                    run=RunSettings(batch_size=4, tensorboard=False))  # fmt: skip
     first = evaluate(tiny_platform, tiny_stage1_ckpt, tiny_methods, tmp_path / "run", **settings)
     assert "user_appeal" in first["unavailable"]
     db = tmp_path / "study.db"
@@ -599,7 +603,9 @@ def test_a_study_over_an_evaluation_run_comes_back_as_its_user_appeal_row(
         ["simulate", tmp_path / "run", "--data_root", tiny_platform, "--db", db, "--raters", 3], capsys
     )
     assert code == 0 and f"{3 * 3 * first['sample']['held_out_pairs']} answers stored" in out  # 3 method pairs each
-    again = evaluate(tiny_platform, tiny_stage1_ckpt, tiny_methods, tmp_path / "again", study_db=db, **settings)
+    again = evaluate(
+        tiny_platform, tiny_stage1_ckpt, tiny_methods, tmp_path / "again", study=study_results(db), **settings
+    )
     assert again["user_appeal"]["same_covers"] is True  # regenerated covers are byte-identical to the rated ones
     assert again["user_appeal"]["raters"] == 3 and "user_appeal" not in again["unavailable"]
     scores = [again["methods"][m]["user_appeal"] for m in ("title_only", "icg_no_user", "icg")]

@@ -161,3 +161,36 @@ def write_report(
     Path(files["json"]).write_text(json.dumps(cleaned, indent=2, default=_json_default) + "\n")
     log.info("evaluation report: %s", ", ".join(files.values()))
     return files
+
+
+def attach_user_appeal(report: dict[str, Any], study: dict[str, Any] | None) -> None:
+    """Put a blind pairwise study's Bradley-Terry scores into the report as its ``user_appeal`` row.
+
+    Without a study the row is unavailable (with the reason). The study's covers are compared with the covers this
+    evaluation wrote (``report["cover_manifest"]``); ``same_covers`` says whether they are identical.
+
+    Args:
+        report: the evaluation report, changed in place.
+        study: the study's results (``icg.study.results.study_results``: the study layer reads its database and
+            hands the results down), or None.
+    """
+    if study is None:
+        report.setdefault("unavailable", {})["user_appeal"] = "no study database given (--study_db; docs/study.md)"
+        return
+    from icg.cover_manifest import manifest_fingerprint, read_manifest
+
+    manifest = report.get("cover_manifest")
+    same = manifest_fingerprint(read_manifest(manifest)) == study["study"]["fingerprint"] if manifest else None
+    if same is False:
+        log.warning("%s rated other covers than this evaluation wrote (%s)", study["study"]["db"], manifest)
+    for name, row in report["methods"].items():
+        entry = study["bradley_terry"].get(name)
+        row["user_appeal"] = entry["score"] if entry else None
+    report["user_appeal"] = {
+        "study_db": study["study"]["db"],
+        "same_covers": same,
+        "answers": study["study"]["answers"],
+        "raters": study["study"]["raters"],
+        "bradley_terry": study["bradley_terry"],
+        "pairs": study["pairs"],
+    }

@@ -1,0 +1,124 @@
+"""``icg evaluate``: ICG's evaluation on the paper's axes (Bian et al., EMNLP 2025) from checkpoint paths.
+
+The command line's flat options become the option dataclasses of ``icg.evaluation.settings`` (whose defaults they
+reuse) for ``icg.evaluation.run.evaluate_checkpoints``. It sits above the apps layer because ``--study_db`` joins
+the evaluation with a blind pairwise study: the study reads its database (``icg.study.results``) and the evaluation
+receives the results, so ``icg.evaluation`` never imports ``icg.study``. ``icg/cli.py`` hands ``icg evaluate ...``
+here; ``python -m icg.evaluate_command ...`` does the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from icg.evaluation.settings import DataSettings, EvaluatorSettings, RunSettings, SampleSettings, ScoringSettings
+
+
+def evaluate_command(
+    data_root: str,
+    stage1_ckpt: str,
+    stage3_ckpt: str,
+    base_model: str,
+    out_dir: str = "runs/demo",
+    rewards_ckpt: str | None = None,
+    no_user_ckpt: str | None = None,
+    evaluator_ckpt: str | None = EvaluatorSettings.checkpoint,
+    clip_path: str | None = ScoringSettings.clip_path,
+    lpips_backbone: str | None = None,
+    baseline_guidance_scale: float = 1.0,
+    image_size: int | None = DataSettings.image_size,
+    holdout: int = DataSettings.holdout,
+    num_users: int = SampleSettings.num_users,
+    downstream_users: int = SampleSettings.downstream_users,
+    downstream_negatives: int = SampleSettings.downstream_negatives,
+    seed: int = SampleSettings.seed,
+    started_at: float | None = RunSettings.started_at,
+    study_db: str | None = None,
+    device: str = RunSettings.device,
+    batch_size: int = RunSettings.batch_size,
+    max_users: int | None = SampleSettings.max_users,
+    max_pairs: int | None = EvaluatorSettings.max_pairs,
+) -> dict[str, Any]:
+    """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG (and, when ICG is
+    reference-guided, ICG from pure noise); every method in ICG's mode.
+
+    Args:
+        data_root: the dataset folder.
+        stage1_ckpt: stage-1 checkpoint.
+        stage3_ckpt: stage-3 (alignment) checkpoint: ICG, and ICG with the cold-start user for everyone.
+        base_model: the base diffusion folder with its text encoder (SD 1.5, or the stand-in base model export); every
+            method runs on it, ICG included (it replaces the folder the stage-3 checkpoints recorded).
+        out_dir: where report.json, report.md and gallery.html go.
+        rewards_ckpt: stage-2 checkpoint (None: the one the stage-3 checkpoint recorded).
+        no_user_ckpt: a stage-3 ablation checkpoint trained without user refinement (None: ICG with the cold-start
+            user embedding for everyone).
+        evaluator_ckpt: separately trained click model to grade with (None: trained here).
+        clip_path: local CLIP folder for the CLIP metrics.
+        lpips_backbone: torchvision's AlexNet checkpoint (``alexnet-owt-7be5be79.pth``) for LPIPS to the reference
+            (``icg.evaluation.lpips``; None: LPIPS unavailable).
+        baseline_guidance_scale: classifier-free guidance of the title-only baseline.
+        image_size: side the reference covers are decoded at (None: the stage-3 cover size, as its training data).
+        holdout: interactions per user held out for test (and val); must equal the stages' ``data.holdout``.
+        num_users: held-out users sampled.
+        downstream_users: users of the downstream AUC/GAUC sample.
+        downstream_negatives: negatives per held-out positive in that sample.
+        seed: seed of the sample.
+        started_at: ``time.time()`` when the whole run began (the report's ``minutes`` counts from it).
+        study_db: a blind pairwise study's database over this evaluation's covers (``user_appeal`` row).
+        device: where generation and scoring run (``cpu``, ``cuda``, ``cuda:1``).
+        batch_size: covers generated per call of each method.
+        max_users: users whose held-out rows the click-model comparisons score (seeded sample; None: all).
+        max_pairs: train positives the in-process evaluator learns from (seeded sample; None: all).
+    """
+    from icg.evaluation.run import check_device, evaluate_checkpoints
+
+    check_device(device)  # a GPU this machine lacks is one line before the study or any checkpoint is read
+    study = None
+    if study_db is not None:
+        from icg.study.results import study_results
+
+        study = study_results(study_db)
+    return evaluate_checkpoints(
+        data_root,
+        stage1_ckpt,
+        stage3_ckpt,
+        base_model,
+        out_dir,
+        rewards_ckpt=rewards_ckpt,
+        no_user_ckpt=no_user_ckpt,
+        lpips_backbone=lpips_backbone,
+        baseline_guidance_scale=baseline_guidance_scale,
+        study=study,
+        data=DataSettings(image_size=image_size, holdout=holdout),
+        sample=SampleSettings(
+            num_users=num_users,
+            downstream_users=downstream_users,
+            downstream_negatives=downstream_negatives,
+            max_users=max_users,
+            seed=seed,
+        ),  # fmt: skip
+        evaluator=EvaluatorSettings(checkpoint=evaluator_ckpt, max_pairs=max_pairs),
+        scoring=ScoringSettings(clip_path=clip_path),
+        run=RunSettings(device=device, batch_size=batch_size, started_at=started_at),
+    )
+
+
+def main(args: list[str] | None = None) -> int:
+    """``icg evaluate --data_root ... --stage1_ckpt ... --stage3_ckpt ... --base_model ...``."""
+    from jsonargparse import CLI, ArgumentParser
+
+    from icg.errors import ShortParserErrors
+    from icg.evaluation.report import format_markdown
+
+    class Parser(ShortParserErrors, ArgumentParser):
+        """Parser errors as one line (``icg.cli.main`` prints them)."""
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    report = CLI(evaluate_command, args=args, as_positional=False, parser_class=Parser)
+    print(format_markdown(report))  # cli-output
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
