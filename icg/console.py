@@ -26,6 +26,11 @@ UNACTIONABLE_WARNINGS = (
         "the frozen parts (MLLM, base model, rewards, stage-1 towers) are in eval mode by design (icg.ckpt.freeze)",
     ),
     (
+        r"You passed in a `val_dataloader` but have no `validation_step`",
+        UserWarning,
+        "the one shared DataModule serves every stage; the demo's stand-in base model has no validation of its own",
+    ),
+    (
         r"LightningCLI's args parameter is intended to run from within Python",
         UserWarning,
         "icg.cli.main(args) is how the demo and tests run the exact CLI path in-process; the words are the args",
