@@ -48,6 +48,10 @@ class ClassPathError(UserError, ValueError):
     """
 
 
+class ExportError(UserError, FileNotFoundError):
+    """An export folder is missing, incomplete, tampered with or not an icg export; the message names the file."""
+
+
 class DiskFullError(UserError, OSError):
     """A write ran out of disk space or quota; the message names the path, the space needed and the space free."""
 
@@ -247,3 +251,24 @@ def disk_full_is_a_user_error(out: str | Path, needed: Callable[[], int | None] 
             f"{path}: {reason} ({wants}{has}); free some space or choose another output folder and run again "
             "(nothing half-written was left)"
         ) from err
+
+
+def require_path(path: str | Path | None, key: str, expected: str, kind: str = "any") -> Path:
+    """Return ``path`` as a Path or raise FileNotFoundError naming the config ``key`` and what belongs there.
+
+    Args:
+        path: the configured path.
+        key: the config key that named it (quoted in the error).
+        expected: what should be there, e.g. "a CLIP save_pretrained folder (config.json, model.safetensors, ...)".
+        kind: "file", "dir" or "any".
+    """
+    if path is None or str(path) == "":
+        raise MissingFileError(f"{key}: no path given; expected {expected}")
+    p = Path(path).expanduser()
+    ok = p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
+    if not ok:
+        what = {"file": "is not a file", "dir": "is not a folder"}.get(kind, "does not exist")
+        if not p.exists():
+            what = "does not exist"
+        raise MissingFileError(f"{key}: {p} {what}; expected {expected}")
+    return p

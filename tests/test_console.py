@@ -9,14 +9,18 @@ from icg.console import UNACTIONABLE_WARNINGS, silence_unactionable
 
 
 def test_unactionable_warnings_are_silenced_and_others_are_not():
+    sent = [
+        ("Found 4 module(s) in eval mode at the start of training. This may", PossibleUserWarning),
+        ("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning),
+        ("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.", UserWarning),
+        ("The dataloader does not have many workers which may be a bottleneck.", PossibleUserWarning),
+        ("Found 4 module(s) in eval mode", DeprecationWarning),  # another category: kept
+    ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         silence_unactionable()
-        warnings.warn("Found 4 module(s) in eval mode at the start of training. This may", PossibleUserWarning)
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
-        warnings.warn("You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.")
-        warnings.warn("The dataloader does not have many workers which may be a bottleneck.", PossibleUserWarning)
-        warnings.warn("Found 4 module(s) in eval mode", DeprecationWarning)  # another category: kept
+        for message, category in sent:
+            warnings.warn(message, category, stacklevel=1)
     assert [str(w.message)[:30] for w in caught] == [
         "The dataloader does not have m",
         "Found 4 module(s) in eval mode",

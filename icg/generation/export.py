@@ -43,7 +43,7 @@ from icg import ckpt
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.lora import LORA_WEIGHTS, UNetLoRA, current_lora, load_lora, read_lora, save_lora
 from icg.diffusion.source import DTYPES, DiffusionSource
-from icg.errors import MissingFileError, UserError, disk_full_is_a_user_error
+from icg.errors import ExportError, MissingFileError, UserError, disk_full_is_a_user_error
 from icg.generation.generator import CoverGenerator, SamplerSettings
 from icg.generation.users import USERS_IDS, USERS_WEIGHTS, UserTable
 from icg.models.preference import PreferenceModel
@@ -57,10 +57,6 @@ NEGATIVE = "negative.safetensors"
 EXPORT_FILES = (CONFIG, WEIGHTS, USERS_WEIGHTS, USERS_IDS, NEGATIVE)
 TMP_SUFFIX = ".tmp"  # an export being written: .<name>.<random>.tmp beside it
 ALIGNMENT_STAGE = "alignment"  # = icg.lit.alignment.STAGE (not imported: inference code does not import training code)
-
-
-class ExportError(UserError, FileNotFoundError):
-    """An export folder is missing, incomplete or not an icg export; the message names the file."""
 
 
 @dataclass

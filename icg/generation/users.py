@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from icg import ckpt
+from icg.errors import ExportError
 
 USERS_WEIGHTS = "users.safetensors"
 USERS_IDS = "users.json"
@@ -112,8 +113,6 @@ class UserTable:
                 tensor than ``embeddings``, or one that is not a finite float (N + 1) x D table, or ``count``
                 disagrees; the message names the file, the tensor or id and the bad value.
         """
-        from icg.generation.export import ExportError  # (export imports this module)
-
         folder = Path(folder)
         where, ids_file = f"export {folder}", folder / USERS_IDS
         tensors = ckpt.read_safetensors(folder / USERS_WEIGHTS, where)

@@ -18,9 +18,8 @@ import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPVisionModelWithProjection
 from transformers.utils import logging as transformers_logging
 
-from icg.errors import MissingFileError
+from icg.errors import MissingFileError, require_path
 from icg.models.image_ops import CLIP_MEAN, CLIP_STD
-from icg.models.rewards.base import require_path
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from icg.ckpt import init_spec
-from icg.errors import ConfigError
+from icg.errors import ConfigError, require_path
 from icg.models.clip_loading import clip_image_settings, load_clip_vision
 from icg.models.image_ops import check_images, clip_preprocess
-from icg.models.rewards.base import Reward, RewardContext, require_path
+from icg.models.rewards.base import Reward, RewardContext
 from icg.models.rewards.blip import RewardMLP
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,8 @@ ops, the weights are frozen (``requires_grad_(False)``, eval mode), and ``forwar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import Tensor, nn
-
-from icg.errors import MissingFileError
 
 
 @dataclass
@@ -57,27 +54,6 @@ class Reward(nn.Module):
     def _key(cls, config_key: str | None, param: str) -> str:
         """The config key quoted in errors: ``<config_key>.<param>`` when the caller said where the reward lives."""
         return f"{config_key}.{param}" if config_key else f"{cls.__name__} {param}"
-
-
-def require_path(path: str | Path | None, key: str, expected: str, kind: str = "any") -> Path:
-    """Return ``path`` as a Path or raise FileNotFoundError naming the config ``key`` and what belongs there.
-
-    Args:
-        path: the configured path.
-        key: the config key that named it (quoted in the error).
-        expected: what should be there, e.g. "a CLIP save_pretrained folder (config.json, model.safetensors, ...)".
-        kind: "file", "dir" or "any".
-    """
-    if path is None or str(path) == "":
-        raise MissingFileError(f"{key}: no path given; expected {expected}")
-    p = Path(path).expanduser()
-    ok = p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
-    if not ok:
-        what = {"file": "is not a file", "dir": "is not a folder"}.get(kind, "does not exist")
-        if not p.exists():
-            what = "does not exist"
-        raise MissingFileError(f"{key}: {p} {what}; expected {expected}")
-    return p
 
 
 def require_titles(context: RewardContext, batch: int, where: str) -> list[str]:

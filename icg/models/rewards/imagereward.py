@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from transformers import BertTokenizer
 
 from icg.ckpt import init_spec
-from icg.errors import ConfigError, MissingFileError
+from icg.errors import ConfigError, MissingFileError, require_path
 from icg.models.image_ops import check_images, clip_preprocess
 from icg.models.rewards.aesthetic import load_state_dict_file
-from icg.models.rewards.base import Reward, RewardContext, require_path, require_titles
+from icg.models.rewards.base import Reward, RewardContext, require_titles
 from icg.models.rewards.blip import ImageRewardModel, MedConfig
 
 log = logging.getLogger(__name__)
