@@ -161,11 +161,6 @@ class BaseComponents(abc.ABC):
         """The registered family these components belong to."""
 
     @property
-    def kind(self) -> str:
-        """The family's name (``sd15``, ``sdxl``, ``flux``); kept for callers not yet asking ``family``."""
-        return self.family.name
-
-    @property
     @abc.abstractmethod
     def denoiser(self) -> nn.Module:
         """The network that predicts the noise or the flow (what a LoRA adapts)."""
