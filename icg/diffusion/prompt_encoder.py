@@ -14,7 +14,7 @@ exactly as the base model's diffusers pipeline does (tests/test_prompt_encoder.p
   ``text_encoder_2``'s projected pooled vector (1280-d);
 * Flux layout: ``tokenizer/`` + ``text_encoder/`` (CLIP-L: its pooled output, 768-d) and ``tokenizer_2/`` +
   ``text_encoder_2/`` (T5: the token stream, 4096-d, ``max_length`` tokens), as ``FluxPipeline``;
-* the demo's stand-in base model: ``title_encoder/`` (``icg.models.title_tokens.TitleTokenEncoder``, with a mask);
+* the demo's stand-in base model: ``title_encoder/`` (``icg.diffusion.title_tokens.TitleTokenEncoder``, with a mask);
 * ``tiny``: a seeded random ``TitleTokenEncoder`` built from config, for tests.
 
 The family (``icg.diffusion.bases``) is read from the folder -- one text encoder is SD 1.5; a ``text_encoder_2/`` is
@@ -34,8 +34,8 @@ from icg import ckpt
 from icg.diffusion.bases import FAMILIES, Family, get_family
 from icg.diffusion.bases.flux import FLUX_MAX_LENGTH
 from icg.diffusion.conditioning import Conditioning
+from icg.diffusion.title_tokens import TITLE_ENCODER_DIR, TitleTokenEncoder, load_title_encoder
 from icg.errors import ConfigError, MissingFileError
-from icg.models.title_tokens import TITLE_ENCODER_DIR, TitleTokenEncoder, load_title_encoder
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from icg.ckpt import init_spec
+from icg.diffusion.title_tokens import hash_bucket, title_words
 from icg.errors import ConfigError
-from icg.models.title_tokens import hash_bucket, title_words
 
 HISTORY_TYPES = ("none", "mean")
 ITEM_NORMS = ("layer", "batch")
