@@ -57,10 +57,6 @@ def decode(vae: nn.Module, latents: Tensor) -> Tensor:
     return (image.float() / 2 + 0.5).clamp(0, 1)
 
 
-_autocast = autocast_for
-_randint = randint_on
-
-
 def gradient_steps(
     num_steps: int,
     grad_window: GradWindow,
@@ -90,7 +86,7 @@ def gradient_steps(
             raise ConfigError(
                 f"random_step_range={tuple(random_step_range)} must satisfy 0 <= low <= high < num_steps={num_steps}"
             )
-        return [int(_randint(lo, hi + 1, (1,), generator, "cpu").item())]
+        return [int(randint_on(lo, hi + 1, (1,), generator, "cpu").item())]
     raise ConfigError(f"grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
 
 
