@@ -56,7 +56,7 @@ def worker(args: argparse.Namespace) -> dict:
     """One configuration in this (fresh) process: build, warm up, time ``reps`` steps, report the peak."""
     import torch
 
-    from icg.diffusion.components import DiffusionComponents
+    from icg.diffusion.bases import from_preset
     from icg.diffusion.conditioning import Conditioning
     from icg.diffusion.lora import UNetLoRA, add_lora
     from icg.diffusion.sampler import sample
@@ -64,7 +64,7 @@ def worker(args: argparse.Namespace) -> dict:
     preset = PRESETS[args.preset]
     device = torch.device(args.device)
     build = {"flux": "flux", "flux1024": "flux"}.get(args.preset, args.preset)
-    comps = DiffusionComponents.from_preset(build, device=device, dtype=getattr(torch, preset["dtype"]))
+    comps = from_preset(build, device=device, dtype=getattr(torch, preset["dtype"]))
     size, batch = preset["size"], preset["batch"]
     g = torch.Generator().manual_seed(0)
     # The adapter's output stand-in: the only trainable tensor, as in alignment where the denoiser is frozen.

@@ -54,7 +54,7 @@ QWEN2_VL_2B = {
 class Sizes:
     """What one run measures; ``full`` is the GPU run, ``smoke`` a tiny CPU run that proves the script works."""
 
-    preset: str  # DiffusionComponents preset: sd15 or tiny
+    preset: str  # icg.diffusion.bases.from_preset preset: sd15 or tiny
     dtype: str
     image: int  # pixels per side
     unet_batch: int
@@ -328,7 +328,7 @@ def run(sizes: Sizes, device: torch.device) -> Result:
     import diffusers
     import transformers
 
-    from icg.diffusion.components import DiffusionComponents
+    from icg.diffusion.bases import from_preset
 
     started = time.perf_counter()
     dtype = getattr(torch, sizes.dtype)
@@ -344,7 +344,7 @@ def run(sizes: Sizes, device: torch.device) -> Result:
         "image": sizes.image,
     }
     matmul = bench_matmul(sizes, device, dtype)
-    comps = DiffusionComponents.from_preset(sizes.preset, device=device, dtype=dtype)
+    comps = from_preset(sizes.preset, device=device, dtype=dtype)
     unet = bench_unet(comps, sizes, device, dtype, matmul["tflops"])
     alignment = bench_alignment(comps, sizes, device)
     generation = bench_generation(comps, sizes, device, dtype)

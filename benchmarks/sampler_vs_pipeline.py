@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from icg.diffusion.components import DiffusionComponents
+from icg.diffusion.bases import from_preset
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.sampler import sample
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     size, dtype = args.size or preset["size"], getattr(torch, args.dtype or preset["dtype"])
     device = torch.device(args.device)
 
-    comps = DiffusionComponents.from_preset(args.preset, device=device, dtype=dtype)
+    comps = from_preset(args.preset, device=device, dtype=dtype)
     pipe = comps.reference_pipeline()
     g = torch.Generator().manual_seed(0)
     width = comps.cross_attention_dim

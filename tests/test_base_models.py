@@ -71,7 +71,7 @@ def stage_on(folder, s1, s2, variant="sd15", unet_lora=None, title_kwargs=None, 
 def test_a_fine_tuned_sd15_folder_loads_through_the_same_key(tmp_path):
     base = DiffusionSource(str(write_sd15(tmp_path / "sd15"))).load(KEY)
     tuned = DiffusionSource(str(write_fine_tune(tmp_path / "realistic-vision"))).load(KEY)
-    assert isinstance(tuned.scheduler, DDIMScheduler) and tuned.kind == "sd15"
+    assert isinstance(tuned.scheduler, DDIMScheduler) and tuned.family.name == "sd15"
     torch.testing.assert_close(tuned.scheduler.alphas_cumprod, base.scheduler.alphas_cumprod)  # same noise schedule
     cond = Conditioning(torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(0)))
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_a_fine_tuned_sd15_folder_loads_through_the_same_key(tmp_path):
             sample(c, cond, num_steps=3, height=32, generator=torch.Generator().manual_seed(0)) for c in (base, tuned)
         )
     assert not torch.allclose(a, b, atol=1e-3)  # its own weights
-    assert PromptEncoder(str(tmp_path / "realistic-vision")).layout == "sd15"
+    assert PromptEncoder(str(tmp_path / "realistic-vision")).family.name == "sd15"
 
 
 def test_an_export_moves_onto_a_fine_tune_and_a_lora_refuses_another_architecture(tiny_stage1_ckpt, tiny_stage2_ckpt,

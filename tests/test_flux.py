@@ -8,9 +8,8 @@ import torch
 
 from icg.diffusion.components import DiffusionComponents, MissingComponentError
 from icg.diffusion.conditioning import Conditioning, ConditioningError, check_widths, pack_latents, unpack_latents
-from icg.diffusion.flow_sampler import flow_denoising_loss
 from icg.diffusion.flux import FluxComponents
-from icg.diffusion.sampler import sample
+from icg.diffusion.sampler import denoising_loss, sample
 from icg.diffusion.source import DiffusionSource
 
 SIZE = 32  # pixels: the tiny VAE halves and Flux packs 2 x 2 latent cells, so 8 x 8 tokens
@@ -176,12 +175,12 @@ def test_gradient_checkpointing_gives_the_same_gradient_on_the_flow(flux):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
-def test_flow_denoising_loss_is_seeded_and_reaches_the_conditioning(flux):
+def test_flux_denoising_loss_is_seeded_and_reaches_the_conditioning(flux):
     images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     cond = _cond(grad=True)
-    a = flow_denoising_loss(flux, images, cond, torch.Generator().manual_seed(1))
-    b = flow_denoising_loss(flux, images, cond, torch.Generator().manual_seed(1))
-    c = flow_denoising_loss(flux, images, cond, torch.Generator().manual_seed(2))
+    a = denoising_loss(flux, images, cond, torch.Generator().manual_seed(1))
+    b = denoising_loss(flux, images, cond, torch.Generator().manual_seed(1))
+    c = denoising_loss(flux, images, cond, torch.Generator().manual_seed(2))
     assert torch.isfinite(a) and a.item() == b.item() and a.item() != c.item()
     a.backward()
     assert cond.encoder_hidden_states.grad.abs().sum() > 0 and cond.pooled.grad.abs().sum() > 0
@@ -208,7 +207,7 @@ def test_flux_folder_loads_through_the_config_key_and_wrong_variants_are_named(t
     DiffusionComponents.tiny().save_pretrained(tmp_path / "sd15")
     key = "model.init_args.diffusion.path"
     loaded = DiffusionSource(str(tmp_path / "flux"), variant="flux", guidance=2.0).load(key)
-    assert isinstance(loaded, FluxComponents) and loaded.guidance == 2.0 and loaded.kind == "flux"
+    assert isinstance(loaded, FluxComponents) and loaded.guidance == 2.0 and loaded.family.name == "flux"
     assert not any(p.requires_grad for p in loaded.transformer.parameters())
     cond = _cond()
     with torch.no_grad():

@@ -65,7 +65,7 @@ def test_sdxl_folder_encodes_as_the_stock_pipeline(tmp_path):
     """Both text encoders' penultimate states side by side and text_encoder_2's projected pooled vector."""
     write_sdxl(tmp_path)
     prompt = PromptEncoder(str(tmp_path))
-    assert prompt.layout == "sdxl" and prompt.width == 32 and prompt.pooled_dim == 32
+    assert prompt.family.name == "sdxl" and prompt.width == 32 and prompt.pooled_dim == 32
     parts = DiffusionComponents.from_pretrained_folder(tmp_path, variant="sdxl")
     pipe = StableDiffusionXLPipeline(
         vae=parts.vae, unet=parts.unet, scheduler=parts.scheduler, text_encoder=prompt.encoder,
@@ -84,7 +84,7 @@ def test_flux_folder_encodes_as_the_stock_pipeline(tmp_path):
     """CLIP's pooled output and the T5 token stream, padded to max_length, as FluxPipeline.encode_prompt."""
     write_flux(tmp_path)
     prompt = PromptEncoder(str(tmp_path), max_length=16)
-    assert prompt.layout == "flux" and prompt.width == 32 and prompt.pooled_dim == 32
+    assert prompt.family.name == "flux" and prompt.width == 32 and prompt.pooled_dim == 32
     parts = FluxComponents.from_pretrained_folder(tmp_path)
     pipe = FluxPipeline(
         scheduler=parts.scheduler, vae=parts.vae, transformer=parts.transformer, text_encoder=prompt.encoder,

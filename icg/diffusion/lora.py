@@ -18,13 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from icg import ckpt
+from icg.diffusion.bases import get_family
 from icg.errors import ConfigError, UserError
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # the file name diffusers' load_lora_weights(folder) looks for
 ADAPTER = "default"
 _LAYER_TYPES = (nn.Linear, nn.Conv2d)
-# The name under which each base's loader mixin files the denoiser's LoRA keys ("unet." / "transformer.").
-_PREFIX = {"sd15": "unet", "sdxl": "unet", "flux": "transformer"}
 
 
 class LoRAMismatchError(UserError, ValueError):
@@ -185,32 +184,27 @@ def load_lora(
 
 
 # ------------------------------------------------------------------------------------------ diffusers' format
-def _mixin(kind: str):
-    from diffusers.loaders import FluxLoraLoaderMixin, StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+def save_lora(
+    folder: str | Path, lora: UNetLoRA, state: dict[str, Tensor], family: str | None = None, *, kind: str | None = None
+) -> Path:
+    """Write ``folder/pytorch_lora_weights.safetensors`` in diffusers' format for a base of ``family`` (a key of
+    ``icg.diffusion.bases.FAMILIES``: sd15 | sdxl | flux; ``kind`` is its former name).
 
-    return {
-        "sd15": StableDiffusionLoraLoaderMixin,
-        "sdxl": StableDiffusionXLLoraLoaderMixin,
-        "flux": FluxLoraLoaderMixin,
-    }[kind]
-
-
-def save_lora(folder: str | Path, lora: UNetLoRA, state: dict[str, Tensor], kind: str) -> Path:
-    """Write ``folder/pytorch_lora_weights.safetensors`` in diffusers' format for a ``kind`` (sd15|sdxl|flux) base.
-
-    Written by the base's own ``save_lora_weights`` with the peft config as adapter metadata, so that
+    Written by the family's own LoRA loader (``save_lora_weights``) with the peft config as adapter metadata, so that
     ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` / ``FluxPipeline.load_lora_weights(folder)`` restores
-    the same rank, alpha and targets.
+    the same rank, alpha and targets. The denoiser's keys are filed under its folder's name (``unet.`` /
+    ``transformer.``).
     """
-    name = _PREFIX[kind]
+    base = get_family(family or kind)
+    name = base.denoiser_folder
     metadata = lora.peft_config().to_dict()
     layers = {f"{name}_lora_layers": state, f"{name}_lora_adapter_metadata": metadata}
-    _mixin(kind).save_lora_weights(str(folder), **layers, weight_name=LORA_WEIGHTS)
+    base.lora_loader().save_lora_weights(str(folder), **layers, weight_name=LORA_WEIGHTS)
     return Path(folder) / LORA_WEIGHTS
 
 
-def read_lora(folder: str | Path, kind: str) -> dict[str, Tensor]:
+def read_lora(folder: str | Path, family: str) -> dict[str, Tensor]:
     """The peft-named denoiser tensors of ``folder/pytorch_lora_weights.safetensors`` (written by :func:`save_lora`)."""
-    prefix = _PREFIX[kind] + "."
+    prefix = get_family(family).denoiser_folder + "."
     state = ckpt.read_safetensors(Path(folder) / LORA_WEIGHTS, f"export {folder}")
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

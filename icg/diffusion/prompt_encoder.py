@@ -14,8 +14,12 @@ exactly as the base model's diffusers pipeline does (tests/test_prompt_encoder.p
   ``text_encoder_2``'s projected pooled vector (1280-d);
 * Flux layout: ``tokenizer/`` + ``text_encoder/`` (CLIP-L: its pooled output, 768-d) and ``tokenizer_2/`` +
   ``text_encoder_2/`` (T5: the token stream, 4096-d, ``max_length`` tokens), as ``FluxPipeline``;
-* the demo's stand-in base model: ``title_encoder/`` (``icg.models.title_tokens.TitleTokenEncoder``, with a mask);
+* the demo's stand-in base model: ``title_encoder/`` (``icg.diffusion.title_tokens.TitleTokenEncoder``, with a mask);
 * ``tiny``: a seeded random ``TitleTokenEncoder`` built from config, for tests.
+
+The family (``icg.diffusion.bases``) is read from the folder -- one text encoder is SD 1.5; a ``text_encoder_2/`` is
+the family whose ``reads_text_encoder_2`` accepts its architecture -- and does the loading and the encoding; this
+class never branches on it.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import torch
 from torch import nn
 
 from icg import ckpt
+from icg.diffusion.bases import FAMILIES, Family, get_family
+from icg.diffusion.bases.flux import FLUX_MAX_LENGTH
 from icg.diffusion.conditioning import Conditioning
+from icg.diffusion.title_tokens import TITLE_ENCODER_DIR, TitleTokenEncoder, load_title_encoder
 from icg.errors import ConfigError, MissingFileError
-from icg.models.title_tokens import TITLE_ENCODER_DIR, TitleTokenEncoder, load_title_encoder
 
-FLUX_MAX_LENGTH = 512  # FluxPipeline's default max_sequence_length
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -70,15 +75,16 @@ class PromptEncoder(nn.Module):
             raise ConfigError(f"{prefix}.dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
         self.tokenizer = self.tokenizer_2 = None
         self.encoder_2: nn.Module | None = None
+        # The base family whose text encoders these are; None for a TitleTokenEncoder (tiny, the demo's stand-in).
+        self.family: Family | None = None
         if tiny is not None:
-            self.layout = "tiny"
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.encoder: nn.Module = TitleTokenEncoder(**tiny)
         else:
             loaded = _load(Path(path), config_key, _DTYPES[dtype] if dtype else None)
-            self.layout, self.encoder, self.tokenizer, self.encoder_2, self.tokenizer_2 = loaded
-        if max_length is not None and self.layout != "flux":
+            self.family, self.encoder, self.tokenizer, self.encoder_2, self.tokenizer_2 = loaded
+        if max_length is not None and not (self.family is not None and self.family.takes_max_length):
             raise ConfigError(f"{prefix}.max_length={max_length}: only a Flux title prompt (T5) takes a length")
         self.max_length = max_length or FLUX_MAX_LENGTH
         for encoder in (self.encoder, self.encoder_2):
@@ -88,23 +94,13 @@ class PromptEncoder(nn.Module):
     @property
     def width(self) -> int:
         """C, the width of the prompt states (must equal the denoiser's token-stream width)."""
-        if self.layout in ("tiny", "stand_in"):
-            return self.encoder.dim
-        if self.layout == "sdxl":
-            return int(self.encoder.config.hidden_size) + int(self.encoder_2.config.hidden_size)
-        if self.layout == "flux":
-            return int(self.encoder_2.config.d_model)
-        return int(self.encoder.config.hidden_size)
+        return self.encoder.dim if self.family is None else self.family.prompt_width(self)
 
     @property
     def pooled_dim(self) -> int | None:
         """The width of the pooled vector the prompt gives (SDXL: ``text_encoder_2``'s projection; Flux: CLIP's
         pooled output), None where it gives none."""
-        if self.layout == "sdxl":
-            return int(self.encoder_2.config.projection_dim)
-        if self.layout == "flux":
-            return int(self.encoder.config.hidden_size)
-        return None
+        return None if self.family is None else self.family.prompt_pooled_dim(self)
 
     def train(self, mode: bool = True) -> PromptEncoder:
         super().train(mode)
@@ -113,7 +109,8 @@ class PromptEncoder(nn.Module):
                 encoder.eval()  # frozen: never dropout, whatever the surrounding module's mode
         return self
 
-    def _ids(self, tokenizer, titles: list[str], max_length: int) -> torch.Tensor:
+    def token_ids(self, tokenizer, titles: list[str], max_length: int) -> torch.Tensor:
+        """``titles`` tokenized as diffusers' pipelines do (padded to ``max_length``), on the encoders' device."""
         device = next(self.encoder.parameters()).device
         return tokenizer(
             titles, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
@@ -126,20 +123,7 @@ class PromptEncoder(nn.Module):
             # No mask where nothing is padding (an encoder with padding="attended"): the UNet call, and a stock
             # diffusers pipeline given these states as prompt_embeds, then compute exactly the same thing.
             return Conditioning(states, None if bool(mask.all()) else mask.long())
-        if self.layout == "sdxl":  # StableDiffusionXLPipeline.encode_prompt (clip_skip=None)
-            parts, pooled = [], None
-            for tokenizer, encoder in ((self.tokenizer, self.encoder), (self.tokenizer_2, self.encoder_2)):
-                out = encoder(self._ids(tokenizer, titles, tokenizer.model_max_length), output_hidden_states=True)
-                if pooled is None and out[0].ndim == 2:  # the projected pooled vector of CLIPTextModelWithProjection
-                    pooled = out[0]
-                parts.append(out.hidden_states[-2])
-            return Conditioning(torch.cat(parts, dim=-1), None, pooled)
-        if self.layout == "flux":  # FluxPipeline.encode_prompt: CLIP pooled + T5 token stream
-            pooled = self.encoder(self._ids(self.tokenizer, titles, self.tokenizer.model_max_length)).pooler_output
-            states = self.encoder_2(self._ids(self.tokenizer_2, titles, self.max_length))[0]
-            return Conditioning(states, None, pooled)
-        max_length = min(self.tokenizer.model_max_length, self.encoder.config.max_position_embeddings)
-        return Conditioning(self.encoder(self._ids(self.tokenizer, titles, max_length))[0])
+        return self.family.encode_prompt(self, titles)
 
 
 def _architecture(folder: Path) -> str:
@@ -152,10 +136,11 @@ def _architecture(folder: Path) -> str:
 
 def _load(
     folder: Path, config_key: str, dtype: torch.dtype | None = None
-) -> tuple[str, nn.Module, object, nn.Module | None, object]:
-    """(layout, encoder, tokenizer, encoder_2, tokenizer_2) of a base model folder, encoders in ``dtype``."""
+) -> tuple[Family | None, nn.Module, object, nn.Module | None, object]:
+    """(family, encoder, tokenizer, encoder_2, tokenizer_2) of a base model folder, encoders in ``dtype``; no family
+    for the demo's stand-in title encoder."""
     if (folder / TITLE_ENCODER_DIR).is_dir():
-        return "stand_in", load_title_encoder(folder, config_key), None, None, None
+        return None, load_title_encoder(folder, config_key), None, None, None
     two = (folder / "text_encoder_2").is_dir()
     names = ("tokenizer", "text_encoder") + (("tokenizer_2", "text_encoder_2") if two else ())
     missing = [name for name in names if not (folder / name).is_dir()]
@@ -165,25 +150,14 @@ def _load(
             f"(SD 1.5), + tokenizer_2/ + text_encoder_2/ (SDXL, Flux), or {TITLE_ENCODER_DIR}/ (the demo's stand-in "
             f"base model); missing: {', '.join(missing)}"
         )
-    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    kw = {"local_files_only": True} | ({"dtype": dtype} if dtype is not None else {})
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-    encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw)
-    if not two:
-        return "sd15", encoder, tokenizer, None, None
-    second = _architecture(folder / "text_encoder_2")
-    if "T5" in second or "t5" in second.split():
-        from transformers import T5EncoderModel
-
-        encoder_2 = T5EncoderModel.from_pretrained(folder / "text_encoder_2", **kw)
-        tokenizer_2 = AutoTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
-        return "flux", encoder, tokenizer, encoder_2, tokenizer_2
-    if "CLIPTextModelWithProjection" in second:
-        encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", **kw)
-        tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
-        return "sdxl", encoder, tokenizer, encoder_2, tokenizer_2
-    raise ConfigError(
-        f"{config_key}={folder}: text_encoder_2/ holds {second.strip() or 'an unknown model'}; expected "
-        "CLIPTextModelWithProjection (SDXL) or T5EncoderModel (Flux)"
-    )
+    family = get_family("sd15")
+    if two:
+        second = _architecture(folder / "text_encoder_2")
+        matches = [f for f in FAMILIES.values() if f.reads_text_encoder_2(second)]
+        if not matches:
+            raise ConfigError(
+                f"{config_key}={folder}: text_encoder_2/ holds {second.strip() or 'an unknown model'}; expected "
+                "CLIPTextModelWithProjection (SDXL) or T5EncoderModel (Flux)"
+            )
+        family = matches[0]
+    return (family, *family.load_text_encoders(folder, dtype))

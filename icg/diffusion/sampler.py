@@ -1,31 +1,31 @@
-"""The plain DDIM sampling loop with a gradient window (DRaFT-K / ReFL), the VAE helpers and the denoising loss.
+"""The one sampling loop with a gradient window (DRaFT-K / ReFL), the VAE helpers and the denoising loss.
 
 ICG (Bian et al., EMNLP 2025) aligns its adapter by back-propagating differentiable rewards through the sampler.
-Following DRaFT (Clark et al., ICLR 2024), ``grad_window="last_k"`` keeps the graph of the last K of T DDIM steps
-only; following ReFL (ImageReward, Xu et al., NeurIPS 2023), ``grad_window="random_step"`` runs without gradient up
-to a random step in a range, takes one step with gradient and returns that step's predicted x0. Steps outside the
-window run under ``torch.no_grad()`` on detached latents, so activation memory depends on K, not on T. Gradient
-checkpointing (as in AlignProp) recomputes the UNet inside the window during backward.
+Following DRaFT (Clark et al., ICLR 2024), ``grad_window="last_k"`` keeps the graph of the last K of T steps only;
+following ReFL (ImageReward, Xu et al., NeurIPS 2023), ``grad_window="random_step"`` runs without gradient up to a
+random step in a range, takes one step with gradient and returns that step's predicted x0. Steps outside the window
+run under ``torch.no_grad()`` on detached latents, so activation memory depends on K, not on T. Gradient
+checkpointing (as in AlignProp) recomputes the denoiser inside the window during backward.
 
-The loop uses diffusers' ``DDIMScheduler`` API as its pipelines do (``set_timesteps``, ``scale_model_input``,
-``step(...).prev_sample`` / ``.pred_original_sample``) and matches ``StableDiffusionPipeline`` output for the same
-components, conditioning, noise and steps (tests/test_diffusion.py). Pipelines are for comparisons only.
+The loop never branches on the base family: what differs (the strength rounding of a reference-guided chain, the
+timesteps, the first latents, the guided denoiser call, the scheduler step, the training loss) is asked of the
+components (``icg.diffusion.bases.base.BaseComponents``). For SD 1.5 / SDXL that is diffusers' ``DDIMScheduler`` as
+its pipelines use it, matching ``StableDiffusion(XL)Pipeline`` for the same components, conditioning, noise and steps
+(tests/test_diffusion.py); for Flux the flow-matching Euler chain of ``FluxPipeline`` (tests/test_flux.py).
+Pipelines are for comparisons only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from icg.diffusion.components import DiffusionComponents
-from icg.diffusion.conditioning import Conditioning, predict_noise
+from icg.diffusion.bases.base import BaseComponents, autocast_for, randint_on
+from icg.diffusion.conditioning import Conditioning
 from icg.errors import ConfigError
 
 GradWindow = Literal["none", "last_k", "random_step"]
@@ -58,22 +58,6 @@ def decode(vae: nn.Module, latents: Tensor) -> Tensor:
     return (image.float() / 2 + 0.5).clamp(0, 1)
 
 
-def _autocast(device: torch.device, autocast_dtype: torch.dtype | str | None) -> contextlib.AbstractContextManager:
-    if autocast_dtype == "auto":
-        autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
-    if autocast_dtype is None:
-        return contextlib.nullcontext()
-    if isinstance(autocast_dtype, str):
-        autocast_dtype = getattr(torch, autocast_dtype)
-    return torch.autocast(device.type, dtype=autocast_dtype)
-
-
-def _randint(low: int, high: int, size: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:
-    """``torch.randint`` on the generator's own device (a CUDA generator cannot draw on CPU), then moved."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randint(low, high, size, generator=generator, device=gen_device).to(device)
-
-
 def gradient_steps(
     num_steps: int,
     grad_window: GradWindow,
@@ -103,7 +87,7 @@ def gradient_steps(
             raise ConfigError(
                 f"random_step_range={tuple(random_step_range)} must satisfy 0 <= low <= high < num_steps={num_steps}"
             )
-        return [int(_randint(lo, hi + 1, (1,), generator, "cpu").item())]
+        return [int(randint_on(lo, hi + 1, (1,), generator, "cpu").item())]
     raise ConfigError(f"grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
 
 
@@ -143,7 +127,7 @@ def strength_in_range(strength: float) -> bool:
 
 
 def sample(
-    components: DiffusionComponents,
+    components: BaseComponents,
     cond: Conditioning,
     *,
     num_steps: int = 50,
@@ -164,19 +148,23 @@ def sample(
     decode: bool = True,
     autocast_dtype: torch.dtype | str | None = "auto",
 ) -> Tensor:
-    """Sample images with DDIM, keeping the autograd graph only inside the gradient window.
+    """Sample images with the base family's chain, keeping the autograd graph only inside the gradient window.
 
-    Flux components (``icg.diffusion.flux.FluxComponents``) take the same arguments and run the flow-matching loop
-    of ``icg.diffusion.flow_sampler.sample_flow`` instead.
+    SD 1.5 / SDXL components run DDIM (``DDIMScheduler``), Flux components the flow-matching Euler chain of
+    ``FluxPipeline``; the family answers what differs (``icg.diffusion.bases.base.BaseComponents``). For Flux:
+    ``guidance_scale`` is true classifier-free guidance (``FluxPipeline``'s ``true_cfg_scale``; FLUX.1-dev's distilled
+    guidance is ``components.guidance``), ``eta`` must be 0, a reference-guided chain runs
+    ``T - int(T - T * strength)`` steps (``FluxImg2ImgPipeline``'s rounding) and image sides are multiples of
+    ``components.pixel_multiple`` (the VAE factor x the 2 x 2 latent patches).
 
     With ``strength < 1`` the chain is reference-guided (SDEdit, Meng et al. 2022; diffusers' img2img pipelines):
     it starts from the reference cover's latent noised to the level of step ``T - int(T * strength)`` and runs only the
     remaining ``int(T * strength)`` steps, so the item's layout is kept and the conditioning decides the rest.
 
     Args:
-        components: frozen UNet, VAE and DDIM scheduler.
+        components: the frozen denoiser, VAE and scheduler of any family.
         cond: the conditioning (its gradient is what alignment trains); B rows give B images.
-        num_steps: T, DDIM steps.
+        num_steps: T, sampling steps.
         guidance_scale: classifier-free guidance weight; > 1 enables CFG (as in diffusers' pipelines).
         uncond: the unconditional conditioning for CFG (1 row or B rows); required when ``guidance_scale > 1``.
         grad_window: ``none`` | ``last_k`` (DRaFT-K) | ``random_step`` (ReFL); see :func:`gradient_steps`.
@@ -185,7 +173,7 @@ def sample(
         x0_shortcut: stop after the last gradient step (the last step if there is none) and return its predicted
             x0 instead of finishing the chain. None means the mode's default: True for ``random_step`` (ReFL: the
             later steps could carry no gradient), False otherwise. ``random_step`` with False is an error.
-        gradient_checkpointing: recompute the UNet inside the window during backward (same gradient, less memory).
+        gradient_checkpointing: recompute the denoiser inside the window during backward (same gradient, less memory).
         eta: DDIM eta (0 = deterministic).
         generator: draws the reference's VAE posterior sample (reference-guided only), the initial noise
             (``diffusers.utils.torch_utils.randn_tensor``), the random step and any DDIM noise, in that order, as
@@ -196,27 +184,19 @@ def sample(
         reference: B x 3 x H x W reference images in [0, 1] that a reference-guided chain starts from.
         strength: 1 starts from pure noise; 0 < strength < 1 starts from the reference noised to that level and runs
             ``int(T * strength)`` steps. Gradient-window step indices count the steps that run.
-        height: image height in pixels (default: the UNet's configured size); must be a multiple of the VAE factor.
+        height: image height in pixels (default: the base's configured size); must be a multiple of the VAE factor.
         width: image width in pixels (default as ``height``).
         decode: return decoded images in [0, 1] (B x 3 x H x W); False returns the final latents.
-        autocast_dtype: autocast dtype around UNet and VAE calls; ``"auto"`` is bf16 on CUDA and off elsewhere.
+        autocast_dtype: autocast dtype around denoiser and VAE calls; ``"auto"`` is bf16 on CUDA and off elsewhere.
 
     Returns:
         B x 3 x H x W images in [0, 1], or B x C x h x w latents when ``decode=False``.
     """
-    if getattr(components, "kind", None) == "flux":  # the flow-matching loop, same arguments
-        from icg.diffusion.flow_sampler import sample_flow
-
-        return sample_flow(
-            components, cond, num_steps=num_steps, guidance_scale=guidance_scale, uncond=uncond,
-            grad_window=grad_window, k=k, random_step_range=random_step_range, x0_shortcut=x0_shortcut,
-            gradient_checkpointing=gradient_checkpointing, eta=eta, generator=generator, latents=latents,
-            reference=reference, strength=strength, height=height, width=width, decode=decode,
-            autocast_dtype=autocast_dtype,
-        )  # fmt: skip
+    components.check_sampler_options(eta)
     if not strength_in_range(strength):
         raise ValueError(f"strength must be in (0, 1], got {strength}")
-    run_steps = min(int(num_steps * strength), num_steps)  # the steps that run (diffusers' img2img get_timesteps)
+    t_start = components.first_step(num_steps, strength)  # the pipeline's img2img get_timesteps
+    run_steps = num_steps - t_start  # the steps that run
     if run_steps < 1:
         raise ValueError(f"strength={strength} with num_steps={num_steps} runs no step; raise either")
     if strength < 1.0 and reference is None:
@@ -226,85 +206,56 @@ def sample(
     if guidance_scale > 1.0 and uncond is None:
         raise ValueError("guidance_scale > 1 needs `uncond` (the adapter's unconditional Conditioning)")
 
-    unet, vae, scheduler = components.unet, components.vae, components.scheduler
+    vae = components.vae
     device = components.device
     factor = components.vae_scale_factor
     height = height or components.default_image_size
     width = width or height
-    if height % factor or width % factor:
-        raise ConfigError(f"height and width must be multiples of the VAE factor {factor}, got {height} x {width}")
+    components.check_image_size(height, width)
     batch = cond.batch_size
     cond = cond.to(device)
 
     shape = (batch, components.latent_channels, height // factor, width // factor)
     if isinstance(generator, list) and len(generator) != batch:
         raise ValueError(f"a list of generators needs one per image: got {len(generator)} for {batch} images")
-    scheduler.set_timesteps(num_steps, device=device)
-    timesteps = scheduler.timesteps
+    if strength < 1.0 and (reference.shape[0] != batch or tuple(reference.shape[-2:]) != (height, width)):
+        raise ValueError(f"reference must be {batch} x 3 x {height} x {width}, got {tuple(reference.shape)}")
+    schedule = components.schedule(num_steps, t_start, shape[-2:], reference_guided=strength < 1.0)
     start_latents = None
     if strength < 1.0:
-        if reference.shape[0] != batch or tuple(reference.shape[-2:]) != (height, width):
-            raise ValueError(f"reference must be {batch} x 3 x {height} x {width}, got {tuple(reference.shape)}")
-        t_start = num_steps - run_steps
-        timesteps = timesteps[t_start * scheduler.order :]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(t_start * scheduler.order)
-        with torch.no_grad(), _autocast(device, autocast_dtype):
+        with torch.no_grad(), autocast_for(device, autocast_dtype):
             posterior = generator if generator is not None or latents is None else "mode"
             start_latents = encode(vae, reference.to(device), posterior).float()
     if latents is None:
         latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
     elif tuple(latents.shape) != shape:
         raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-    latents = latents.to(device=device, dtype=torch.float32)
-    if start_latents is None:
-        latents = latents * scheduler.init_noise_sigma
-    else:  # the reference's latent noised to the first step that runs
-        latents = scheduler.add_noise(start_latents, latents, timesteps[:1].repeat(batch))
+    latents = components.start_latents(latents.to(device=device, dtype=torch.float32), start_latents, schedule)
     if steps_with_grad is None:
         first = generator[0] if isinstance(generator, list) else generator
         steps_with_grad = gradient_steps(run_steps, grad_window, k, random_step_range, first)
 
-    do_cfg = guidance_scale > 1.0
-    unet_cond = cond
-    if do_cfg:
+    if guidance_scale > 1.0:
         uncond = uncond.to(device)
         if uncond.batch_size == 1 and batch > 1:
             uncond = uncond.repeat(batch)
-        unet_cond = Conditioning.cat([uncond, cond])  # [uncond, cond] order, as diffusers' pipelines
+    autocast = autocast_for(device, autocast_dtype)
+    predict = components.predictor(
+        cond, uncond if guidance_scale > 1.0 else None, guidance_scale, image_size=(height, width),
+        gradient_checkpointing=gradient_checkpointing, autocast=autocast,
+    )  # fmt: skip
 
+    timesteps = schedule.timesteps
     last = max(steps_with_grad) if (x0_shortcut and steps_with_grad) else len(timesteps) - 1
-    unet_dtype = unet.dtype  # diffusers walks all submodules for this: once per call, not per step
     grad_on = torch.is_grad_enabled()
-    autocast = _autocast(device, autocast_dtype)
     pred_x0 = latents
     for i, t in enumerate(timesteps[: last + 1]):
         with_grad = grad_on and i in steps_with_grad
         if not with_grad:
             latents = latents.detach()  # nothing before the window keeps a graph
         with torch.set_grad_enabled(with_grad):
-            model_in = torch.cat([latents] * 2) if do_cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            with autocast:
-                if with_grad and gradient_checkpointing:
-                    eps = checkpoint(
-                        predict_noise,
-                        unet,
-                        model_in,
-                        t,
-                        unet_cond,
-                        image_size=(height, width),
-                        dtype=unet_dtype,
-                        use_reentrant=False,
-                    )
-                else:
-                    eps = predict_noise(unet, model_in, t, unet_cond, image_size=(height, width), dtype=unet_dtype)
-            eps = eps.to(latents.dtype)  # scheduler arithmetic in fp32
-            if do_cfg:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            out = scheduler.step(eps, t, latents, eta=eta, generator=generator)
-        latents, pred_x0 = out.prev_sample, out.pred_original_sample
+            model_output = predict(latents, t, with_grad)
+            latents, pred_x0 = components.step(schedule, i, t, model_output, latents, eta, generator)
 
     final = pred_x0 if x0_shortcut else latents
     if not decode:
@@ -318,7 +269,7 @@ decode_latents = decode
 
 
 def denoising_loss(
-    components: DiffusionComponents,
+    components: BaseComponents,
     images_01: Tensor,
     cond: Conditioning,
     generator: torch.Generator | None = None,
@@ -326,37 +277,22 @@ def denoising_loss(
 ) -> Tensor:
     """Standard diffusion loss on real images: the regularizer that guards alignment against reward hacking.
 
-    (Flux components: the flow-matching loss of ``icg.diffusion.flow_sampler.flow_denoising_loss``.)
-
-    Encodes the images with the frozen VAE, noises them at a uniformly drawn training timestep and returns the MSE
-    between the UNet's prediction under ``cond`` and its target (epsilon, or v for v-prediction schedulers).
+    Encodes the images with the frozen VAE, draws the noise and returns the family's training loss
+    (``BaseComponents.loss``): SD 1.5 / SDXL noise at a uniformly drawn training timestep and take the MSE between the
+    UNet's prediction under ``cond`` and its target (epsilon, or v for v-prediction schedulers); Flux draws sigma ~
+    U(0, 1) and takes the MSE between the velocity and ``noise - x_0``.
 
     Args:
-        components: frozen UNet, VAE and scheduler.
+        components: the frozen denoiser, VAE and scheduler of any family.
         images_01: B x 3 x H x W reference images in [0, 1].
         cond: conditioning for those images (B rows); gradient flows into it.
-        generator: draws the VAE posterior sample, the noise and the timesteps.
+        generator: draws the VAE posterior sample, the noise and the timesteps (Flux: the sigmas).
         autocast_dtype: as in :func:`sample`.
     """
-    if getattr(components, "kind", None) == "flux":
-        from icg.diffusion.flow_sampler import flow_denoising_loss
-
-        return flow_denoising_loss(components, images_01, cond, generator, autocast_dtype)
-    unet, vae, scheduler = components.unet, components.vae, components.scheduler
     device = components.device
     images_01 = images_01.to(device)
-    autocast = _autocast(device, autocast_dtype)
+    autocast = autocast_for(device, autocast_dtype)
     with torch.no_grad(), autocast:
-        z = encode(vae, images_01, generator).float()
+        z = encode(components.vae, images_01, generator).float()
     noise = randn_tensor(z.shape, generator=generator, device=device, dtype=z.dtype)
-    t = _randint(0, scheduler.config.num_train_timesteps, (z.shape[0],), generator, device)
-    noisy = scheduler.add_noise(z, noise, t)
-    with autocast:
-        pred = predict_noise(unet, noisy, t, cond.to(device), image_size=tuple(images_01.shape[-2:]))
-    if scheduler.config.prediction_type == "epsilon":
-        target = noise
-    elif scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(z, noise, t)
-    else:
-        raise ConfigError(f"denoising_loss supports epsilon and v_prediction, not {scheduler.config.prediction_type!r}")
-    return F.mse_loss(pred.float(), target)
+    return components.loss(z, noise, cond, generator, autocast, tuple(images_01.shape[-2:]))

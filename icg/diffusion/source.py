@@ -2,7 +2,8 @@
 
 ICG keeps the denoiser (UNet or Flux transformer), VAE and scheduler stock and frozen, so a stage only needs to know
 where they are: a local diffusers folder (SD 1.5 -- or a fine-tune of it in the same layout, such as Realistic
-Vision --, SDXL or Flux layout) or, for tests, a tiny model built from config with random weights.
+Vision --, SDXL or Flux layout) or, for tests, a tiny model built from config with random weights. The family
+(``variant``) is looked up in the registry ``icg.diffusion.bases.FAMILIES``, which does the loading.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from icg.diffusion.components import DiffusionComponents
-from icg.diffusion.flux import AnyComponents, FluxComponents
+from icg.diffusion.bases import FAMILIES, BaseComponents, get_family
 from icg.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-VARIANTS = ("sd15", "sdxl", "flux")
+VARIANTS = tuple(FAMILIES)  # the family names, the values of ``variant``
 
 
 @dataclass
@@ -26,8 +26,10 @@ class DiffusionSource:
     Args:
         path: local diffusers folder with ``unet/`` (SD 1.5, SDXL) or ``transformer/`` (Flux), ``vae/`` and
             ``scheduler/``; None builds ``tiny`` instead.
-        variant: ``sd15``, ``sdxl`` or ``flux`` (checked against the loaded folder).
-        tiny: keyword arguments of ``DiffusionComponents.tiny`` / ``FluxComponents.tiny`` (only when ``path`` is None).
+        variant: the base family, a key of ``icg.diffusion.bases.FAMILIES``: ``sd15``, ``sdxl`` or ``flux`` (checked
+            against the loaded folder). The key keeps its name so that existing configs build.
+        tiny: keyword arguments of the family's ``tiny`` builder (``DiffusionComponents.tiny`` /
+            ``FluxComponents.tiny``; only when ``path`` is None).
         dtype: denoiser/VAE weight dtype: ``float32``, ``bfloat16`` or ``float16``.
         guidance: FLUX.1-dev's embedded (distilled) guidance, ``FluxPipeline``'s ``guidance_scale``; bases without a
             guidance embedding (SD, FLUX.1-schnell) ignore it.
@@ -39,23 +41,13 @@ class DiffusionSource:
     dtype: str = "float32"
     guidance: float = 3.5
 
-    def load(self, config_key: str = "model.init_args.diffusion.path") -> AnyComponents:
+    def load(self, config_key: str = "model.init_args.diffusion.path") -> BaseComponents:
         """The frozen components; errors name ``config_key``."""
         prefix = config_key.rsplit(".", 1)[0]
         if self.dtype not in DTYPES:
             raise ConfigError(f"{prefix}.dtype={self.dtype!r}: expected one of {sorted(DTYPES)}")
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"{prefix}.variant={self.variant!r}: expected one of {', '.join(VARIANTS)}")
-        if self.variant == "flux":
-            if self.path is None:
-                components = FluxComponents.tiny(**{"guidance": self.guidance, **self.tiny})
-                return components if self.dtype == "float32" else components.to(dtype=DTYPES[self.dtype])
-            return FluxComponents.from_pretrained_folder(
-                self.path, config_key=config_key, torch_dtype=DTYPES[self.dtype], guidance=self.guidance
-            )
+        family = get_family(self.variant, f"{prefix}.variant")
         if self.path is None:
-            components = DiffusionComponents.tiny(**{"variant": self.variant, **self.tiny})
+            components = family.tiny(**{"guidance": self.guidance, **self.tiny})
             return components if self.dtype == "float32" else components.to(dtype=DTYPES[self.dtype])
-        return DiffusionComponents.from_pretrained_folder(
-            self.path, config_key=config_key, variant=self.variant, torch_dtype=DTYPES[self.dtype]
-        )
+        return family.load(self.path, config_key, torch_dtype=DTYPES[self.dtype], guidance=self.guidance)

@@ -417,15 +417,11 @@ class CoverGenerator:
         guidance_scale = s.guidance_scale if guidance_scale is None else guidance_scale
         strength = s.strength if strength is None else strength
         parts = [("", cond)] + ([("negative_", self.unconditional(len(user_ids)))] if guidance_scale > 1 else [])
-        flux = getattr(self.diffusion, "kind", None) == "flux"
         kwargs: dict[str, Any] = {
             "num_inference_steps": s.num_steps if num_steps is None else num_steps,
             "generator": pair_generators(self.seeds(user_ids, keys, seed)),
         }
-        if flux:  # true CFG on ICG's negative; FLUX.1-dev's distilled guidance as the base model configures it
-            kwargs |= {"true_cfg_scale": guidance_scale, "guidance_scale": self.diffusion.guidance}
-        else:
-            kwargs["guidance_scale"] = guidance_scale
+        kwargs |= self.diffusion.pipeline_guidance(guidance_scale)  # the family's (Flux: true_cfg_scale)
         for prefix, part in parts:
             mask = part.attention_mask
             if mask is not None and not bool(mask.bool().all()):
@@ -438,7 +434,7 @@ class CoverGenerator:
                 kwargs[f"{prefix}pooled_prompt_embeds"] = part.pooled
         if strength < 1:
             kwargs |= {"image": references, "strength": strength}
-        if strength == 1 or flux:  # (Flux's img2img pipeline takes the size too; SD's takes the image's)
+        if self.diffusion.pipeline_takes_size(img2img=strength < 1):
             kwargs |= {"height": self.image_size, "width": self.image_size}
         return kwargs
 

@@ -25,8 +25,8 @@ from icg import ckpt
 from icg.diffusion.components import SD_SCHEDULE
 from icg.diffusion.conditioning import Conditioning, predict_noise
 from icg.diffusion.sampler import encode
+from icg.diffusion.title_tokens import TitleTokenEncoder, export_title_encoder
 from icg.errors import ConfigError
-from icg.models.title_tokens import TitleTokenEncoder, export_title_encoder
 
 log = logging.getLogger(__name__)
 STAGE = "base_model"

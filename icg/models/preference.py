@@ -35,8 +35,8 @@ from torch import nn
 
 from icg import ckpt
 from icg.ckpt import init_spec
+from icg.diffusion.title_tokens import hash_bucket, title_words
 from icg.errors import ConfigError
-from icg.models.title_tokens import hash_bucket, title_words
 
 CHECKPOINT_STAGE = "preference"  # the stage tag the stage-1 LightningModule writes (icg.lit.preference.STAGE)
 

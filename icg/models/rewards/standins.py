@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from icg.ckpt import init_spec
+from icg.diffusion.title_tokens import hash_bucket
 from icg.errors import ConfigError
 from icg.models.image_ops import check_images, resize_center_crop
 from icg.models.rewards.base import Reward, RewardContext, require_titles
-from icg.models.title_tokens import hash_bucket
 
 # BT.601 luma: perceived brightness, the usual basis of RMS contrast.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
