@@ -59,9 +59,12 @@ demo-check: install
 demo-seeds: install
 	$(BIN)/python -m icg.demo --seeds 0 1 2
 
+# ruff (style, imports, complexity: arguments, statements, branches) and import-linter (the layers of
+# docs/architecture.md, no cycles between sibling modules); CI runs it first.
 lint: install
 	$(BIN)/ruff check icg tests benchmarks
 	$(BIN)/ruff format --check icg tests benchmarks
+	$(BIN)/lint-imports
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir runs --host 127.0.0.1
