@@ -282,3 +282,18 @@ def test_an_unknown_command_is_one_line(capsys):
 def test_an_unknown_option_of_a_jsonargparse_command_is_one_line(capsys):
     assert _fails(capsys, "explore", "--bogus", "1") == "icg explore: unrecognized arguments: --bogus 1"
     assert _fails(capsys, "export", "--stage3_ckpt", "x", "--out", "y", "--bogus", "1").startswith("icg export: ")
+
+
+def test_main_sets_up_logging_once_at_the_command_s_level(monkeypatch, capsys):
+    import logging
+
+    import icg.cli
+
+    levels = []
+    monkeypatch.setattr(icg.cli, "setup_console", levels.append)
+    for words in (["data", "--help"], ["study", "--help"], ["users", "--help"], ["--help"]):
+        assert main(words) == 0
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert levels == [logging.INFO, logging.INFO, logging.WARNING, logging.INFO, logging.WARNING]
+    capsys.readouterr()
