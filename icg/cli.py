@@ -83,8 +83,8 @@ class Command:
     """One ``icg`` command that is not Lightning's: the module that runs it and how it logs.
 
     Args:
-        module: the module of ``icg.commands`` whose ``run(words) -> int`` runs the command (imported when it runs:
-            Lightning, torch and the web stack are slow to import).
+        module: the module of ``icg.commands`` whose ``run(words) -> int`` runs the command; imported only when that
+            command runs (what it needs, diffusers or the web stack, is slow to import).
         level: the lowest log level shown while it runs (``icg.console.setup_console``).
         grouped: its second word is a subcommand (``icg data validate``), named with the first in its error lines.
     """

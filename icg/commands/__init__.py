@@ -1,8 +1,8 @@
 """The ``icg`` commands that are not Lightning's: one module per command group, each with ``run(words) -> int``.
 
 ``icg.cli`` holds the one table (``COMMANDS``) that maps a command's first word to its module here and to the logging
-level it runs at; it imports the module only when that command runs (Lightning, torch and the web stack are slow to
-import), so nothing is imported here. The modules:
+level it runs at; it imports the module only when that command runs (what a command needs, diffusers or the web stack,
+is slow to import), so this package imports none of them. The modules:
 
 - ``data``: ``icg data synth|validate|stats|convert`` (argparse: its dashed flags and value-less switches)
 - ``export``: ``icg export``, a stage-3 checkpoint as one folder for generation
