@@ -3,7 +3,7 @@
 **Against the pipeline** (target: ``icg generate``'s time <= 1.05x the pipeline's). Both make the same N covers of
 the same (user, item) pairs from the same export, steps, guidance and batch size, and both end in PNG files:
 
-* ``icg generate``: ``icg.generation.commands.generate`` in this process, one rank (what the command runs: pairs
+* ``icg generate``: ``icg.commands.generate.generate`` in this process, one rank (what the command runs: pairs
   file, export load, Lightning's predict loop, covers renamed into place, manifest);
 * the pipeline: ``CoverGenerator.from_pretrained`` + diffusers' ``StableDiffusionPipeline`` over the same UNet, VAE
   and DDIM scheduler, fed ``CoverGenerator.pipeline_inputs`` per batch (ICG's conditioning as ``prompt_embeds``, the
@@ -83,7 +83,7 @@ def tiny_inputs(work: Path, counts: dict[str, int], steps: int) -> tuple[Path, d
 
 
 def run_generate(export: Path, pairs: Path, data_root: Path | None, out: Path, batch: int, **kwargs) -> dict:
-    from icg.generation.commands import generate
+    from icg.commands.generate import generate
 
     root = None if data_root is None else str(data_root)
     return generate(str(export), str(pairs), str(out), data_root=root, batch_size=batch, accelerator="cpu",

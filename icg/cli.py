@@ -1,20 +1,26 @@
-"""The ``icg`` command: Lightning's CLI for the three stages plus ``icg data ...`` dataset commands.
+"""The ``icg`` command: Lightning's CLI for the three stages plus the commands of ``icg.commands``.
 
 ``icg fit --config lightning_configs/demo/stage1_preference.yaml`` trains a stage; the stage is the ``model``
-(``class_path`` one of ``icg.lit.*``), the data is always the one ``ICGDataModule``. ``main(args=None)`` is the
-console script, so tests drive exactly the path a user runs.
+(``class_path`` one of ``icg.lit.*``), the data is always the one ``ICGDataModule``. Every other first word
+(``icg data``, ``icg generate``, ...) is an entry of the one table ``COMMANDS``: the module of ``icg.commands`` that
+runs it and the logging level it runs at. ``main(args=None)`` is the console script, so tests drive exactly the path a
+user runs; it sets up logging once (``icg.console.setup_console``) for whichever command runs.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from icg.console import setup_console
 from icg.data.datamodule import ICGDataModule
 from icg.errors import (
     DEBUG_ENV,
@@ -26,14 +32,8 @@ from icg.errors import (
     find_user_error,
 )
 
-DATA_COMMAND = "data"
 LIGHTNING_CKPT_KEYS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
-EVALUATE_COMMAND = "evaluate"
-EXPORT_COMMAND = "export"
-GENERATE_COMMAND = "generate"
-USERS_COMMAND = "users"
-STUDY_COMMAND = "study"
-EXPLORE_COMMAND = "explore"
+LIGHTNING_LOG_LEVEL = logging.INFO  # fit, validate, test, predict
 NUM_USERS_KEY = "model.init_args.model.init_args.num_users"  # the stage-1 PreferenceModel's user table
 PREFERENCE_CKPT_KEY = "init_args.preference_ckpt"
 # widths of stage 3 that must equal the stage-1 model's embed_dim (keys under `model.`)
@@ -76,6 +76,41 @@ Generation:
 A mistake in a config, option, file or dataset is reported in one message and exits with status 2; add --debug
 (or set ICG_DEBUG=1) for the full traceback and the parser's complete message.
 """
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``icg`` command that is not Lightning's: the module that runs it and how it logs.
+
+    Args:
+        module: the module of ``icg.commands`` whose ``run(words) -> int`` runs the command; imported only when that
+            command runs (what it needs, diffusers or the web stack, is slow to import).
+        level: the lowest log level shown while it runs (``icg.console.setup_console``).
+        grouped: its second word is a subcommand (``icg data validate``), named with the first in its error lines.
+    """
+
+    module: str
+    level: int
+    grouped: bool = False
+
+    def run(self, words: list[str]) -> int:
+        """Run the command on the words after its name; returns the exit status."""
+        return importlib.import_module(self.module).run(words)
+
+
+# The one table of the commands beside Lightning's. All but two are jsonargparse's CLI over one documented function;
+# data and study stay on argparse so that what users type keeps working: data's flags have dashes (--image-size,
+# --clicks-per-user MIN MAX) and value-less switches (--overwrite, --json), and study's simulate takes RUN as an
+# optional positional beside required options (--data_root, --db), neither of which jsonargparse's CLI can spell.
+COMMANDS = {
+    "data": Command("icg.commands.data", logging.INFO, grouped=True),  # argparse (see above)
+    "evaluate": Command("icg.commands.evaluate", logging.INFO),
+    "export": Command("icg.commands.export", logging.WARNING),
+    "generate": Command("icg.commands.generate", logging.WARNING),  # progress is Lightning's bar
+    "users": Command("icg.commands.users", logging.WARNING, grouped=True),
+    "study": Command("icg.commands.study", logging.INFO, grouped=True),  # argparse (see above)
+    "explore": Command("icg.commands.explore", logging.INFO),
+}
 
 
 class ICGArgumentParser(ShortParserErrors, LightningArgumentParser):
@@ -230,8 +265,9 @@ def main(args: list[str] | None = None) -> int:
     if args is None and DEBUG_FLAG in sys.argv:
         # Lightning reads sys.argv itself (and DDP relaunches it); the flag travels as ICG_DEBUG instead
         sys.argv[:] = [word for word in sys.argv if word != DEBUG_FLAG]
-    grouped = words[:1] in ([DATA_COMMAND], [USERS_COMMAND], [STUDY_COMMAND])  # e.g. "icg users fold-in: ..."
-    command = " ".join(words[:2]) if grouped else (words[0] if words else "")
+    entry = COMMANDS.get(words[0]) if words else None
+    command = " ".join(words[:2]) if entry and entry.grouped else (words[0] if words else "")  # "icg data stats: .."
+    setup_console(entry.level if entry else LIGHTNING_LOG_LEVEL)
     previous = os.environ.get(DEBUG_ENV)
     if debug:
         os.environ[DEBUG_ENV] = "1"  # the parser reads it (ICGArgumentParser.error)
@@ -253,34 +289,8 @@ def main(args: list[str] | None = None) -> int:
 
 
 def _run(words: list[str], from_argv: bool) -> int:
-    if words and words[0] == DATA_COMMAND:
-        from icg.data.commands import run_data_command
-
-        return run_data_command(words[1:])
-    if words and words[0] == EVALUATE_COMMAND:
-        from icg.evaluate_command import main as run_evaluation
-
-        return run_evaluation(words[1:])
-    if words and words[0] == EXPORT_COMMAND:
-        from icg.generation.commands import run_export
-
-        return run_export(words[1:])
-    if words and words[0] == GENERATE_COMMAND:
-        from icg.generation.commands import run_generate
-
-        return run_generate(words[1:])
-    if words and words[0] == USERS_COMMAND:
-        from icg.generation.commands import run_users
-
-        return run_users(words[1:])
-    if words and words[0] == STUDY_COMMAND:
-        from icg.study.commands import run_study_command
-
-        return run_study_command(words[1:])
-    if words and words[0] == EXPLORE_COMMAND:
-        from icg.explore.commands import run_explore_command
-
-        return run_explore_command(words[1:])
+    if words and words[0] in COMMANDS:
+        return COMMANDS[words[0]].run(words[1:])
     if not words or words[0] in ("-h", "--help"):
         sys.stdout.write(OVERVIEW)
         return 0

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from icg.cli import main as icg
+from icg.console import setup_console
 
 RUNS = Path("runs/demo")
 DATA = RUNS / "data"
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="run the whole pipeline once per seed, then the table")
     parser.add_argument("--check", action="store_true", help="exit 1 when one of the demo's claims breaks")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_console(logging.WARNING)  # the demo prints its own progress; its commands' INFO lines would drown it
     if args.seeds:
         return run_seeds(args.seeds, args.quick)
     report = run_pipeline(args.seed, args.quick)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from icg.ckpt import CheckpointError
-from icg.cli import main
+from icg.cli import COMMANDS, main
 from icg.errors import ArgumentsError, ConfigError, UserError, find_user_error, shorten_parser_error
 from tests.conftest import TINY
 
@@ -249,3 +249,51 @@ def test_shorten_parser_error_keeps_the_deepest_reason_and_its_key():
         "model.init_args.optimizer.init_args.lr: expected float. Got value: fast (of torch.optim.AdamW)"
     )
     assert shorten_parser_error("unrecognized arguments: --x 1") == "unrecognized arguments: --x 1"
+
+
+# ------------------------------------------------------------------------------------------------ the command table
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_in_the_table_has_help(name, capsys):
+    """``icg <command> --help`` (of a grouped command: of its first subcommand too) prints usage and exits 0."""
+    first = {"data": ["validate"], "users": ["fold-in"], "study": ["results"]}
+    for words in ([name, "--help"], [name, *first.get(name, []), "--help"]):
+        try:
+            status = main(words)
+        except SystemExit as done:  # jsonargparse's --help exits, as the console script does
+            status = done.code or 0
+        assert status == 0, words
+        assert "usage" in capsys.readouterr().out.lower(), words
+
+
+def test_every_table_entry_names_a_module_with_run():
+    import importlib
+
+    for name, command in COMMANDS.items():
+        assert command.module == f"icg.commands.{name}"
+        assert callable(importlib.import_module(command.module).run), name
+
+
+def test_an_unknown_command_is_one_line(capsys):
+    assert _fails(capsys, "nosuch") == (
+        "icg nosuch: argument subcommand: invalid choice: 'nosuch' (choose from 'fit', 'validate', 'test', 'predict')"
+    )
+
+
+def test_an_unknown_option_of_a_jsonargparse_command_is_one_line(capsys):
+    assert _fails(capsys, "explore", "--bogus", "1") == "icg explore: unrecognized arguments: --bogus 1"
+    assert _fails(capsys, "export", "--stage3_ckpt", "x", "--out", "y", "--bogus", "1").startswith("icg export: ")
+
+
+def test_main_sets_up_logging_once_at_the_command_s_level(monkeypatch, capsys):
+    import logging
+
+    import icg.cli
+
+    levels = []
+    monkeypatch.setattr(icg.cli, "setup_console", levels.append)
+    for words in (["data", "--help"], ["study", "--help"], ["users", "--help"], ["--help"]):
+        assert main(words) == 0
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert levels == [logging.INFO, logging.INFO, logging.WARNING, logging.INFO, logging.WARNING]
+    capsys.readouterr()

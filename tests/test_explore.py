@@ -24,8 +24,8 @@ from icg.cli import main
 from icg.data.oracle import Oracle
 from icg.evaluation.methods import AlignmentMethod, TitleOnlyMethod
 from icg.explore.app import create_app
-from icg.explore.commands import load_explorer
 from icg.explore.explorer import ExploreInputError, Settings
+from icg.explore.loading import load_explorer
 from icg.explore.uploads import MAX_UPLOAD_PIXELS, UPLOAD_PREFIX, Uploads
 from icg.generation.generator import reference_batch, to_pil
 from icg.models.rewards.bundle import load_reward_bundle

@@ -67,7 +67,7 @@ def test_the_explorer_shows_three_covers_for_a_chosen_user(tiny_export_on_base, 
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     from icg.explore.app import create_app
-    from icg.explore.commands import load_explorer
+    from icg.explore.loading import load_explorer
     from icg.study.server import running
 
     explorer, catalogue = load_explorer(tiny_export_on_base, tiny_platform, tiny_stage2_ckpt)

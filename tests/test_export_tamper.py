@@ -219,17 +219,18 @@ def test_base_model_replaces_a_title_encoder_path_recorded_relative(tmp_path):
 
 def test_fold_in_user_lists_are_taken_exactly(tmp_path, monkeypatch):
     """``--users`` / ``--users_file`` pass ids on as written (no stripping); blank entries are refused."""
-    from icg.generation import commands, fold_in
+    from icg.commands import users
+    from icg.generation import fold_in
 
     seen = []
     monkeypatch.setattr(fold_in, "fold_in_export", lambda export, root, ckpt, users, *a, **k: seen.append(users))
-    commands.fold_in("e", "d", users="u1,  spaced  ,u2", out="o")
+    users.fold_in("e", "d", users="u1,  spaced  ,u2", out="o")
     listed = tmp_path / "users.txt"
     listed.write_text("u1\n  spaced  \n\nu2\n")
-    commands.fold_in("e", "d", users_file=str(listed), out="o")
+    users.fold_in("e", "d", users_file=str(listed), out="o")
     assert seen == [["u1", "  spaced  ", "u2"]] * 2
     with pytest.raises(fold_in.FoldInError, match=r"--users: entry 2 is blank \(' '\)"):
-        commands.fold_in("e", "d", users="u1, ,u2", out="o")
+        users.fold_in("e", "d", users="u1, ,u2", out="o")
     listed.write_text("u1\n   \n")
     with pytest.raises(fold_in.FoldInError, match=r"line 2 is blank"):
-        commands.fold_in("e", "d", users_file=str(listed), out="o")
+        users.fold_in("e", "d", users_file=str(listed), out="o")

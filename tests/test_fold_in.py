@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from icg.ckpt import CheckpointError
 from icg.cli import main
+from icg.commands.generate import generate
 from icg.generation import CoverGenerator, UserTable
-from icg.generation.commands import generate
 from icg.generation.export import CONFIG, USERS_IDS, WEIGHTS
 from icg.generation.fold_in import FoldInError, Stage1, fold_in, fold_in_export, user_rows
 from icg.output_lock import OutputLock

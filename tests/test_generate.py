@@ -1,6 +1,6 @@
 """``icg generate``: covers for a pairs file, batched, resumable, collision-free, on Lightning's predict loop.
 
-Fast tests run the command in-process on one rank (``icg.generation.commands.generate``, what ``icg generate`` calls);
+Fast tests run the command in-process on one rank (``icg.commands.generate.generate``, what ``icg generate`` calls);
 the slow ones run it as a user does, in subprocesses: two DDP ranks against one process, and a kill -9 mid-run.
 """
 
@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 
 from icg.cli import main
+from icg.commands.generate import generate
 from icg.cover_manifest import read_manifest
 from icg.errors import UserError
 from icg.generation import CoverGenerator, UserTable
-from icg.generation.commands import generate
 from icg.generation.cover_folder import SETTINGS, CoverFolder, OutputFolderError, ShardWriter, cover_file
 from icg.generation.export import ExportError
 from icg.generation.pairs import read_pairs

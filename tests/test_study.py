@@ -37,7 +37,7 @@ def study_run(tiny_platform, tmp_path_factory) -> Path:
 
 
 def load(run: Path, platform: Path, db: Path, pairs_per_rater: int | None = None):
-    from icg.study.commands import load_study
+    from icg.study.screens import load_study
 
     return load_study(run, platform, db, seed=0, pairs_per_rater=pairs_per_rater)
 

@@ -67,7 +67,7 @@ def test_a_rater_answers_five_screens_and_a_reload_resumes(study_run, tiny_platf
     from selenium.webdriver.support.ui import WebDriverWait
 
     from icg.study.app import create_app
-    from icg.study.commands import load_study
+    from icg.study.screens import load_study
     from icg.study.server import running
 
     db = tmp_path / "study.db"

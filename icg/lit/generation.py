@@ -171,3 +171,19 @@ class CoverFolderWriter(BasePredictionWriter):
             self.merged = self.folder.finalize(self.order)
             self.cpu_seconds += time.process_time() - self._cpu - own  # and rank 0's wait and merge
         self.seconds = time.perf_counter() - self._started
+
+
+def generation_trainer(accelerator: str, devices: int, num_nodes: int, callbacks: list, progress_bar: bool = True):
+    """The Trainer of ``icg generate``: predict only, no logger or checkpoints; DDP across more than one device.
+
+    Under SLURM a preempted generation needs no checkpoint (it resumes from its folder), so Lightning's requeue
+    handler, which would save one, stays off; ``generate.sbatch`` requeues from its batch shell instead.
+    """
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    return Trainer(
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+        strategy="ddp" if devices * num_nodes > 1 else "auto", logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=progress_bar, callbacks=callbacks, plugins=plugins,
+    )  # fmt: skip

@@ -7,13 +7,17 @@ The blind pairwise study of ICG's covers (Bian et al., EMNLP 2025, user appeal) 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from icg.errors import UserError
 from icg.study.catalogue import StudyCatalogue
 from icg.study.design import CHOICES, StudyDesign, StudyInputError
 from icg.study.store import StudyStore
+
+log = logging.getLogger(__name__)
 
 
 class NotShownError(StudyInputError):
@@ -112,3 +116,17 @@ class Study:
             "left": f"/cover/{comparison_id}/left{query}",
             "right": f"/cover/{comparison_id}/right{query}",
         }
+
+
+def load_study(run: Path, data_root: Path, db: Path, seed: int, pairs_per_rater: int | None, history: int = 8):
+    """The study over ``run``'s covers, its database (created or reopened) and its dataset lookups."""
+    if pairs_per_rater is not None and pairs_per_rater <= 0:
+        raise UserError(f"--pairs_per_rater must be positive, got {pairs_per_rater}")
+    design = StudyDesign.from_manifest(run, seed)
+    users = {c.user_id for c in design.comparisons}
+    catalogue = StudyCatalogue(data_root, users, history)
+    unknown = users - catalogue.known_users()
+    if unknown:
+        log.warning("%d of %d study users have no interactions in %s: their profiles are empty", len(unknown),
+                    len(users), data_root)  # fmt: skip
+    return Study(design, StudyStore.open_for(db, design), catalogue, pairs_per_rater)

@@ -21,7 +21,7 @@ import pytest
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy
 
-from icg.generation.commands import generation_trainer
+from icg.lit.generation import generation_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "lightning_configs" / "slurm" / "generate.sbatch"

@@ -400,8 +400,8 @@ def _pixels(path: Path):
 def test_generate_sbatch_shards_pairs_over_both_nodes(
     slurm_cluster: Cluster, generation_inputs: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    from icg.commands.generate import generate
     from icg.cover_manifest import read_manifest
-    from icg.generation.commands import generate
 
     export, pairs = generation_inputs
     shared = tmp_path / "shared"

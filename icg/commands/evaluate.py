@@ -1,21 +1,21 @@
 """``icg evaluate``: ICG's evaluation on the paper's axes (Bian et al., EMNLP 2025) from checkpoint paths.
 
 The command line's flat options become the option dataclasses of ``icg.evaluation.settings`` (whose defaults they
-reuse) for ``icg.evaluation.run.evaluate_checkpoints``. It sits above the apps layer because ``--study_db`` joins
-the evaluation with a blind pairwise study: the study reads its database (``icg.study.results``) and the evaluation
-receives the results, so ``icg.evaluation`` never imports ``icg.study``. ``icg/cli.py`` hands ``icg evaluate ...``
-here; ``python -m icg.evaluate_command ...`` does the same.
+reuse) for ``icg.evaluation.run.evaluate_checkpoints``. It sits in the commands layer, above the study, because
+``--study_db`` joins the evaluation with a blind pairwise study: the study reads its database (``icg.study.results``)
+and the evaluation receives the results, so ``icg.evaluation`` never imports ``icg.study``.
+``icg/cli.py`` hands ``icg evaluate ...`` to :func:`run`; ``python -m icg.commands.evaluate ...`` does the same.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
+from icg.commands import call
 from icg.evaluation.settings import DataSettings, EvaluatorSettings, RunSettings, SampleSettings, ScoringSettings
 
 
-def evaluate_command(
+def evaluate(
     data_root: str,
     stage1_ckpt: str,
     stage3_ckpt: str,
@@ -104,21 +104,25 @@ def evaluate_command(
     )
 
 
-def main(args: list[str] | None = None) -> int:
-    """``icg evaluate --data_root ... --stage1_ckpt ... --stage3_ckpt ... --base_model ...``."""
-    from jsonargparse import CLI, ArgumentParser
+def run(words: list[str]) -> int:
+    """Run ``icg evaluate --data_root ... --stage1_ckpt ... --stage3_ckpt ... --base_model ...``; returns the exit
+    status.
 
-    from icg.errors import ShortParserErrors
+    Args:
+        words: the words after ``icg evaluate``.
+    """
     from icg.evaluation.report import format_markdown
 
-    class Parser(ShortParserErrors, ArgumentParser):
-        """Parser errors as one line (``icg.cli.main`` prints them)."""
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    report = CLI(evaluate_command, args=args, as_positional=False, parser_class=Parser)
+    report = call(evaluate, words, "icg evaluate")
     print(format_markdown(report))  # cli-output
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import logging
+    import sys
+
+    from icg.console import setup_console
+
+    setup_console(logging.INFO)
+    raise SystemExit(run(sys.argv[1:]))

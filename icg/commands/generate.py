@@ -1,57 +1,20 @@
-"""The generation commands of the ``icg`` CLI (ICG, Bian et al., EMNLP 2025): export, generate, users fold-in.
+"""``icg generate``: a cover per (user, item) of a pairs file with an exported ICG (Bian et al., EMNLP 2025).
 
-``icg export --stage3_ckpt runs/demo/stage3/checkpoints/last.ckpt --out runs/demo/export`` writes the folder that
-``CoverGenerator.from_pretrained`` loads (``icg.generation.export``); ``icg generate --export runs/demo/export --pairs
-pairs.csv --data_root runs/demo/data --out runs/covers`` makes a cover per pair on Lightning's predict loop (one
-process, or DDP across devices and SLURM nodes; ``icg.lit.generation``); ``icg users fold-in`` adds users who have
-clicks but no stage-1 embedding (``icg.generation.fold_in``). docs/generation.md documents all three.
+``icg generate --export runs/demo/export --pairs pairs.csv --data_root runs/demo/data --out runs/covers`` makes a
+cover per pair on Lightning's predict loop (one process, or DDP across devices and SLURM nodes; ``icg.lit.generation``)
+into a resumable folder with a ``manifest.jsonl`` (docs/generation.md). ``icg/cli.py`` hands ``icg generate ...`` to
+:func:`run`; jsonargparse turns :func:`generate`'s signature and docstring into the options and ``--help``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-
-def export(
-    stage3_ckpt: str,
-    out: str,
-    preference_ckpt: str | None = None,
-    base_model: str | None = None,
-    mllm: str | None = None,
-    overwrite: bool = False,
-) -> str:
-    """Export a trained ICG (a stage-3 checkpoint) as one self-contained folder for generation.
-
-    Args:
-        stage3_ckpt: the stage-3 (alignment) checkpoint; another stage's checkpoint is refused.
-        out: the export folder to write (written beside, then renamed into place).
-        preference_ckpt: the stage-1 checkpoint with the user table (default: the path the stage-3 checkpoint
-            recorded).
-        base_model: the base diffusion folder to record (default: the recorded one).
-        mllm: the MLLM folder to record (default: the recorded one).
-        overwrite: replace an existing export folder.
-    """
-    from icg.generation.export import export_checkpoint
-    from icg.output_lock import output_lock
-
-    with output_lock(out, "icg export"):  # before loading anything: a second export into --out is refused at once
-        folder = export_checkpoint(stage3_ckpt, out, preference_ckpt, base_model, mllm, overwrite=overwrite)
-    return str(folder)
-
-
-def run_export(args: list[str]) -> int:
-    from jsonargparse import CLI
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    folder = CLI(export, args=args, as_positional=False)
-    sys.stdout.write(f"exported to {folder} (load with icg.generation.CoverGenerator.from_pretrained)\n")
-    return 0
-
+from icg.commands import call
 
 ON_BAD_RECORD = ("error", "skip")
 
@@ -143,7 +106,7 @@ def generate(
     from icg.generation.export import read_config
     from icg.generation.pairs import PairsDataset, bad_rows_message, read_pairs
     from icg.generation.users import UserTable
-    from icg.lit.generation import CoverFolderWriter, CoverGeneration
+    from icg.lit.generation import CoverFolderWriter, CoverGeneration, generation_trainer
     from icg.output_lock import is_lead_process, output_lock
 
     if on_bad_record not in ON_BAD_RECORD:
@@ -231,23 +194,6 @@ def generate(
         return summary
 
 
-def generation_trainer(accelerator: str, devices: int, num_nodes: int, callbacks: list, progress_bar: bool = True):
-    """The Trainer of ``icg generate``: predict only, no logger or checkpoints; DDP across more than one device.
-
-    Under SLURM a preempted generation needs no checkpoint (it resumes from its folder), so Lightning's requeue
-    handler, which would save one, stays off; ``generate.sbatch`` requeues from its batch shell instead.
-    """
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
-    return Trainer(
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-        strategy="ddp" if devices * num_nodes > 1 else "auto", logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=progress_bar, callbacks=callbacks, plugins=plugins,
-    )  # fmt: skip
-
-
 def _reward_bundle(rewards_ckpt: str) -> tuple[Any, list[str]]:
     """The frozen stage-2 bundle and the user ids its preference reward indexes (stage 1's)."""
     from icg.errors import UserError
@@ -260,11 +206,13 @@ def _reward_bundle(rewards_ckpt: str) -> tuple[Any, list[str]]:
     return bundle, list(next(iter(vocabularies), ()))
 
 
-def run_generate(args: list[str]) -> int:
-    from jsonargparse import CLI
+def run(words: list[str]) -> int:
+    """Run ``icg generate ...``; returns the exit status.
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    summary = CLI(generate, args=args, as_positional=False)
+    Args:
+        words: the words after ``icg generate``.
+    """
+    summary = call(generate, words, "icg generate")
     if summary is not None:
         skipped = f", {summary['skipped']} bad row(s) skipped" if summary["skipped"] else ""
         fallback = (f"; {summary['fallback']} for users unknown to the export (the cold-start fallback; add them with "
@@ -272,82 +220,4 @@ def run_generate(args: list[str]) -> int:
         rate = f" in {summary['seconds']:.1f} s ({summary['cpu_seconds']:.1f} s CPU)" if summary["made"] else ""
         sys.stdout.write(f"{summary['manifest']}: {summary['covers']} covers ({summary['made']} made now, "
                          f"{summary['kept']} kept from before{skipped}){rate}{fallback}\n")  # fmt: skip  # cli-output
-    return 0
-
-
-def fold_in(
-    export: str,
-    data_root: str,
-    stage1_ckpt: str | None = None,
-    users: list[str] | str | None = None,
-    users_file: str | None = None,
-    out: str | None = None,
-    refit: bool = False,
-    l2: float | None = None,
-    steps: int = 50,
-) -> dict[str, Any]:
-    """Add users who have clicks but no stage-1 embedding to an export, without retraining (docs/generation.md).
-
-    Args:
-        export: the ``icg export`` folder to extend (only read: the extended copy is written to ``out``).
-        data_root: the icg dataset holding the users' clicks.
-        stage1_ckpt: the stage-1 checkpoint the export's users come from (default: the one the export records).
-        users: the users to fold in, ``--users u1,u2`` or a JSON list, ids exactly as written (default: every user
-            with clicks in data_root that the export does not know).
-        users_file: a file with one user id per line (exactly as written), instead of ``users``.
-        out: the new export folder to write (required; the input export is never written to).
-        refit: allow users the export already knows (replaces their trained embedding).
-        l2: prior on the new embeddings (default: stage 1's user_l2).
-        steps: L-BFGS iterations of the fit.
-    """
-    from icg.generation.export import check_new_export
-    from icg.generation.fold_in import FoldInError, fold_in_export
-    from icg.output_lock import output_lock
-
-    if users is not None and users_file is not None:
-        raise FoldInError("give --users or --users_file, not both")
-    # User ids are kept exactly as written (spaces included), as the dataset, stage 1 and the export keep them.
-    if isinstance(users, str):
-        users = [user for user in users.split(",") if user]
-        for index, user in enumerate(users):
-            if not user.strip():
-                raise FoldInError(f"--users: entry {index + 1} is blank ({user!r}); ids are taken exactly as written")
-    if users_file is not None:
-        path = Path(users_file)
-        if not path.is_file():
-            raise FoldInError(f"--users_file: {path} does not exist (one user id per line)")
-        users = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line and not line.strip():
-                raise FoldInError(f"--users_file: {path} line {number} is blank ({line!r}); ids are taken exactly as "
-                                  "written, one per line")  # fmt: skip
-            if line:
-                users.append(line)
-    if out is None:
-        return fold_in_export(export, data_root, stage1_ckpt, users, out, refit=refit, l2=l2, steps=steps)  # refused
-    check_new_export(export, out)  # before the lock file beside --out: an --out inside the input is never touched
-    with output_lock(out, "icg users fold-in"):  # before the fit: a second run into --out is refused at once
-        return fold_in_export(export, data_root, stage1_ckpt, users, out, refit=refit, l2=l2, steps=steps)
-
-
-USERS_OVERVIEW = """usage: icg users fold-in --export DIR --data_root DIR --out DIR [--stage1_ckpt CKPT] [--users ID..]
-
-  fold-in   add users who have clicks in a dataset but no stage-1 embedding to an export (no retraining)
-"""
-
-
-def run_users(args: list[str]) -> int:
-    from jsonargparse import CLI
-
-    if not args or args[0] in ("-h", "--help"):
-        sys.stdout.write(USERS_OVERVIEW)  # cli-output
-        return 0
-    if args[0] != "fold-in":
-        sys.stderr.write(f"icg users: unknown command {args[0]!r}\n{USERS_OVERVIEW}")
-        return 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    report = CLI(fold_in, args=args[1:], as_positional=False)
-    clicks = report.get("clicks")
-    per_user = f" ({clicks['min']}-{clicks['max']} clicks each)" if clicks else ""
-    sys.stdout.write(f"{report['export']}: {report['users']} user(s) folded in{per_user}\n")  # cli-output
     return 0

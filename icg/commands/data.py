@@ -1,6 +1,6 @@
 """``icg data synth|validate|stats|convert``: the dataset commands of the ``icg`` CLI (ICG, Bian et al., EMNLP 2025).
 
-``icg/cli.py`` hands every ``icg data ...`` invocation to :func:`run_data_command`. Output goes to stdout with
+``icg/cli.py`` hands every ``icg data ...`` invocation to :func:`run`. Output goes to stdout with
 ``sys.stdout.write``; a failed check exits non-zero with its one report on stderr, and any other user error
 (:class:`icg.errors.UserError`) is printed by ``icg.cli.main`` as one line with exit status 2.
 """
@@ -187,15 +187,19 @@ def _run_converter(args: argparse.Namespace) -> dict:
     )
 
 
-def run_data_command(args: list[str]) -> int:
+def run(words: list[str]) -> int:
     """Run ``icg data <command> ...``; returns the exit status.
 
+    Still argparse, not jsonargparse's ``CLI``: its flags are spelt with dashes (``--image-size``,
+    ``--clicks-per-user MIN MAX``, ``--positive-threshold``) and its switches take no value (``--overwrite``,
+    ``--json``); jsonargparse spells options as the parameter names (underscores) and a ``bool`` with a value
+    (``--overwrite true``), so converting would change what users type.
+
     Args:
-        args: the words after ``icg data``.
+        words: the words after ``icg data``.
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        parsed = _parser().parse_args(args)
+        parsed = _parser().parse_args(words)
     except SystemExit as exit_:  # --help and usage errors: argparse already printed
         return int(exit_.code or 0)
     handler = {"synth": _synth, "validate": _validate, "stats": _stats, "convert": _convert}[parsed.command]

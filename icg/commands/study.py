@@ -1,22 +1,20 @@
 """``icg study serve|results|simulate``: the blind pairwise study of ICG's covers (Bian et al., EMNLP 2025).
 
-``icg/cli.py`` hands every ``icg study ...`` invocation to :func:`run_study_command`; ``python -m icg.study`` does
-the same without loading Lightning. A user error (bad manifest, another study's database, a port in use, ...) is
+``icg/cli.py`` hands every ``icg study ...`` invocation to :func:`run`; ``python -m icg.study`` does the same
+without loading Lightning. A user error (bad manifest, another study's database, a port in use, ...) is
 one line on stderr and exit status 2; ``ICG_DEBUG=1`` shows the traceback instead. docs/study.md is the manual.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
 from icg.data.schema import DatasetFormatError
 from icg.errors import UserError
-
-log = logging.getLogger(__name__)
+from icg.study.screens import load_study
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,24 +64,6 @@ def _parser() -> argparse.ArgumentParser:
 def _positive(name: str, value: int | float | None) -> None:
     if value is not None and value <= 0:
         raise UserError(f"--{name} must be positive, got {value}")
-
-
-def load_study(run: Path, data_root: Path, db: Path, seed: int, pairs_per_rater: int | None, history: int = 8):
-    """The study over ``run``'s covers, its database (created or reopened) and its dataset lookups."""
-    from icg.study.catalogue import StudyCatalogue
-    from icg.study.design import StudyDesign
-    from icg.study.screens import Study
-    from icg.study.store import StudyStore
-
-    _positive("pairs_per_rater", pairs_per_rater)
-    design = StudyDesign.from_manifest(run, seed)
-    users = {c.user_id for c in design.comparisons}
-    catalogue = StudyCatalogue(data_root, users, history)
-    unknown = users - catalogue.known_users()
-    if unknown:
-        log.warning("%d of %d study users have no interactions in %s: their profiles are empty", len(unknown),
-                    len(users), data_root)  # fmt: skip
-    return Study(design, StudyStore.open_for(db, design), catalogue, pairs_per_rater)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -146,15 +126,19 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_study_command(args: list[str]) -> int:
+def run(words: list[str]) -> int:
     """Run ``icg study <command> ...``; returns the exit status.
 
+    Still argparse, not jsonargparse's ``CLI``: ``simulate`` takes RUN as an optional positional (left out with
+    ``--url``), and ``serve``/``simulate`` take RUN positional beside the required options ``--data_root`` and
+    ``--db``; jsonargparse makes every required parameter positional (``as_positional=True``) or none
+    (``as_positional=False``) and has no optional positional, so converting would change what users type.
+
     Args:
-        args: the words after ``icg study``.
+        words: the words after ``icg study``.
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        parsed = _parser().parse_args(args)
+        parsed = _parser().parse_args(words)
     except SystemExit as exit_:  # --help and usage errors: argparse already printed
         return int(exit_.code or 0)
     handler = {"serve": _serve, "results": _results, "simulate": _simulate}[parsed.command]

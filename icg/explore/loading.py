@@ -1,16 +1,12 @@
-"""``icg explore``: the interactive cover explorer over a trained export (docs/explore.md).
+"""Loading the cover explorer over a trained export (docs/explore.md): the device, the generator, the title-only
+baseline and the reward scorer, each refused in one line (``ConfigError``/``UserError``) when it cannot be had.
 
-``icg/cli.py`` hands ``icg explore ...`` to :func:`run_explore_command`; ``python -m icg.explore`` does the same
-without loading Lightning. A user error (an incomplete export, a port in use, a bad checkpoint or dataset, a device
-that is not there) is one line on stderr and exit status 2; ``ICG_DEBUG=1`` shows the traceback instead.
+``icg explore`` (``icg.commands.explore``) serves what :func:`load_explorer` returns; tests and notebooks call it too.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import sys
 from pathlib import Path
 
 import torch
@@ -18,37 +14,6 @@ import torch
 from icg.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="icg explore",
-        description="Interactive viewer over a trained export: title-only, ICG without user and ICG covers side by "
-        "side for any user and item, with reward scores (docs/explore.md).",
-    )
-    parser.add_argument("--export", required=True, type=Path, help="an `icg export` folder")
-    parser.add_argument(
-        "--data_root",
-        type=Path,
-        help="the dataset: items to pick, users' clicks (synthetic platform: true click probability and taste)",
-    )
-    parser.add_argument("--rewards_ckpt", type=Path, help="a stage-2 checkpoint: reward scores")
-    parser.add_argument(
-        "--base_model",
-        type=Path,
-        help="the base diffusion folder (with its text encoder), replacing the export's; title-only covers use it",
-    )
-    parser.add_argument("--mllm", type=Path, help="the MLLM folder, replacing the one the export recorded")
-    parser.add_argument("--device", default="cpu", help="where to draw: cpu, cuda, cuda:1, mps ...")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
-    parser.add_argument(
-        "--allowed_hosts",
-        default="",
-        help="more host names the server answers to, comma-separated (loopback and --host always are)",
-    )
-    parser.add_argument("--history", type=int, default=8, help="recent clicks shown per user")
-    return parser
 
 
 def check_device(device: str) -> torch.device:
@@ -141,56 +106,3 @@ def title_only_base(generator):
     else:  # the generator's denoiser carries ICG's LoRA: the baseline needs the stock one
         base = source.load("base_model").to(generator.device)
     return base, encoder, None
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from icg.explore.app import create_app
-    from icg.study.guard import parse_allowed_hosts
-    from icg.study.server import bind, make_server, url_of
-
-    sock = bind(args.host, args.port)  # a port in use fails before anything is loaded
-    try:
-        explorer, catalogue = load_explorer(args.export, args.data_root, args.rewards_ckpt, args.base_model,
-                                            args.mllm, args.device, args.history)  # fmt: skip
-    except BaseException:
-        sock.close()
-        raise
-    url = url_of(sock)
-    gen = explorer.generator
-    extras = [
-        f"{catalogue.num_items} dataset items" if catalogue.dataset is not None else "no dataset",
-        "reward scores" if explorer.scorer.bundle is not None else "no reward scores (--rewards_ckpt)",
-        "true click probabilities" if explorer.scorer.oracle is not None else None,
-        explorer.unavailable,
-    ]
-    sys.stdout.write(
-        f"icg explore: {len(gen.users)} users, covers of {gen.image_size} px on {gen.device}; "
-        + "; ".join(e for e in extras if e)
-        + f"\nopen {url}/ -- Ctrl-C stops\n"
-    )  # cli-output
-    sys.stdout.flush()
-    app = create_app(explorer, catalogue, host=args.host, allowed_hosts=parse_allowed_hosts(args.allowed_hosts))
-    make_server(app).run(sockets=[sock])
-    return 0
-
-
-def run_explore_command(args: list[str]) -> int:
-    """Run ``icg explore ...``; returns the exit status.
-
-    Args:
-        args: the words after ``icg explore``.
-    """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        parsed = _parser().parse_args(args)
-    except SystemExit as exit_:  # --help and usage errors: argparse already printed
-        return int(exit_.code or 0)
-    try:
-        return _serve(parsed)
-    except UserError as err:
-        if os.environ.get("ICG_DEBUG") == "1":
-            raise
-        sys.stderr.write(f"icg explore: {err}\n")
-        return 2
-    except KeyboardInterrupt:
-        return 130

@@ -1,0 +1,44 @@
+"""The ``icg`` commands that are not Lightning's: one module per command group, each with ``run(words) -> int``.
+
+``icg.cli`` holds the one table (``COMMANDS``) that maps a command's first word to its module here and to the logging
+level it runs at; it imports the module only when that command runs (what a command needs, diffusers or the web stack,
+is slow to import), so this package imports none of them. The modules:
+
+- ``data``: ``icg data synth|validate|stats|convert`` (argparse: its dashed flags and value-less switches)
+- ``export``: ``icg export``, a stage-3 checkpoint as one folder for generation
+- ``generate``: ``icg generate``, a cover per pair of a pairs file on Lightning's predict loop
+- ``users``: ``icg users fold-in``, users without a stage-1 embedding added to an export
+- ``evaluate``: ``icg evaluate``, the paper's axes from checkpoint paths
+- ``study``: ``icg study serve|results|simulate`` (argparse: its optional positional RUN)
+- ``explore``: ``icg explore``, the interactive cover viewer
+
+The non-argparse ones are jsonargparse's ``CLI`` over one documented function, whose docstring is the ``--help``.
+Layer: above ``icg.explore`` and everything below it; only ``icg.cli`` (and ``python -m`` entry scripts) import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def call(function: Callable[..., Any], words: list[str], prog: str) -> Any:
+    """``function`` called with the options ``words`` give, parsed by jsonargparse from its signature and docstring.
+
+    Every option is a ``--name`` (``as_positional=False``); a parser error (unknown option, wrong type, missing
+    required option) is one :class:`icg.errors.ArgumentsError` line that ``icg.cli.main`` prints with exit status 2
+    (``--debug``: the parser's whole message); ``--help`` prints and exits 0.
+
+    Args:
+        function: the command's documented function.
+        words: the words after the command's name.
+        prog: the command as typed (``icg generate``), shown in ``--help``.
+    """
+    from jsonargparse import CLI, ArgumentParser
+
+    from icg.errors import ShortParserErrors
+
+    class Parser(ShortParserErrors, ArgumentParser):
+        """jsonargparse's parser with one-line errors."""
+
+    return CLI(function, args=words, as_positional=False, parser_class=Parser, prog=prog)
