@@ -110,7 +110,7 @@ _IMPORT_FAILURE = re.compile(r"No module named|has no attribute|cannot import|Im
 _REQUIRED = re.compile(r"^the following arguments are required: (.*)$")
 
 
-def shorten_parser_error(message: str, max_reasons: int = 3) -> str:
+def shorten_parser_error(message: str, max_reasons: int = 3) -> str:  # noqa: C901  # one branch per jsonargparse message shape
     """The gist of a jsonargparse error: the deepest reason(s), each with the full config key it belongs to.
 
     A typo deep in a nested ``class_path``/``init_args`` config makes jsonargparse print every alternative of every

@@ -15,7 +15,7 @@ from icg.commands import call
 from icg.evaluation.settings import DataSettings, EvaluatorSettings, RunSettings, SampleSettings, ScoringSettings
 
 
-def evaluate(
+def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
     data_root: str,
     stage1_ckpt: str,
     stage3_ckpt: str,

@@ -38,7 +38,7 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def generate(
+def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s command line
     export: str,
     pairs: str,
     out: str,

@@ -325,7 +325,7 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
             shutil.rmtree(out / name)
 
 
-def generate_platform(
+def generate_platform(  # noqa: PLR0915  # the platform's steps in order; to be split (issue 22)
     out: str | Path,
     users: int = 200,
     items: int = 300,

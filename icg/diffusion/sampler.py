@@ -126,7 +126,7 @@ def strength_in_range(strength: float) -> bool:
     return isinstance(strength, numbers.Real) and not isinstance(strength, bool) and 0.0 < strength <= 1.0
 
 
-def sample(
+def sample(  # noqa: C901, PLR0913  # options to move into a dataclass (STYLE habit 20; issue 22)
     components: BaseComponents,
     cond: Conditioning,
     *,

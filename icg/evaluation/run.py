@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 64  # ``evaluate``'s reference-cover side when ``DataSettings.image_size`` is None
 
 
-def evaluate(
+def evaluate(  # noqa: PLR0913  # the settings are dataclasses already; the rest are the run's inputs
     data_root: str | Path,
     stage1_ckpt: str | Path,
     methods: dict[str, CoverMethod],
@@ -185,7 +185,7 @@ def _sample_block(chosen: EvaluationSample, sample: SampleSettings, have_oracle:
     }
 
 
-def evaluate_checkpoints(
+def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses already; the rest are checkpoint paths
     data_root: str,
     stage1_ckpt: str,
     stage3_ckpt: str,

@@ -46,7 +46,7 @@ PICKER_SIZE = 500  # options in a picker before it asks the server (``/api/users
 IMAGE_HEADERS = {"Cache-Control": "private, max-age=3600"}
 
 
-def create_app(
+def create_app(  # noqa: C901, PLR0915  # the routes are nested functions of the factory, each small
     explorer: CoverExplorer, catalogue: ExploreCatalogue, host: str | None = None, allowed_hosts: Sequence[str] = ()
 ) -> FastAPI:
     """The explorer's web app (serve it with ``icg.study.server``).

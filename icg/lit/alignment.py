@@ -85,7 +85,7 @@ class AlignmentStage(LightningModule):
 
     data_unit = "pairs"
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  # a LightningModule constructor LightningCLI reads (model.init_args)
         self,
         conditioner: CoverConditioner,
         preference_ckpt: str,

@@ -61,7 +61,7 @@ class StandInBaseModel(LightningModule):
 
     data_unit = "items"
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  # a LightningModule constructor LightningCLI reads (model.init_args)
         self,
         unet: dict,
         vae: dict,

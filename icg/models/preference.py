@@ -85,7 +85,7 @@ class PreferenceModel(nn.Module):
             eval mode, so stage 2/3 scores do not depend on the batch).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  # a module constructor the stage-1 config sets (class_path/init_args)
         self,
         image_encoder: nn.Module,
         num_users: int | None = None,

@@ -45,7 +45,7 @@ class AnswerIn(BaseModel):
     seconds: float | None = None
 
 
-def create_app(study: Study, host: str | None = None, allowed_hosts: Sequence[str] = ()) -> FastAPI:
+def create_app(study: Study, host: str | None = None, allowed_hosts: Sequence[str] = ()) -> FastAPI:  # noqa: C901, PLR0915  # the routes are nested functions of the factory, each small
     """The study's web app (serve it with ``icg.study.server``).
 
     Args:
