@@ -34,7 +34,7 @@ from torch import Tensor
 
 from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.conditioning import Conditioning
-from icg.diffusion.sampler import sample, strength_in_range
+from icg.diffusion.sampler import denoising_loss, sample, strength_in_range
 from icg.diffusion.source import DiffusionSource
 from icg.generation.seeds import content_key, pair_generators, pair_seed
 from icg.generation.users import UserTable
@@ -93,6 +93,25 @@ class SamplerSettings:
             if key in values and not ok(values[key]):
                 return f"{key}={values[key]!r}: expected {expected}"
         return None
+
+
+@dataclass
+class GradientWindow:
+    """Where stage 3's sampling keeps the autograd graph (``icg.diffusion.sampler.sample``'s gradient window).
+
+    Args:
+        grad_window: ``last_k`` (DRaFT-K, Clark et al. 2024), ``random_step`` (ReFL, Xu et al. 2023) or ``none``.
+        k: K of ``last_k``.
+        random_step_range: inclusive step-index range of ``random_step``.
+        x0_shortcut: decode the predicted x0 of the last gradient step (None: the mode's default).
+        gradient_checkpointing: recompute the denoiser inside the gradient window during backward.
+    """
+
+    grad_window: str = "last_k"
+    k: int = 1
+    random_step_range: tuple[int, int] = (10, 18)
+    x0_shortcut: bool | None = None
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -313,6 +332,43 @@ class CoverGenerator:
             image_size=self.image_size,
             uncond=uncond,
         )
+
+    # ----------------------------------------------------------------------------------------------- training
+    def sample_with_grad(
+        self,
+        cond: Conditioning,
+        window: GradientWindow,
+        *,
+        generator: torch.Generator | None = None,
+        latents: Tensor | None = None,
+        reference: Tensor | None = None,
+    ) -> Tensor:
+        """Stage 3's training covers in [0, 1], the graph kept in the gradient window only (no guidance).
+
+        One generator (not per-pair seeds) draws the batch's noise, as training always has; ``reference`` (the batch's
+        reference covers) is used where the settings' ``strength < 1``.
+        """
+        s = self.settings
+        return sample(
+            self.diffusion,
+            cond,
+            num_steps=s.num_steps,
+            reference=reference if s.strength < 1 else None,
+            strength=s.strength,
+            grad_window=window.grad_window,
+            k=window.k,
+            random_step_range=tuple(window.random_step_range),
+            x0_shortcut=window.x0_shortcut if window.grad_window != "none" else None,
+            gradient_checkpointing=window.gradient_checkpointing,
+            generator=generator,
+            latents=latents,
+            height=self.image_size,
+            width=self.image_size,
+        )
+
+    def denoising_loss(self, images: Tensor, cond: Conditioning, generator: torch.Generator | None = None) -> Tensor:
+        """The denoiser's noise-prediction loss on ``images`` under ``cond`` (stage 3's regularizer)."""
+        return denoising_loss(self.diffusion, images, cond, generator)
 
     # ------------------------------------------------------------------------------------------------ calling
     @torch.no_grad()
