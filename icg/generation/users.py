@@ -51,6 +51,12 @@ class UserTable:
             table = model.user_embedding(torch.cat([rows, rows.new_tensor([-1])]))
         return cls(list(user_ids), table.cpu())
 
+    @classmethod
+    def of_ids(cls, user_ids: Sequence[str]) -> UserTable:
+        """A table of ids alone (zero-width embeddings): another model's user vocabulary, e.g. the stage-1 ids a reward
+        bundle's preference reward indexes, to map users onto with :meth:`index_map`."""
+        return cls(user_ids, torch.zeros(len(user_ids) + 1, 0))
+
     @property
     def embed_dim(self) -> int:
         return int(self.embeddings.shape[1])
