@@ -178,7 +178,7 @@ class AlignmentStage(LightningModule):
                 unknown,
                 len(dm_users),
             )
-        self.user_ids, self.user_rows = [str(u) for u in dm_users], user_map
+        self.user_ids, self.user_rows = dm_users, user_map
         settings = SamplerSettings(**{k: self.hparams[k] for k in asdict(SamplerSettings())})
         self.generator = CoverGenerator(self.conditioner, diffusion, table, settings, source=self.diffusion_source)
 
