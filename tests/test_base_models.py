@@ -61,7 +61,7 @@ def stage_on(folder, s1, s2, variant="sd15", unet_lora=None, title_kwargs=None, 
     stage = AlignmentStage(conditioner, str(s1), str(s2), diffusion=DiffusionSource(str(folder), variant=variant),
                            unet_lora=unet_lora, num_steps=3, image_size=32)  # fmt: skip
     stage.setup("predict")
-    stage._place_frozen()
+    stage.place_frozen()
     with torch.no_grad():  # trained-looking weights, the LoRA included
         for p in stage.trained_parameters():
             p.add_(0.05 * torch.randn_like(p))

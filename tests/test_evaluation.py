@@ -194,7 +194,7 @@ def tiny_methods(tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory):
         image_size=32,
     )
     stage.setup("predict")
-    stage._place_frozen()
+    stage.place_frozen()
     stage.eval()
     folder = tmp_path_factory.mktemp("base") / "base_model"
     base = DiffusionComponents.tiny(cross_attention_dim=32, sample_size=16)

@@ -67,6 +67,14 @@ def test_unknown_user_gets_the_fallback_and_says_so(exported, tiny_platform, cap
     assert covers.images.shape == (1, 3, 32, 32)
 
 
+def test_the_user_table_maps_another_vocabulary_onto_its_rows():
+    table = UserTable(["a", "b", "c"], torch.arange(8.0).reshape(4, 2))
+    rows = table.index_map(["c", "new", "a"])
+    assert rows.tolist() == [2, -1, 0]  # -1: unknown, which selects the fallback (last) row
+    assert torch.equal(table.embeddings[rows], table.lookup(["c", "new", "a"])[0])
+    assert UserTable.of_ids(["x", "y"]).index_map(["y", "z"]).tolist() == [1, -1] and "x" in UserTable.of_ids(["x"])
+
+
 def one_line_error(capsys, words, pattern):
     """The command fails with exit status 2 and one line on stderr matching ``pattern`` (no traceback)."""
     assert main([str(w) for w in words]) == 2

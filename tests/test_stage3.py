@@ -32,7 +32,7 @@ def build_stage(s1, s2, fusion_type="user_token", user_offset=False, **overrides
         conditioner, str(s1), str(s2), diffusion=DiffusionSource(tiny={"sample_size": 16}), **settings
     )
     stage.setup("fit")
-    stage._place_frozen()
+    stage.place_frozen()
     return stage
 
 
@@ -54,13 +54,13 @@ def test_gradients_reach_trained_parts_only(tiny_stage1_ckpt, tiny_stage2_ckpt, 
         assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
     frozen = [
         cond.prompter.mllm,
-        stage.frozen["diffusion"].unet,
-        stage.frozen["diffusion"].vae,
-        stage.frozen["rewards"],
-        stage.frozen["users"],
+        stage.generator.diffusion.unet,
+        stage.generator.diffusion.vae,
+        stage.rewards,
     ]
     for module in frozen:
         assert all(p.grad is None and not p.requires_grad for p in module.parameters()), type(module).__name__
+    assert not stage.generator.users.embeddings.requires_grad
     assert {id(p) for g in stage.configure_optimizers().param_groups for p in g["params"]} == {
         id(p) for p in cond.parameters() if p.requires_grad
     }
@@ -68,7 +68,7 @@ def test_gradients_reach_trained_parts_only(tiny_stage1_ckpt, tiny_stage2_ckpt, 
 
 def total_reward(stage: AlignmentStage, pairs, grad_window: str = "none") -> torch.Tensor:
     """Mean weighted total reward of the pairs' covers, each from its own fixed noise."""
-    latents = seeded_noise(stage.frozen["diffusion"], range(len(pairs["title"])), stage.hparams.image_size)
+    latents = seeded_noise(stage.generator.diffusion, range(len(pairs["title"])), stage.hparams.image_size)
     cond, users = stage.condition(pairs)
     images = stage.generate(cond, latents=latents, grad_window=grad_window)
     return stage.score(images, pairs, users).total.mean()
@@ -162,7 +162,7 @@ def test_export_reproduces_the_stage_covers(tiny_stage1_ckpt, tiny_stage2_ckpt, 
     folder = stage.export(tmp_path / "export")
     assert sorted(p.name for p in folder.iterdir()) == sorted(EXPORT_FILES)
     gen = CoverGenerator.from_pretrained(folder)
-    assert gen.diffusion.unet is not stage.frozen["diffusion"].unet
+    assert gen.diffusion.unet is not stage.generator.diffusion.unet
     covers = gen(pairs["user_id"], pairs["title"], pairs["image"], item_ids=pairs["item_id"], output_type="pt")
     assert covers.seeds == expected["seed"] and not any(covers.fallback)
     torch.testing.assert_close(covers.images, expected["images"], rtol=0, atol=1e-5)
@@ -243,7 +243,7 @@ def test_frozen_prompter_reads_features_from_the_cache(tiny_stage1_ckpt, tiny_st
     stage.conditioner.prompter.meta_tokens.requires_grad_(False)
     with torch.no_grad():
         direct, _ = stage.condition(pairs)  # first pass computes and writes the cache
-        assert stage.frozen["cache"].misses == len(set(pairs["item_id"]))
+        assert stage.feature_cache.misses == len(set(pairs["item_id"]))
         monkeypatch.setattr(stage.conditioner.prompter.mllm, "forward", None)  # the MLLM must not run again
         cached, _ = stage.condition(pairs)
     torch.testing.assert_close(cached.encoder_hidden_states, direct.encoder_hidden_states)
@@ -253,9 +253,9 @@ def test_frozen_prompter_reads_features_from_the_cache(tiny_stage1_ckpt, tiny_st
 
 
 def test_reward_weights_override_the_bundle(tiny_stage1_ckpt, tiny_stage2_ckpt):
-    default = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt).frozen["rewards"]
+    default = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt).rewards
     names = list(default.rewards)
     stage = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, reward_weights={names[0]: 7.0})
-    assert stage.frozen["rewards"].weights == [7.0, *default.weights[1:]]
+    assert stage.rewards.weights == [7.0, *default.weights[1:]]
     with pytest.raises(ValueError, match="model.init_args.reward_weights: unknown rewards"):
         build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, reward_weights={"nope": 1.0})

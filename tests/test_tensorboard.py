@@ -69,8 +69,8 @@ def stage3_run(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_facto
 
 def test_stage3_scalars_follow_the_loss_arithmetic(stage3_run):
     cli, events = stage3_run
-    names = cli.model.frozen["rewards"].names
-    weights = cli.model.frozen["rewards"].weights
+    names = cli.model.rewards.names
+    weights = cli.model.rewards.weights
     tags = set(events.Tags()["scalars"])
     for split in ("train", "val"):
         expected = {f"{split}/reward/total"} | {f"{split}/reward/{n}" for n in names}
@@ -119,7 +119,7 @@ def test_cover_grid_shows_the_references_and_what_the_model_generates(stage3_run
     with torch.no_grad():
         cond, _ = stage.condition(batch)
         seeds = [1000 + i % GRID_ITEMS for i in range(cond.batch_size)]
-        covers = stage.generate(cond, latents=seeded_noise(stage.frozen["diffusion"], seeds, size))
+        covers = stage.generate(cond, latents=seeded_noise(stage.generator.diffusion, seeds, size))
     for i in range(GRID_USERS * GRID_ITEMS):
         row, col = divmod(i, GRID_ITEMS)
         torch.testing.assert_close(cell(last, row + 1, col, size), covers[i], rtol=0, atol=PNG_STEP + 1e-5)

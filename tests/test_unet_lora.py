@@ -38,7 +38,7 @@ def build_stage(s1, s2, base="sd15", unet_lora=LORA, diffusion=None, **overrides
     stage = AlignmentStage(conditioner, str(s1), str(s2), diffusion=diffusion or SOURCES[base], unet_lora=unet_lora,
                            **settings)  # fmt: skip
     stage.setup("fit")
-    stage._place_frozen()
+    stage.place_frozen()
     return stage
 
 
@@ -59,7 +59,7 @@ def pairs(tiny_platform):
 @pytest.mark.parametrize("base", ["sd15", "flux"])
 def test_gradients_reach_the_adapter_parts_and_the_lora_only(tiny_stage1_ckpt, tiny_stage2_ckpt, pairs, base):
     stage = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, base)
-    denoiser = stage.frozen["diffusion"].denoiser
+    denoiser = stage.generator.diffusion.denoiser
     lora_params = {id(p) for p in stage.unet_lora.parameters()}
     assert lora_params == {id(p) for n, p in denoiser.named_parameters() if "lora_" in n}  # the same tensors
     stage.training_step(pairs, 0).backward()
@@ -70,8 +70,9 @@ def test_gradients_reach_the_adapter_parts_and_the_lora_only(tiny_stage1_ckpt, t
     assert lora_b and all(p.grad is not None for p in lora_b) and sum(p.grad.abs().sum() for p in lora_b) > 0
     base_weights = [p for n, p in denoiser.named_parameters() if "lora_" not in n]
     assert base_weights and all(p.grad is None and not p.requires_grad for p in base_weights)
-    for module in (cond.prompter.mllm, stage.frozen["diffusion"].vae, stage.frozen["rewards"], stage.frozen["users"]):
+    for module in (cond.prompter.mllm, stage.generator.diffusion.vae, stage.rewards):
         assert all(p.grad is None and not p.requires_grad for p in module.parameters()), type(module).__name__
+    assert not stage.generator.users.embeddings.requires_grad
     optimized = {id(p) for g in stage.configure_optimizers().param_groups for p in g["params"]}
     assert optimized == {id(p) for p in cond.parameters() if p.requires_grad} | lora_params
     # The checkpoint holds the trained parts and the LoRA matrices, nothing of the stock denoiser.
@@ -87,7 +88,7 @@ def test_gradients_reach_the_adapter_parts_and_the_lora_only(tiny_stage1_ckpt, t
 def test_without_lora_the_denoiser_is_entirely_frozen(tiny_stage1_ckpt, tiny_stage2_ckpt):
     stage = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, "flux", unet_lora=None)
     assert stage.unet_lora is None and not any(k.startswith("unet_lora") for k in stage.state_dict())
-    assert not any(p.requires_grad for p in stage.frozen["diffusion"].denoiser.parameters())
+    assert not any(p.requires_grad for p in stage.generator.diffusion.denoiser.parameters())
 
 
 @pytest.mark.parametrize(
@@ -103,7 +104,7 @@ def test_export_in_diffusers_lora_format_draws_the_same_covers(tiny_stage1_ckpt,
     folder = stage.export(tmp_path / "export")
     assert sorted(p.name for p in folder.iterdir()) == sorted((*EXPORT_FILES, LORA_WEIGHTS))
     gen = CoverGenerator.from_pretrained(folder)
-    assert gen.diffusion.denoiser is not stage.frozen["diffusion"].denoiser
+    assert gen.diffusion.denoiser is not stage.generator.diffusion.denoiser
     users, titles, refs, items = pairs["user_id"], pairs["title"], pairs["image"], pairs["item_id"]
     covers = gen(users, titles, refs, item_ids=items, output_type="pt")
     torch.testing.assert_close(covers.images, expected["images"], rtol=0, atol=1e-5)

@@ -6,13 +6,12 @@ the grader). docs/evaluation.md, "Personalization" and "Downstream", says how ea
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from icg.data.datamodule import EpochSampler, ICGDataModule
 from icg.data.oracle import Oracle
 from icg.evaluation.settings import EvaluatorSettings
+from icg.generation.users import UserTable
 from icg.lit.preference import compare_click_models
 from icg.models.image_encoders import TinyImageEncoder
 from icg.models.preference import PreferenceModel
@@ -124,10 +124,9 @@ def compact_users(users: np.ndarray | None, num_users: int) -> torch.Tensor:
     return rows
 
 
-def index_map(vocabulary: Iterable[str], datamodule: ICGDataModule) -> torch.Tensor:
-    """DataModule user_idx -> a model's user_idx (-1 where the model does not know the user)."""
-    index = pd.Index([str(u) for u in vocabulary])
-    return torch.from_numpy(index.get_indexer([str(u) for u in datamodule.user_ids]).astype(np.int64))
+def index_map(vocabulary: Sequence[str], datamodule: ICGDataModule) -> torch.Tensor:
+    """DataModule user_idx -> a model's user_idx (-1: unknown to the model), by ``UserTable.index_map``."""
+    return UserTable.of_ids(vocabulary).index_map(datamodule.user_ids)
 
 
 @dataclass

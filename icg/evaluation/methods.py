@@ -28,7 +28,6 @@ from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.prompt_encoder import PromptEncoder
 from icg.errors import ConfigError
-from icg.generation.export import generator_from_checkpoint
 from icg.generation.generator import CoverGenerator, reference_batch, sample_covers
 from icg.generation.seeds import pair_seed
 
@@ -98,7 +97,7 @@ class AlignmentMethod:
 
     Args:
         generator: the trained ICG (``CoverGenerator.from_pretrained`` or
-            ``icg.generation.export.generator_from_checkpoint``).
+            ``CoverGenerator.from_checkpoint``).
         user: ``own`` conditions on the pair's user (ICG); ``fallback`` on the stage-1 cold-start embedding for
             everyone (ICG without user refinement).
         strength: override of the generator's mode (e.g. 1.0: "ICG from pure noise" beside a reference-guided run).
@@ -120,7 +119,7 @@ class AlignmentMethod:
     ) -> AlignmentMethod:
         """From a stage-3 checkpoint on ``device``: stage 1 from the path it recorded, the base model from
         ``base_model`` (None: the recorded one too; a tiny diffusion model built from config keeps its own)."""
-        generator = generator_from_checkpoint(path, base_model=base_model, config_key=config_key, device=device,
+        generator = CoverGenerator.from_checkpoint(path, base_model=base_model, config_key=config_key, device=device,
                                               keep_tiny=True)  # fmt: skip
         return cls(generator, user)
 

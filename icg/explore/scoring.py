@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from icg.data.oracle import Oracle
+from icg.generation.users import UserTable
 from icg.models.rewards.base import RewardContext
 from icg.models.rewards.bundle import RewardBundle
 
@@ -48,7 +49,7 @@ class CoverScorer:
         # the personalized reward indexes users by its stage-1 vocabulary (PreferenceReward.user_ids)
         vocabularies = [getattr(r, "user_ids", None) for r in (bundle.rewards.values() if bundle is not None else [])]
         users = next((v for v in vocabularies if v), [])
-        self._reward_users = {str(u): k for k, u in enumerate(users)}
+        self.reward_users = UserTable.of_ids(users)
 
     @property
     def active(self) -> bool:
@@ -68,7 +69,7 @@ class CoverScorer:
         images = torch.stack([covers[c] for c in columns]).float().to(device)
         rows: list[ScoreRow] = []
         if self.bundle is not None:
-            index = self._reward_users.get(user_id, -1)
+            index = int(self.reward_users.index_map([user_id])[0])
             reference = covers.get("reference", covers[columns[0]]).float().to(device)
             context = RewardContext(
                 titles=[title] * len(columns),

@@ -41,10 +41,10 @@ from safetensors.torch import save_file
 
 from icg import ckpt
 from icg.diffusion.conditioning import Conditioning
-from icg.diffusion.lora import LORA_WEIGHTS, UNetLoRA, current_lora, load_lora, read_lora, save_lora
-from icg.diffusion.source import DTYPES, DiffusionSource
+from icg.diffusion.lora import LORA_WEIGHTS, UNetLoRA, read_lora, save_lora
+from icg.diffusion.source import DiffusionSource
 from icg.errors import ExportError, MissingFileError, UserError, disk_full_is_a_user_error
-from icg.generation.generator import CoverGenerator, SamplerSettings
+from icg.generation.settings import SamplerSettings
 from icg.generation.users import USERS_IDS, USERS_WEIGHTS, UserTable
 from icg.models.preference import PreferenceModel
 from icg.output_lock import output_lock, settle_leftovers, swap_into_place
@@ -69,6 +69,7 @@ class ExportParts:
     source: DiffusionSource
     provenance: dict[str, Any] = field(default_factory=dict)
     lora: tuple[UNetLoRA, dict[str, torch.Tensor]] | None = None  # the denoiser's LoRA (config, peft-named tensors)
+    negative: Conditioning | None = None  # the guidance negative an export folder holds (None: computed when needed)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -197,29 +198,14 @@ def export_checkpoint(
     return write_parts(parts, folder, overwrite=overwrite)
 
 
-def generator_from_checkpoint(
-    stage3_ckpt: str | Path,
-    preference_ckpt: str | None = None,
-    base_model: str | None = None,
-    mllm: str | None = None,
-    device: torch.device | str = "cpu",
-    config_key: str = "stage3_ckpt",
-    keep_tiny: bool = False,
-) -> CoverGenerator:
-    """A ready generator straight from a stage-3 checkpoint (evaluation; no export folder needed)."""
-    parts = checkpoint_parts(stage3_ckpt, preference_ckpt, base_model, mllm, config_key, keep_tiny)
-    return _assemble(parts, device=device, dtype=None, config_key=f"{config_key} (diffusion)")
-
-
 # ------------------------------------------------------------------------------------------------ the folder
-def write_export(generator: CoverGenerator, folder: str | Path, provenance: dict | None = None,
-                 overwrite: bool = False) -> Path:  # fmt: skip
-    """Write a generator's export folder (``CoverGenerator.save_pretrained``)."""
-    if generator.source is None:
-        raise ValueError("this generator does not know where its diffusion model came from (source=None)")
-    parts = ExportParts(generator.conditioner, generator.users, generator.settings, generator.source,
-                        dict(provenance or {}), current_lora(generator.diffusion.denoiser))  # fmt: skip
-    return write_parts(parts, folder, overwrite=overwrite)
+def negative_conditioning(
+    conditioner: torch.nn.Module, users: UserTable, device: torch.device | str = "cpu"
+) -> Conditioning:
+    """Classifier-free guidance's negative (1 row): empty title, blank reference, the cold-start user."""
+    side = conditioner.prompter.image_size
+    blank = torch.zeros(1, 3, side, side, device=device)
+    return conditioner([""], blank, users.fallback(1).to(device))
 
 
 def write_parts(parts: ExportParts, folder: str | Path, overwrite: bool = False) -> Path:
@@ -253,8 +239,7 @@ def _write_parts(parts: ExportParts, folder: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS))
         parts.users.save(tmp)
         with torch.no_grad():
-            generator = CoverGenerator(parts.conditioner, _NoDiffusion(), parts.users, parts.settings)
-            negative = generator.unconditional(1)
+            negative = negative_conditioning(parts.conditioner, parts.users)
         save_file(_conditioning_tensors(negative), str(tmp / NEGATIVE))
         if parts.lora is not None:
             save_lora(tmp, *parts.lora, kind=source.variant)
@@ -337,12 +322,6 @@ def check_new_export(folder: str | Path, out: str | Path) -> None:
         raise ExportError(f"--out: {target} is {what}; give a new folder (the input export is never written to)")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ExportError(f"--out: {target} exists and is not empty; give a new folder")
-
-
-class _NoDiffusion:
-    """Stands in for the diffusion components where only the conditioner is used (writing an export)."""
-
-    device = torch.device("cpu")
 
 
 def _conditioning_tensors(cond: Conditioning) -> dict[str, torch.Tensor]:
@@ -449,14 +428,8 @@ def _check_negative(tensors: dict[str, torch.Tensor], where: str) -> None:
             raise ExportError(f"{where}: tensor {name!r} holds NaN or infinite values")
 
 
-def load_export(
-    folder: str | Path,
-    base_model: str | None = None,
-    mllm: str | None = None,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | str | None = None,
-) -> CoverGenerator:
-    """``CoverGenerator.from_pretrained``: rebuild the generator of an export folder (see the module docstring)."""
+def read_export(folder: str | Path, base_model: str | None = None, mllm: str | None = None) -> ExportParts:
+    """The parts of an export folder, checked (``CoverGenerator.from_pretrained`` builds the generator from them)."""
     folder = Path(folder)
     config = read_config(folder)
     spec, source = with_paths(config["conditioner"], DiffusionSource(**config["diffusion"]), base_model, mllm,
@@ -471,25 +444,8 @@ def load_export(
     lora = None
     if config.get("unet_lora"):
         lora = (UNetLoRA(**config["unet_lora"]), read_lora(folder, source.variant))
-    parts = ExportParts(ckpt.freeze(conditioner), users, SamplerSettings(**config["sampler"]), source,
-                        config.get("provenance", {}), lora)  # fmt: skip
-    generator = _assemble(parts, device=device, dtype=dtype, config_key="base_model",
-                          lora_name=f"the UNet LoRA in {folder / LORA_WEIGHTS}")  # fmt: skip
-    generator.negative = Conditioning(
+    negative_cond = Conditioning(
         negative["encoder_hidden_states"], negative.get("attention_mask"), negative.get("pooled")
-    ).to(generator.device)
-    return generator
-
-
-def _assemble(parts: ExportParts, device: torch.device | str, dtype: torch.dtype | str | None,
-              config_key: str, lora_name: str = "the stage-3 checkpoint's UNet LoRA") -> CoverGenerator:  # fmt: skip
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise UserError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
-        dtype = DTYPES[dtype]
-    diffusion = parts.source.load(config_key)
-    if parts.lora is not None:  # the trained LoRA onto the stock denoiser, refused if it was trained on another base
-        load_lora(diffusion.denoiser, *parts.lora, config_key=config_key, what=lora_name)
-    generator = CoverGenerator(parts.conditioner, diffusion, parts.users, parts.settings, source=parts.source,
-                               provenance=parts.provenance)  # fmt: skip
-    return generator.to(device, dtype)
+    )
+    return ExportParts(ckpt.freeze(conditioner), users, SamplerSettings(**config["sampler"]), source,
+                       config.get("provenance", {}), lora, negative_cond)  # fmt: skip

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from icg import ckpt
 from icg.errors import UserError
+from icg.generation.users import UserTable
 from icg.models.preference import PreferenceModel
 
 log = logging.getLogger(__name__)
@@ -306,10 +307,10 @@ def check_export_matches(stage1: Stage1, users: Any, config_key: str = "--stage1
     if users.embed_dim != model.embed_dim:
         raise FoldInError(f"{config_key}: user embeddings of width {model.embed_dim}, but the export's are "
                           f"{users.embed_dim} wide: not the stage-1 model of this export")  # fmt: skip
-    index = {u: i for i, u in enumerate(stage1.user_ids)}
-    shared = [u for u in users.user_ids if u in index][:64]
+    vocabulary = UserTable.of_ids(stage1.user_ids)
+    shared = [u for u in users.user_ids if u in vocabulary][:64]
     with torch.no_grad():
-        rows = torch.tensor([index[u] for u in shared] + [-1], dtype=torch.long)
+        rows = torch.cat([vocabulary.index_map(shared), torch.tensor([-1])])
         theirs = model.user_embedding(rows).float().cpu()
     ours = torch.cat([users.lookup(shared)[0].cpu(), users.fallback(1).cpu()]) if shared else users.fallback(1).cpu()
     if not torch.allclose(theirs, ours, atol=1e-5):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,9 +33,13 @@ from torch import Tensor
 
 from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.conditioning import Conditioning
-from icg.diffusion.sampler import sample, strength_in_range
-from icg.diffusion.source import DiffusionSource
+from icg.diffusion.lora import LORA_WEIGHTS, current_lora, load_lora
+from icg.diffusion.sampler import denoising_loss, sample
+from icg.diffusion.source import DTYPES, DiffusionSource
+from icg.errors import UserError
+from icg.generation.export import ExportParts, checkpoint_parts, negative_conditioning, read_export, write_parts
 from icg.generation.seeds import content_key, pair_generators, pair_seed
+from icg.generation.settings import SamplerSettings
 from icg.generation.users import UserTable
 
 log = logging.getLogger(__name__)
@@ -45,54 +48,22 @@ ImageInput = Tensor | Sequence[Image.Image | str | Path]
 
 
 @dataclass
-class SamplerSettings:
-    """A generator's sampling defaults; each can be overridden per call.
+class GradientWindow:
+    """Where stage 3's sampling keeps the autograd graph (``icg.diffusion.sampler.sample``'s gradient window).
 
     Args:
-        num_steps: T, DDIM steps of a pure-noise chain (a reference-guided chain runs ``int(T * strength)`` of them).
-        guidance_scale: classifier-free guidance; > 1 uses the export's negative conditioning (empty title, blank
-            reference, cold-start user).
-        strength: 1 generates from pure noise; 0 < strength < 1 starts from the reference cover (SDEdit).
-        image_size: cover side in pixels (None: the UNet's configured size).
-        seed: base of the per-(user, item) seeds.
+        grad_window: ``last_k`` (DRaFT-K, Clark et al. 2024), ``random_step`` (ReFL, Xu et al. 2023) or ``none``.
+        k: K of ``last_k``.
+        random_step_range: inclusive step-index range of ``random_step``.
+        x0_shortcut: decode the predicted x0 of the last gradient step (None: the mode's default).
+        gradient_checkpointing: recompute the denoiser inside the gradient window during backward.
     """
 
-    num_steps: int = 20
-    guidance_scale: float = 1.0
-    strength: float = 1.0
-    image_size: int | None = None
-    seed: int = 0
-
-    @classmethod
-    def problem(cls, values: Any) -> str | None:
-        """What is wrong with a dict of sampler settings (an export's ``sampler``), naming key and value; None if ok.
-
-        Every key must be a setting, ``num_steps`` an integer >= 1, ``guidance_scale`` a finite number >= 0,
-        ``strength`` in (0, 1], ``image_size`` null or a positive integer, ``seed`` an integer.
-        """
-        if not isinstance(values, dict):
-            return f"expected an object of {sorted(asdict(cls()))}, got {values!r:.80}"
-        unknown = sorted(set(values) - set(asdict(cls())))
-        if unknown:
-            return f"{unknown[0]}: not a sampler setting (expected {sorted(asdict(cls()))})"
-
-        def integer(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        checks = {
-            "num_steps": (lambda v: integer(v) and v >= 1, "an integer >= 1"),
-            "guidance_scale": (
-                lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
-                "a finite number >= 0",
-            ),  # fmt: skip
-            "strength": (strength_in_range, "a number in (0, 1] (1: from pure noise, < 1: from the reference)"),
-            "image_size": (lambda v: v is None or (integer(v) and v > 0), "null or a positive integer"),
-            "seed": (integer, "an integer"),
-        }
-        for key, (ok, expected) in checks.items():
-            if key in values and not ok(values[key]):
-                return f"{key}={values[key]!r}: expected {expected}"
-        return None
+    grad_window: str = "last_k"
+    k: int = 1
+    random_step_range: tuple[int, int] = (10, 18)
+    x0_shortcut: bool | None = None
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -235,17 +206,67 @@ class CoverGenerator:
             device: where the generator runs.
             dtype: UNet/VAE dtype (``torch.bfloat16``, ``"float16"``...); None keeps the export's.
         """
-        from icg.generation.export import load_export
+        folder = Path(folder)
+        parts = read_export(folder, base_model=base_model, mllm=mllm)
+        return cls.from_parts(parts, device, dtype, config_key="base_model",
+                              lora_name=f"the UNet LoRA in {folder / LORA_WEIGHTS}")  # fmt: skip
 
-        return load_export(folder, base_model=base_model, mllm=mllm, device=device, dtype=dtype)
+    @classmethod
+    def from_checkpoint(  # noqa: PLR0913  # the checkpoint's paths, each overridable as the evaluation's keys are
+        cls,
+        stage3_ckpt: str | Path,
+        preference_ckpt: str | None = None,
+        base_model: str | None = None,
+        mllm: str | None = None,
+        device: torch.device | str = "cpu",
+        config_key: str = "stage3_ckpt",
+        keep_tiny: bool = False,
+    ) -> CoverGenerator:
+        """A ready generator straight from a stage-3 checkpoint (evaluation; no export folder needed); the arguments
+        are ``icg.generation.export.checkpoint_parts``'s."""
+        parts = checkpoint_parts(stage3_ckpt, preference_ckpt, base_model, mllm, config_key, keep_tiny)
+        return cls.from_parts(parts, device, None, config_key=f"{config_key} (diffusion)")
+
+    @classmethod
+    def from_parts(
+        cls,
+        parts: ExportParts,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str | None = None,
+        config_key: str = "base_model",
+        lora_name: str = "the stage-3 checkpoint's UNet LoRA",
+    ) -> CoverGenerator:
+        """The generator of an export's or a checkpoint's parts: loads their diffusion model (and their LoRA onto it).
+
+        Args:
+            parts: what ``icg.generation.export`` read (``read_export``, ``checkpoint_parts``).
+            device: where the generator runs.
+            dtype: UNet/VAE dtype (``torch.bfloat16``, ``"float16"``...); None keeps the loaded one.
+            config_key: the key that names the diffusion folder, quoted in errors.
+            lora_name: what the LoRA is called in errors (a LoRA trained on another base is refused).
+        """
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise UserError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
+            dtype = DTYPES[dtype]
+        diffusion = parts.source.load(config_key)
+        if parts.lora is not None:  # the trained LoRA onto the stock denoiser, refused if trained on another base
+            load_lora(diffusion.denoiser, *parts.lora, config_key=config_key, what=lora_name)
+        generator = cls(parts.conditioner, diffusion, parts.users, parts.settings, source=parts.source,
+                        provenance=parts.provenance).to(device, dtype)  # fmt: skip
+        if parts.negative is not None:
+            generator.negative = parts.negative.to(generator.device)
+        return generator
 
     def save_pretrained(
         self, folder: str | Path, provenance: dict[str, Any] | None = None, overwrite: bool = False
     ) -> Path:
         """Write an export folder (see ``icg.generation.export``) that :meth:`from_pretrained` loads."""
-        from icg.generation.export import write_export
-
-        return write_export(self, folder, provenance=provenance, overwrite=overwrite)
+        if self.source is None:
+            raise ValueError("this generator does not know where its diffusion model came from (source=None)")
+        parts = ExportParts(self.conditioner, self.users, self.settings, self.source, dict(provenance or {}),
+                            current_lora(self.diffusion.denoiser))  # fmt: skip
+        return write_parts(parts, folder, overwrite=overwrite)
 
     # ----------------------------------------------------------------------------------------------- plumbing
     @property
@@ -273,9 +294,7 @@ class CoverGenerator:
         """Classifier-free guidance's negative: empty title, blank reference, the cold-start user."""
         negative = self.negative
         if negative is None:
-            side = self.conditioner.prompter.image_size
-            blank = torch.zeros(1, 3, side, side, device=self.device)
-            negative = self.conditioner([""], blank, self.users.fallback(1).to(self.device))
+            negative = negative_conditioning(self.conditioner, self.users, self.device)
         return negative.to(self.device).repeat(batch_size)
 
     def seeds(self, user_ids: Sequence[str], item_keys: Sequence[str], seed: int | None = None) -> list[int]:
@@ -313,6 +332,43 @@ class CoverGenerator:
             image_size=self.image_size,
             uncond=uncond,
         )
+
+    # ----------------------------------------------------------------------------------------------- training
+    def sample_with_grad(
+        self,
+        cond: Conditioning,
+        window: GradientWindow,
+        *,
+        generator: torch.Generator | None = None,
+        latents: Tensor | None = None,
+        reference: Tensor | None = None,
+    ) -> Tensor:
+        """Stage 3's training covers in [0, 1], the graph kept in the gradient window only (no guidance).
+
+        One generator (not per-pair seeds) draws the batch's noise, as training always has; ``reference`` (the batch's
+        reference covers) is used where the settings' ``strength < 1``.
+        """
+        s = self.settings
+        return sample(
+            self.diffusion,
+            cond,
+            num_steps=s.num_steps,
+            reference=reference if s.strength < 1 else None,
+            strength=s.strength,
+            grad_window=window.grad_window,
+            k=window.k,
+            random_step_range=tuple(window.random_step_range),
+            x0_shortcut=window.x0_shortcut if window.grad_window != "none" else None,
+            gradient_checkpointing=window.gradient_checkpointing,
+            generator=generator,
+            latents=latents,
+            height=self.image_size,
+            width=self.image_size,
+        )
+
+    def denoising_loss(self, images: Tensor, cond: Conditioning, generator: torch.Generator | None = None) -> Tensor:
+        """The denoiser's noise-prediction loss on ``images`` under ``cond`` (stage 3's regularizer)."""
+        return denoising_loss(self.diffusion, images, cond, generator)
 
     # ------------------------------------------------------------------------------------------------ calling
     @torch.no_grad()

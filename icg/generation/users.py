@@ -51,6 +51,12 @@ class UserTable:
             table = model.user_embedding(torch.cat([rows, rows.new_tensor([-1])]))
         return cls(list(user_ids), table.cpu())
 
+    @classmethod
+    def of_ids(cls, user_ids: Sequence[str]) -> UserTable:
+        """A table of ids alone (zero-width embeddings): another model's user vocabulary, e.g. the stage-1 ids a reward
+        bundle's preference reward indexes, to map users onto with :meth:`index_map`."""
+        return cls(user_ids, torch.zeros(len(user_ids) + 1, 0))
+
     @property
     def embed_dim(self) -> int:
         return int(self.embeddings.shape[1])
@@ -70,6 +76,14 @@ class UserTable:
         fallback = len(self.user_ids)
         rows = [self.index.get(str(u), fallback) for u in user_ids]
         return torch.tensor(rows, dtype=torch.long, device=self.device), [r != fallback for r in rows]
+
+    def index_map(self, user_ids: Sequence[str]) -> Tensor:
+        """Row per user of another vocabulary (e.g. a DataModule's ``user_ids``), ``-1`` where the id is unknown.
+
+        ``-1`` selects the last row, the cold-start fallback, in ``embeddings[rows]`` and in the stage-1 model's user
+        tower alike, so a mapped index works with both; on CPU, for mapping a vocabulary once.
+        """
+        return torch.tensor([self.index.get(str(u), -1) for u in user_ids], dtype=torch.long)
 
     def lookup(self, user_ids: Sequence[str]) -> tuple[Tensor, list[bool]]:
         """B x D embeddings of ``user_ids`` (unknown ids: the fallback) and whether each id is known."""

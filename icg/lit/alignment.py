@@ -30,16 +30,16 @@ from torch import Tensor
 from icg import ckpt
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.lora import UNetLoRA, add_lora
-from icg.diffusion.sampler import denoising_loss, sample, strength_in_range
+from icg.diffusion.sampler import strength_in_range
 from icg.diffusion.source import DiffusionSource
 from icg.errors import ConfigError
-from icg.generation.generator import CoverGenerator, SamplerSettings
+from icg.generation.generator import CoverGenerator, GradientWindow, SamplerSettings
 from icg.generation.users import UserTable
 from icg.models.cover_conditioner import CoverConditioner
 from icg.models.feature_cache import MLLMFeatureCache
 from icg.models.preference import PreferenceModel
 from icg.models.rewards.base import RewardContext
-from icg.models.rewards.bundle import RewardOutput, load_reward_bundle
+from icg.models.rewards.bundle import RewardBundle, RewardOutput, load_reward_bundle
 
 log = logging.getLogger(__name__)
 STAGE = "alignment"
@@ -48,6 +48,15 @@ GRAD_WINDOWS = ("none", "last_k", "random_step")
 
 class NonFiniteRewardAbort(FloatingPointError):
     """Too many steps in a row produced NaN/Inf rewards; training stops instead of drifting."""
+
+
+class TrainingOnly:
+    """Frozen parts only training uses, held outside the module's submodules (so never in its state dict, optimizer
+    or ``.to()``): the reward bundle (not loaded for ``predict``) and the MLLM feature cache."""
+
+    def __init__(self) -> None:
+        self.rewards: RewardBundle | None = None
+        self.cache: MLLMFeatureCache | None = None
 
 
 class AlignmentStage(LightningModule):
@@ -120,15 +129,18 @@ class AlignmentStage(LightningModule):
         self.unet_lora_config = unet_lora
         self.unet_lora: torch.nn.Module | None = None  # the LoRA matrices (registered in setup, once the UNet exists)
         self.optimizer_factory = optimizer
-        # Frozen parts live in a plain dict: not registered, so never in the state dict or the optimizer.
-        self.frozen: dict[str, Any] = {}
-        self.generator: CoverGenerator | None = None  # built in setup(): validation, predict and export use it
+        # Frozen parts are not registered, so never in the state dict or the optimizer: the inference ones (denoiser,
+        # VAE, user table) in the generator, built in setup() and used for training, validation, predict and export.
+        self.generator: CoverGenerator | None = None
+        self.training_only = TrainingOnly()
+        self.user_ids: list[str] = []  # the DataModule's users, in user_idx order (recorded in checkpoints)
+        self.user_rows: Tensor | None = None  # DataModule user_idx -> user-table row (-1: the cold-start fallback)
         self.nonfinite_steps = 0
         self.skipped_steps = 0
 
     # ------------------------------------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
-        if self.frozen:
+        if self.generator is not None:
             return
         users, user_ids = PreferenceModel.from_checkpoint(
             self.hparams.preference_ckpt, "model.init_args.preference_ckpt"
@@ -137,7 +149,7 @@ class AlignmentStage(LightningModule):
             bundle = load_reward_bundle(self.hparams.rewards_ckpt, "model.init_args.rewards_ckpt")
             if self.hparams.reward_weights:
                 bundle.reweight(dict(self.hparams.reward_weights), "model.init_args.reward_weights")
-            self.frozen["rewards"] = bundle
+            self.training_only.rewards = bundle
         diffusion = self.diffusion_source.load("model.init_args.diffusion.path")
         self.conditioner.check_denoiser(diffusion.denoiser, "model.init_args.diffusion")
         if self.unet_lora_config is not None:
@@ -156,9 +168,9 @@ class AlignmentStage(LightningModule):
             )
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         dm_users = list(getattr(datamodule, "user_ids", user_ids))
-        index = {u: i for i, u in enumerate(user_ids)}
+        table = UserTable.from_preference_model(users, user_ids)
         # DataModule user_idx -> stage-1 user_idx (-1: cold start, the stage-1 fallback embedding).
-        user_map = torch.tensor([index.get(u, -1) for u in dm_users], dtype=torch.long)
+        user_map = table.index_map(dm_users)
         unknown = int((user_map < 0).sum())
         if unknown:
             log.warning(
@@ -166,22 +178,34 @@ class AlignmentStage(LightningModule):
                 unknown,
                 len(dm_users),
             )
-        self.frozen.update(users=users, stage1_user_ids=user_ids, diffusion=diffusion, user_map=user_map,
-                           user_ids=dm_users)  # fmt: skip
+        self.user_ids, self.user_rows = dm_users, user_map
         settings = SamplerSettings(**{k: self.hparams[k] for k in asdict(SamplerSettings())})
-        self.generator = CoverGenerator(self.conditioner, diffusion, UserTable.from_preference_model(users, user_ids),
-                                        settings, source=self.diffusion_source)  # fmt: skip
+        self.generator = CoverGenerator(self.conditioner, diffusion, table, settings, source=self.diffusion_source)
 
-    def _place_frozen(self) -> None:
-        for name in ("users", "rewards"):
-            if name in self.frozen:
-                self.frozen[name].to(self.device)
-        self.frozen["diffusion"].to(self.device)
-        self.generator.users.to(self.device)
-        self.frozen["user_map"] = self.frozen["user_map"].to(self.device)
+    @property
+    def rewards(self) -> RewardBundle | None:
+        """The frozen stage-2 reward bundle (None where ``setup`` ran for ``predict``, which makes covers only)."""
+        return self.training_only.rewards
+
+    @property
+    def feature_cache(self) -> MLLMFeatureCache | None:
+        """The MLLM feature cache (``feature_cache_dir`` with a frozen prompter), once a step has opened it."""
+        return self.training_only.cache
+
+    @property
+    def gradient_window(self) -> GradientWindow:
+        """The training samples' gradient window, from this stage's hyperparameters."""
+        return GradientWindow(**{k: self.hparams[k] for k in asdict(GradientWindow())})
+
+    def place_frozen(self) -> None:
+        """Move the frozen parts (the generator's denoiser, VAE and user table; the reward bundle) to this device."""
+        self.generator.to(self.device)
+        if self.rewards is not None:
+            self.rewards.to(self.device)
+        self.user_rows = self.user_rows.to(self.device)
 
     def on_fit_start(self) -> None:
-        self._place_frozen()
+        self.place_frozen()
         trained = {id(p) for p in self.conditioner.parameters() if p.requires_grad}
         lora = self.unet_lora is not None
         log.info(
@@ -192,7 +216,7 @@ class AlignmentStage(LightningModule):
             "the denoiser's base weights" if lora else "the denoiser",
         )
 
-    on_validation_start = on_test_start = on_predict_start = _place_frozen
+    on_validation_start = on_test_start = on_predict_start = place_frozen
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer steps: the conditioner's trained parameters and the denoiser's LoRA (if any)."""
@@ -205,20 +229,20 @@ class AlignmentStage(LightningModule):
     # ------------------------------------------------------------------------------------------------ steps
     def stage1_users(self, user_idx: Tensor) -> Tensor:
         """DataModule user indices -> stage-1 user indices (-1 for users stage 1 never saw)."""
-        user_map = self.frozen["user_map"]
+        user_map = self.user_rows
         safe = user_idx.clamp(0, max(len(user_map) - 1, 0))
         return torch.where(user_idx >= 0, user_map[safe], torch.full_like(user_idx, -1))
 
     def condition(self, batch: dict[str, Any]) -> tuple[Conditioning, Tensor]:
         """The personalized conditioning of a batch of pairs, and the stage-1 user indices used for it."""
         users = self.stage1_users(batch["user_idx"])
-        user_emb = self.frozen["users"].user_embedding(users)
+        user_emb = self.generator.users.embeddings[users]  # -1: the last row, the cold-start fallback
         prompter = self.conditioner.prompter
         if self.hparams.feature_cache_dir and not any(p.requires_grad for p in prompter.parameters()):
             # Nothing in the prompter trains: its features are a pure function of the item, read from disk.
-            if "cache" not in self.frozen:
-                self.frozen["cache"] = MLLMFeatureCache(self.hparams.feature_cache_dir, prompter.cache_key())
-            features = prompter.forward_cached(batch["item_id"], batch["title"], batch["image"], self.frozen["cache"])
+            if self.training_only.cache is None:
+                self.training_only.cache = MLLMFeatureCache(self.hparams.feature_cache_dir, prompter.cache_key())
+            features = prompter.forward_cached(batch["item_id"], batch["title"], batch["image"], self.feature_cache)
             return self.conditioner.condition(features, user_emb, batch["title"]), users
         return self.conditioner(batch["title"], batch["image"], user_emb), users
 
@@ -231,32 +255,16 @@ class AlignmentStage(LightningModule):
         grad_window: str = "none",
         reference: Tensor | None = None,
     ) -> Tensor:
-        """Training covers in [0, 1] from the stock sampler, with the graph kept in the gradient window only.
+        """Training covers in [0, 1] (``CoverGenerator.sample_with_grad``), the graph kept in ``grad_window`` only.
 
         Validation, predict and export sample through ``self.generator`` (per-pair seeds) instead.
         """
-        size = self.hparams.image_size or self.frozen["diffusion"].default_image_size
-        strength = self.hparams.strength
-        return sample(
-            self.frozen["diffusion"],
-            cond,
-            num_steps=self.hparams.num_steps,
-            reference=reference if strength < 1 else None,
-            strength=strength,
-            grad_window=grad_window,
-            k=self.hparams.k,
-            random_step_range=tuple(self.hparams.random_step_range),
-            x0_shortcut=self.hparams.x0_shortcut if grad_window != "none" else None,
-            gradient_checkpointing=self.hparams.gradient_checkpointing,
-            generator=generator,
-            latents=latents,
-            height=size,
-            width=size,
-        )
+        window = GradientWindow(**(asdict(self.gradient_window) | {"grad_window": grad_window}))
+        return self.generator.sample_with_grad(cond, window, generator=generator, latents=latents, reference=reference)
 
     def score(self, images: Tensor, batch: dict[str, Any], users: Tensor) -> RewardOutput:
         context = RewardContext(titles=list(batch["title"]), user_idx=users, reference=batch["image"])
-        return self.frozen["rewards"](images, context)
+        return self.rewards(images, context)
 
     def _generator(self, salt: int) -> torch.Generator:
         seed = (self.hparams.seed * 1_000_003 + salt * 7919 + self.global_rank) % (2**63)
@@ -265,7 +273,7 @@ class AlignmentStage(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         generator = self._generator(self.global_step)
         cond, users = self.condition(batch)
-        reg = denoising_loss(self.frozen["diffusion"], batch["image"], cond, generator)
+        reg = self.generator.denoising_loss(batch["image"], cond, generator)
         self.log("train/denoise_loss", reg, prog_bar=True)
         if self.global_step < self.hparams.warmup_steps or self.hparams.grad_window == "none":
             return self.hparams.reg_weight * reg
@@ -350,7 +358,7 @@ class AlignmentStage(LightningModule):
         seeds = self.batch_seeds(batch)
         images = self.generator.sample(cond, seeds, batch["image"])
         scores = {}
-        if "rewards" in self.frozen:
+        if self.rewards is not None:
             rewards = self.score(images, batch, users)
             scores = {name: raw.float().cpu() for name, raw in rewards.raw.items()} | {"total": rewards.total.cpu()}
         return {
@@ -376,7 +384,7 @@ class AlignmentStage(LightningModule):
             # Absolute paths: the checkpoint is read from other folders (evaluation, export) than training ran in.
             "diffusion": asdict(self.diffusion_source) | {"path": _absolute(self.diffusion_source.path)},
             "unet_lora": asdict(self.unet_lora_config) if self.unet_lora_config is not None else None,
-            "user_ids": list(self.frozen.get("user_ids", [])),
+            "user_ids": list(self.user_ids),
             "preference_ckpt": _absolute(self.hparams.preference_ckpt),
             "rewards_ckpt": _absolute(self.hparams.rewards_ckpt),
             "skipped_steps": self.skipped_steps,

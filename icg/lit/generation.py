@@ -26,6 +26,7 @@ from torch import Tensor
 
 from icg.generation.cover_folder import CoverFolder, FolderState, ShardWriter
 from icg.generation.generator import CoverGenerator
+from icg.generation.users import UserTable
 from icg.models.rewards.base import RewardContext
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class CoverGeneration(LightningModule):
         self.seed, self.num_steps, self.guidance_scale, self.strength = seed, num_steps, guidance_scale, strength
         # Not registered: frozen, loaded on every rank from its own file; Lightning must neither wrap nor sync it.
         self.frozen: dict[str, Any] = {"rewards": rewards} if rewards is not None else {}
-        self.reward_index = {u: i for i, u in enumerate(reward_users)}
+        self.reward_users = UserTable.of_ids(reward_users)  # the bundle's user vocabulary, embeddings aside
 
     def on_predict_start(self) -> None:
         self.generator.to(self.device)
@@ -93,7 +94,7 @@ class CoverGeneration(LightningModule):
         bundle = self.frozen.get("rewards")
         if bundle is None:
             return {}
-        user_idx = torch.tensor([self.reward_index.get(u, -1) for u in users], device=images.device)
+        user_idx = self.reward_users.index_map(users).to(images.device)
         rewards = bundle(images, RewardContext(titles=titles, user_idx=user_idx, reference=references))
         return {name: raw.float().cpu() for name, raw in rewards.raw.items()} | {"total": rewards.total.float().cpu()}
 
