@@ -14,7 +14,7 @@ import torch
 from icg.ckpt import CheckpointError
 from icg.cli import COMMANDS, main
 from icg.errors import ArgumentsError, ConfigError, UserError, find_user_error, shorten_parser_error
-from tests.conftest import TINY
+from tests.helpers.cli import TINY
 
 STAGE1 = TINY / "stage1_preference.yaml"
 

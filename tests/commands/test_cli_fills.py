@@ -14,7 +14,7 @@ import yaml
 from icg.cli import ICGLightningCLI, main
 from icg.data.schema import count_users
 from icg.data.synthetic import generate_platform
-from tests.conftest import REPO, TINY
+from tests.helpers.cli import REPO, TINY
 
 CONFIGS = REPO / "lightning_configs"
 OFFSET = "model.init_args.conditioner.init_args.user_offset"

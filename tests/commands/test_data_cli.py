@@ -6,9 +6,9 @@ import json
 
 import pandas as pd
 from PIL import Image
-from test_schema import make_dataset
 
 from icg.cli import main
+from tests.helpers.data import make_dataset
 
 
 def test_help_lists_subcommands(capsys):

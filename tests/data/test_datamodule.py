@@ -7,21 +7,14 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from test_schema import make_dataset
 
 from icg.data.datamodule import ICGDataModule
+from tests.helpers.data import RecordingStage, datamodule_for, make_dataset
 
 
 @pytest.fixture
 def implicit_root(tmp_path):
     return make_dataset(tmp_path / "implicit", users=6, items=16, per_user=6)
-
-
-def _dm(root, **kwargs):
-    kwargs = {"image_size": 16, "batch_size": 4, "eval_candidates": 3, "negatives_per_positive": 2, **kwargs}
-    dm = ICGDataModule(root, **kwargs)
-    dm.setup("fit")
-    return dm
 
 
 def test_init_does_no_io(tmp_path):
@@ -31,7 +24,7 @@ def test_init_does_no_io(tmp_path):
 
 
 def test_vocab_and_unknown_ids(implicit_root):
-    dm = _dm(implicit_root)
+    dm = datamodule_for(implicit_root)
     assert list(dm.user_ids) == sorted(f"u{u}" for u in range(6)) and dm.num_users == 6
     assert list(dm.item_ids) == [f"i{i:02d}" for i in range(16)] and dm.num_items == 16
     assert dm.user_index(["u3", "nobody"]).tolist() == [3, -1]
@@ -39,7 +32,7 @@ def test_vocab_and_unknown_ids(implicit_root):
 
 
 def test_interactions_batches(implicit_root):
-    dm = _dm(implicit_root, history_length=5)
+    dm = datamodule_for(implicit_root, history_length=5)
     batch = next(iter(dm.dataloader("train", "interactions")))
     assert set(batch) == {"user_idx", "item_idx", "click", "image", "title", "history", "group"}
     assert batch["user_idx"].dtype == torch.long and batch["item_idx"].dtype == torch.long
@@ -64,7 +57,7 @@ def test_interactions_batches(implicit_root):
 
 
 def test_fields_select_and_unknown_field(implicit_root):
-    dm = _dm(implicit_root)
+    dm = datamodule_for(implicit_root)
     batch = next(iter(dm.dataloader("test", "interactions", fields=("user_idx", "item_idx", "click"))))
     assert set(batch) == {"user_idx", "item_idx", "click"}
     with pytest.raises(ValueError, match=r"\['colour'\] are not fields of unit 'items'"):
@@ -72,7 +65,7 @@ def test_fields_select_and_unknown_field(implicit_root):
 
 
 def test_items_and_pairs_batches(implicit_root):
-    dm = _dm(implicit_root)
+    dm = datamodule_for(implicit_root)
     items = next(iter(dm.dataloader("val", "items", batch_size=16)))
     assert items["item_idx"].tolist() == list(range(16)) and items["item_id"][3] == "i03"
     assert items["image"].shape == (16, 3, 16, 16)
@@ -87,12 +80,14 @@ def test_items_and_pairs_batches(implicit_root):
 
 
 def test_train_negatives_change_with_epoch_and_are_seeded(implicit_root):
-    dm = _dm(implicit_root, negatives_per_positive=4)
+    dm = datamodule_for(implicit_root, negatives_per_positive=4)
     data = dm.dataset("train", "interactions", fields=("user_idx", "item_idx"))
     epoch0 = [data[i]["item_idx"] for i in range(len(data))]
     assert epoch0 == [data[i]["item_idx"] for i in range(len(data))]
     assert epoch0 != [data[len(data) + i]["item_idx"] for i in range(len(data))]
-    other = _dm(implicit_root, negatives_per_positive=4).dataset("train", "interactions", fields=("item_idx",))
+    other = datamodule_for(implicit_root, negatives_per_positive=4).dataset(
+        "train", "interactions", fields=("item_idx",)
+    )
     assert epoch0 == [other[i]["item_idx"] for i in range(len(other))]
     for i in range(len(data)):
         if i % 5:  # negatives are never the user's positives
@@ -102,7 +97,7 @@ def test_train_negatives_change_with_epoch_and_are_seeded(implicit_root):
 
 def test_popularity_sampling_favours_clicked_items(tmp_path):
     make_dataset(tmp_path, users=40, items=40, per_user=3)
-    dm = _dm(tmp_path, negative_sampling="popularity", negatives_per_positive=30, eval_candidates=1)
+    dm = datamodule_for(tmp_path, negative_sampling="popularity", negatives_per_positive=30, eval_candidates=1)
     data = dm.dataset("train", "interactions", fields=("item_idx", "click"))
     rows = [data[i] for i in range(len(data))]
     negatives = np.array([row["item_idx"] for row in rows if row["click"] == 0])
@@ -114,7 +109,7 @@ def test_popularity_sampling_favours_clicked_items(tmp_path):
 
 def test_explicit_data_uses_real_non_clicks(tmp_path):
     make_dataset(tmp_path, users=5, items=12, per_user=7, implicit=False)
-    dm = _dm(tmp_path)
+    dm = datamodule_for(tmp_path)
     assert dm.sampler is None
     train = dm.dataset("train", "interactions")
     assert len(train) == int((dm.log.part == 0).sum())  # no sampled rows
@@ -124,27 +119,9 @@ def test_explicit_data_uses_real_non_clicks(tmp_path):
     assert all(test[i]["group"] == test[i]["user_idx"] for i in range(len(test)))  # groups are users (GAUC)
 
 
-class _Stage(pl.LightningModule):
-    data_unit = "interactions"
-    data_fields = ("user_idx", "item_idx", "click")
-
-    def __init__(self):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.seen: dict[int, list[int]] = {}
-
-    def training_step(self, batch, batch_idx):
-        assert set(batch) == set(self.data_fields)
-        self.seen.setdefault(self.current_epoch, []).extend(batch["item_idx"].tolist())
-        return (self.weight * batch["click"]).sum()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def test_trainer_reads_unit_fields_and_resamples_per_epoch(implicit_root):
     dm = ICGDataModule(implicit_root, image_size=8, batch_size=8, eval_candidates=3)
-    stage = _Stage()
+    stage = RecordingStage()
     trainer = pl.Trainer(
         max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
     )
@@ -158,7 +135,7 @@ def test_batch_times_world_size_checked(implicit_root):
     dm.setup("fit")
 
     class _Trainer:
-        lightning_module = _Stage()
+        lightning_module = RecordingStage()
         world_size = 2
 
     dm.trainer = _Trainer()
@@ -169,7 +146,7 @@ def test_batch_times_world_size_checked(implicit_root):
 
 
 def test_missing_data_unit_is_named(implicit_root):
-    dm = _dm(implicit_root)
+    dm = datamodule_for(implicit_root)
 
     class _NoUnit:
         lightning_module = torch.nn.Linear(1, 1)

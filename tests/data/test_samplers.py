@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.trainer.states import RunningStage
-from test_datamodule import _dm, _Stage
-from test_schema import make_dataset
 from torch.utils.data import SequentialSampler
 
 from icg.data.datamodule import ICGDataModule
 from icg.data.samplers import EpochSampler, FeistelPermutation, epoch_permutation
+from tests.helpers.data import RecordingStage, datamodule_for, make_dataset
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 5, 8, 9, 1000, 65_537, 300_007])
@@ -110,10 +109,10 @@ def test_memory_is_constant_in_the_length():
 
 def test_datamodule_loaders_shard_under_ddp(tmp_path):
     root = make_dataset(tmp_path / "data", users=6, items=16, per_user=6)
-    dm = _dm(root)
+    dm = datamodule_for(root)
 
     class _Trainer:
-        lightning_module = _Stage()
+        lightning_module = RecordingStage()
         world_size = 3
 
         def __init__(self, rank):
@@ -143,7 +142,7 @@ def test_datamodule_loaders_shard_under_ddp(tmp_path):
 
 def test_lightning_keeps_our_sampler_under_ddp(tmp_path):
     root = make_dataset(tmp_path / "data", users=6, items=16, per_user=6)
-    dm = _dm(root)
+    dm = datamodule_for(root)
     trainer = pl.Trainer(accelerator="cpu", devices=3, strategy="ddp", logger=False, enable_progress_bar=False)
     assert trainer.world_size == 3 and trainer._accelerator_connector.is_distributed  # nothing launched yet
     connector = trainer._data_connector

@@ -1,17 +1,13 @@
 """The on-disk dataset format (icg/data/schema.py): round trips in parquet and CSV, compact interaction arrays.
 
-Also home of ``make_dataset``, the tiny dataset writer the other data tests import (``from test_schema import``).
+The tiny dataset writer the data tests share, ``make_dataset``, lives in ``tests/helpers/data.py``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from PIL import Image
 
 from icg.data import schema
 from icg.data.schema import (
@@ -21,34 +17,7 @@ from icg.data.schema import (
     read_interaction_arrays,
     write_dataset,
 )
-
-
-def make_dataset(
-    root: Path,
-    users: int = 6,
-    items: int = 12,
-    per_user: int = 5,
-    implicit: bool = True,
-    table_format: str = "parquet",
-    seed: int = 0,
-) -> Path:
-    """A tiny valid dataset: ``items`` colored PNG covers, each user ``per_user`` interactions at distinct times."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    item_rows = []
-    for i in range(items):
-        color = tuple(int(c) for c in rng.integers(0, 256, 3))
-        Image.new("RGB", (20 + i, 16), color).save(root / "images" / f"i{i:02d}.png")
-        item_rows.append({"item_id": f"i{i:02d}", "title": f"title {i}", "image": f"images/i{i:02d}.png"})
-    inter_rows = []
-    for u in range(users):
-        chosen = rng.choice(items, per_user, replace=False)
-        for t, i in enumerate(chosen):
-            click = 1 if implicit else int(rng.integers(0, 2))
-            inter_rows.append({"user_id": f"u{u}", "item_id": f"i{i:02d}", "click": click, "timestamp": 100 * t + u})
-    inter = pd.DataFrame(inter_rows).sample(frac=1.0, random_state=seed)  # file order is not time order
-    write_dataset(root, pd.DataFrame(item_rows), inter, DatasetMeta("test", implicit), table_format)
-    return root
+from tests.helpers.data import make_dataset
 
 
 @pytest.mark.parametrize("table_format", ["parquet", "csv"])

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_schema import make_dataset
 
 from icg.data import validation
 from icg.data.datamodule import ICGDataModule
 from icg.data.schema import read_interaction_arrays
 from icg.data.table_cache import cached_interaction_arrays
 from icg.data.validation import DataValidationError
+from tests.helpers.data import make_dataset
 
 
 def _setup(root, cache_dir=None, **kwargs):

@@ -7,11 +7,11 @@ import os
 
 import pandas as pd
 import pytest
-from test_schema import make_dataset
 
 from icg.data.datamodule import ICGDataModule
 from icg.data.validation import DataValidationError, validate_dataset
 from icg.errors import ConfigError
+from tests.helpers.data import make_dataset
 
 
 def _corrupt(root):

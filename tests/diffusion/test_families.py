@@ -23,7 +23,7 @@ from icg.models.adapter import ConditioningAdapter
 from icg.models.cover_conditioner import CoverConditioner
 from icg.models.fusion import UserFusion
 from icg.models.meta_prompt import MetaTokenPrompter
-from tests.base_folders import write_flux, write_sd15
+from tests.helpers.base_folders import write_flux, write_sd15
 
 KEY = "model.init_args.diffusion.path"
 

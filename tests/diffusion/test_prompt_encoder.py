@@ -16,7 +16,7 @@ from icg.models.cover_conditioner import CoverConditioner
 from icg.models.fusion import UserFusion
 from icg.models.meta_prompt import MetaTokenPrompter
 from icg.models.title_tokens import TitleTokenEncoder, export_title_encoder
-from tests.base_folders import clip_text, write_flux, write_sd15, write_sdxl
+from tests.helpers.base_folders import clip_text, write_flux, write_sd15, write_sdxl
 
 TITLES = ["Red circle on a dark backdrop", "A blue star, striped", ""]
 TINY = {"num_buckets": 64, "dim": 32, "max_tokens": 8, "num_heads": 4}

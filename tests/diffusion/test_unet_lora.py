@@ -16,7 +16,7 @@ from icg.models.adapter import ConditioningAdapter
 from icg.models.cover_conditioner import CoverConditioner
 from icg.models.fusion import UserFusion, UserOffset
 from icg.models.meta_prompt import MetaTokenPrompter
-from tests.conftest import TINY, only_ckpt, run_cli
+from tests.helpers.cli import TINY, only_ckpt, run_cli
 
 SOURCES = {
     "sd15": DiffusionSource(tiny={"sample_size": 16}),
@@ -161,7 +161,7 @@ def test_stage3_with_a_lora_resumes_exactly_and_refuses_another_setting(
     tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path, capsys
 ):
     from icg.cli import main
-    from tests.test_resume import resumed_equals_uninterrupted
+    from tests.helpers.resume import resumed_equals_uninterrupted
 
     chain = ["--data.root", tiny_platform, "--model.init_args.preference_ckpt", tiny_stage1_ckpt,
              "--model.init_args.rewards_ckpt", tiny_stage2_ckpt, "--trainer.max_steps", "-1"]  # fmt: skip

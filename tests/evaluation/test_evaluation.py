@@ -16,6 +16,7 @@ from icg.evaluation.metrics import (
     title_match_accuracy,
 )
 from icg.evaluation.report import METRICS, format_markdown, write_report
+from tests.helpers.evaluation import fake_report
 
 
 def test_ssim_of_identical_images_is_one_and_of_different_ones_less():
@@ -85,33 +86,8 @@ def test_bootstrap_lift_point_estimate_and_interval():
         bootstrap_lift(treat, base[:-1], users)
 
 
-def _fake_report(tmp_path, n_users=2, n_items=3):
-    methods = {name: {m: 0.5 for m in METRICS} for name in ("title_only", "icg")}
-    for row in methods.values():
-        row["clip_title"] = None
-    report = {
-        "stage1": {"auc": 0.7, "gauc": 0.65, "oracle_auc": 0.8, "popularity_auc": 0.55},
-        "methods": methods,
-        "reference_covers": dict(methods["icg"]),
-        "lift": {"true_click_prob": 0.1, "ci_low": 0.05, "ci_high": 0.15},
-        "relevance_drop": 0.02,
-        "unavailable": {"clip_title": "no CLIP weights given (clip_path)"},
-        "minutes": 1.5,
-    }
-    n = n_users * n_items
-    grid = {
-        "users": [f"u{k}" for k in range(n_users)],
-        "items": [f"i{k}" for k in range(n_items)],
-        "titles": [f"title <{k}>" for k in range(n_items)],
-        "pairs": [(u, i) for u in range(n_users) for i in range(n_items)],
-        "covers": {name: torch.rand(n, 3, 8, 8) for name in ("reference", "title_only", "icg")},
-        "scores": {"icg": {"true_click_prob": torch.rand(n)}},
-    }
-    return report, grid
-
-
 def test_report_files_have_required_keys_and_mark_unavailable(tmp_path):
-    report, grid = _fake_report(tmp_path)
+    report, grid = fake_report(tmp_path)
     files = write_report(report, tmp_path, grid=grid, tensorboard=True)
     data = json.loads((tmp_path / "report.json").read_text())
     assert set(data) >= {"stage1", "methods", "lift", "relevance_drop", "minutes", "files"}
@@ -127,7 +103,7 @@ def test_report_files_have_required_keys_and_mark_unavailable(tmp_path):
 
 
 def test_gallery_references_existing_images(tmp_path):
-    report, grid = _fake_report(tmp_path)
+    report, grid = fake_report(tmp_path)
     write_report(report, tmp_path, grid=grid, tensorboard=False)
     page = (tmp_path / "gallery.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
@@ -143,7 +119,7 @@ def test_user_appeal_row_comes_from_a_studys_results(tmp_path):
     from icg.evaluation.report import attach_user_appeal
     from icg.lit.callbacks import save_png
 
-    report, _ = _fake_report(tmp_path)
+    report, _ = fake_report(tmp_path)
     attach_user_appeal(report, None)
     assert "study database" in report["unavailable"]["user_appeal"]
     rows = [({"user_id": "u1", "item_id": "i1", "method": m}, torch.rand(3, 8, 8)) for m in ("title_only", "icg")]
@@ -159,54 +135,13 @@ def test_user_appeal_row_comes_from_a_studys_results(tmp_path):
 
 
 def test_markdown_formats_nan_as_unavailable():
-    report, _ = _fake_report(None)
+    report, _ = fake_report(None)
     report["methods"]["icg"]["aesthetic"] = float("nan")
     row = next(line for line in format_markdown(report).splitlines() if "| aesthetic" in line)
     assert "unavailable" in row
 
 
 # ------------------------------------------------------------------------------------------ tiny end-to-end run
-@pytest.fixture(scope="module")
-def tiny_methods(tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory):
-    from icg.diffusion.components import DiffusionComponents
-    from icg.diffusion.source import DiffusionSource
-    from icg.evaluation.methods import AlignmentMethod, TitleOnlyMethod
-    from icg.lit.alignment import AlignmentStage
-    from icg.lit.base_model import export_base_model
-    from icg.models.adapter import ConditioningAdapter
-    from icg.models.cover_conditioner import CoverConditioner
-    from icg.models.fusion import UserFusion
-    from icg.models.meta_prompt import MetaTokenPrompter
-    from icg.models.title_tokens import TitleTokenEncoder
-
-    torch.manual_seed(0)
-    conditioner = CoverConditioner(
-        MetaTokenPrompter(tiny_config={}, num_meta_tokens=4, image_size=56),
-        UserFusion(32, 8, "user_token"),
-        ConditioningAdapter(32, 32, num_layers=1, num_heads=4, num_tokens=8),
-    )
-    stage = AlignmentStage(
-        conditioner,
-        str(tiny_stage1_ckpt),
-        str(tiny_stage2_ckpt),
-        diffusion=DiffusionSource(tiny={"sample_size": 16}),
-        num_steps=3,
-        image_size=32,
-    )
-    stage.setup("predict")
-    stage._place_frozen()
-    stage.eval()
-    folder = tmp_path_factory.mktemp("base") / "base_model"
-    base = DiffusionComponents.tiny(cross_attention_dim=32, sample_size=16)
-    export_base_model(folder, base.unet, base.vae, base.scheduler, TitleTokenEncoder(dim=32))
-    title_only = TitleOnlyMethod.from_folder(folder, num_steps=3, image_size=32, seed=0)
-    return {
-        "title_only": title_only,
-        "icg_no_user": AlignmentMethod(stage.generator, user="fallback"),
-        "icg": AlignmentMethod(stage.generator),
-    }
-
-
 def test_methods_share_per_pair_noise_and_differ_by_user(tiny_platform, tiny_methods):
     from icg.data.datamodule import ICGDataModule
     from icg.evaluation.sample import pairs_batch
@@ -227,7 +162,7 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_platform, tiny_stage1_ckpt, tin
     from icg.evaluation.lpips import LPIPS
     from icg.evaluation.run import evaluate
     from icg.evaluation.settings import DataSettings, EvaluatorSettings, RunSettings, SampleSettings, ScoringSettings
-    from tests.test_lpips import save_backbone
+    from tests.helpers.lpips import save_backbone
 
     save_backbone(tmp_path / "alexnet.pth")
     report = evaluate(

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.test_evaluation import _fake_report
+from tests.helpers.evaluation import fake_report
 
 pytestmark = pytest.mark.browser
 
@@ -52,7 +52,7 @@ def load_states(page, tmp_path) -> list[tuple[str, str]]:
 def test_every_gallery_image_loads_in_chromium(tmp_path):
     from icg.evaluation.report import write_report
 
-    report, grid = _fake_report(tmp_path)
+    report, grid = fake_report(tmp_path)
     write_report(report, tmp_path / "run", grid=grid, tensorboard=False)
     states = load_states(tmp_path / "run" / "gallery.html", tmp_path)
     assert len(states) == 3 + 2 * 3 * 2  # a reference per item + users x items x methods
@@ -73,7 +73,7 @@ def test_every_image_of_a_real_evaluation_gallery_loads(tiny_evaluation, tmp_pat
 def test_the_probe_detects_a_missing_image(tmp_path):
     from icg.evaluation.report import write_report
 
-    report, grid = _fake_report(tmp_path)
+    report, grid = fake_report(tmp_path)
     write_report(report, tmp_path / "run", grid=grid, tensorboard=False)
     (tmp_path / "run" / "gallery" / "u0_i0_icg.png").unlink()
     states = dict(load_states(tmp_path / "run" / "gallery.html", tmp_path))

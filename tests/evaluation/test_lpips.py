@@ -7,14 +7,7 @@ import torch
 import torchmetrics.functional.image.lpips as tm_lpips
 
 from icg.evaluation.lpips import LPIPS, alexnet_features
-
-
-def save_backbone(path: Path) -> dict[str, torch.Tensor]:
-    """A random AlexNet in torchvision's checkpoint layout (features + classifier keys)."""
-    torch.manual_seed(0)
-    state = {f"features.{k}": v for k, v in alexnet_features().state_dict().items()}
-    torch.save(state | {"classifier.1.weight": torch.zeros(4, 4)}, path)
-    return state
+from tests.helpers.lpips import save_backbone
 
 
 def reference_lpips(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from icg.explore.uploads import MAX_UPLOAD_PIXELS, UPLOAD_PREFIX, Uploads
 from icg.generation.generator import reference_batch, to_pil
 from icg.models.rewards.bundle import load_reward_bundle
 from icg.study.server import running
-from tests.conftest import run_cli
+from tests.helpers.cli import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from tests.test_study_browser import chrome
+from tests.helpers.browser import chrome
 
 pytestmark = pytest.mark.browser
 

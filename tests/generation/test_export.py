@@ -15,8 +15,8 @@ from icg.errors import UserError
 from icg.generation import CoverGenerator, UserTable
 from icg.generation.export import CONFIG, EXPORT_FILES, USERS_IDS, ExportError
 from icg.output_lock import OutputLock, old_copy
-from tests.conftest import TINY, only_ckpt, run_cli
-from tests.generation_fixtures import tiny_generator, write_tiny_export
+from tests.helpers.cli import TINY, only_ckpt, run_cli
+from tests.helpers.generation import tiny_generator, write_tiny_export
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from icg.diffusion.source import DiffusionSource
 from icg.generation import CoverGenerator, UserTable
 from icg.generation.export import CONFIG, NEGATIVE, WEIGHTS, ExportError, with_paths
 from icg.generation.users import USERS_IDS, USERS_WEIGHTS
-from tests.generation_fixtures import write_tiny_export
+from tests.helpers.generation import write_tiny_export
 
 USERS = ["u0", "  spaced  ", "spaced", "u3"]
 

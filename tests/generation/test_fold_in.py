@@ -17,8 +17,8 @@ from icg.generation import CoverGenerator, UserTable
 from icg.generation.export import CONFIG, USERS_IDS, WEIGHTS
 from icg.generation.fold_in import FoldInError, Stage1, fold_in, fold_in_export, user_rows
 from icg.output_lock import OutputLock
-from tests.conftest import run_cli
-from tests.generation_fixtures import write_tiny_export
+from tests.helpers.cli import run_cli
+from tests.helpers.generation import write_tiny_export
 
 NEW = ["u0003", "u0011", "u0020"]  # in the tiny platform and in stage 1, left out of the export: "new" users
 

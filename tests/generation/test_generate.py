@@ -30,8 +30,8 @@ from icg.generation.cover_folder import SETTINGS, CoverFolder, OutputFolderError
 from icg.generation.export import ExportError
 from icg.generation.pairs import read_pairs
 from icg.output_lock import OutputLock, lock_path
-from tests.conftest import REPO, run_cli
-from tests.generation_fixtures import pairs_csv, write_tiny_export
+from tests.helpers.cli import REPO, run_cli
+from tests.helpers.generation import pairs_csv, write_tiny_export
 
 KNOWN = [f"u{i:04d}" for i in range(0, 30, 2)]  # half of the tiny platform's users; the others get the fallback
 

@@ -33,7 +33,7 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_the_cli_trainer_writes_through_it(tiny_platform, tmp_path):
     from icg.cli import ICGLightningCLI
-    from tests.conftest import TINY
+    from tests.helpers.cli import TINY
 
     cli = ICGLightningCLI(["--config", str(TINY / "stage1_preference.yaml"), "--data.root", str(tiny_platform),
                            "--trainer.default_root_dir", str(tmp_path)], run=False)  # fmt: skip

@@ -8,35 +8,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import TINY, run_cli
-
-
-def fit(config, tmp, epochs, *extra, ckpt=None):
-    words = ["fit", "--config", TINY / config, "--trainer.default_root_dir", tmp, "--trainer.max_epochs", epochs,
-             "--trainer.limit_train_batches", "2", *extra]  # fmt: skip
-    if ckpt is not None:
-        words += ["--ckpt_path", ckpt]
-    run_cli(*words)
-    found = sorted(tmp.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return found[-1]
-
-
-def assert_same_weights(a, b):
-    sa = torch.load(a, weights_only=True)["state_dict"]
-    sb = torch.load(b, weights_only=True)["state_dict"]
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0, msg=key)
-
-
-def resumed_equals_uninterrupted(config, tmp_path, *extra):
-    straight = fit(config, tmp_path / "straight", "2", *extra)
-    first = fit(config, tmp_path / "first", "1", *extra)
-    resumed = fit(config, tmp_path / "resumed", "2", *extra, ckpt=first)
-    steps = [torch.load(path, weights_only=True)["global_step"] for path in (straight, resumed)]
-    assert steps[0] == steps[1] > 0
-    assert_same_weights(straight, resumed)
-    return resumed
+from tests.helpers.cli import TINY
+from tests.helpers.resume import resumed_equals_uninterrupted
 
 
 def test_stage1_resume_with_cold_start_dropout(tiny_platform, tmp_path):

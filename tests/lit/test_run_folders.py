@@ -3,7 +3,7 @@
 import torch
 
 from icg.cli import main
-from tests.conftest import TINY, run_cli
+from tests.helpers.cli import TINY, run_cli
 
 
 def stage1(root, out, *extra):

@@ -16,7 +16,8 @@ from icg.models.cover_conditioner import CoverConditioner
 from icg.models.fusion import UserFusion, UserOffset
 from icg.models.meta_prompt import MetaTokenPrompter
 from icg.models.rewards.bundle import RewardOutput
-from tests.conftest import TINY, only_ckpt, run_cli, seeded_noise
+from tests.helpers.cli import TINY, only_ckpt, run_cli
+from tests.helpers.noise import seeded_noise
 
 
 def build_stage(s1, s2, fusion_type="user_token", user_offset=False, **overrides) -> AlignmentStage:

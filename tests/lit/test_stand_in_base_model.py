@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run_cli
+from tests.helpers.cli import REPO, run_cli
 
 DEMO = REPO / "lightning_configs" / "demo" / "base_model.yaml"
 # Tiny sizes over the demo config: 16 px covers, 8 x 8 x 4 latents, 2 VAE steps then 2 UNet steps. The UNet and VAE

@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from icg.cli import ICGLightningCLI
 from icg.data.datamodule import ICGDataModule
 from icg.lit.callbacks import CoverGrid
-from tests.conftest import TINY, seeded_noise
+from tests.helpers.cli import TINY
+from tests.helpers.noise import seeded_noise
 
 GRID_USERS, GRID_ITEMS, PAD = 2, 3, 2
 PNG_STEP = 1 / 255  # add_image stores 8-bit pixels

@@ -24,8 +24,7 @@ from icg.lit.callbacks import save_png
 from icg.study.design import StudyDesign, StudyInputError
 from icg.study.results import bradley_terry, study_results
 from icg.study.store import StudyDatabaseError, StudyStore
-from tests.study_fixtures import METHODS_BEST_FIRST, oracle_means, recoloured_run
-from tests.test_evaluation import tiny_methods  # noqa: F401  (a fixture: the tiny title-only, no-user and ICG)
+from tests.helpers.study import METHODS_BEST_FIRST, oracle_means, recoloured_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -550,7 +549,7 @@ def test_evaluation_writes_every_held_out_cover_with_a_manifest(tiny_platform, t
 def test_user_appeal_row_in_the_evaluation_report(tiny_platform, tmp_path):
     from icg.evaluation.report import format_markdown, write_report
     from icg.study.results import attach_user_appeal
-    from tests.test_evaluation import _fake_report
+    from tests.helpers.evaluation import fake_report
 
     rows = [({"user_id": f"u000{k}", "item_id": "i00001", "method": m}, torch.rand(3, 8, 8)) for k in range(3)
             for m in ("title_only", "icg")]  # fmt: skip
@@ -561,7 +560,7 @@ def test_user_appeal_row_in_the_evaluation_report(tiny_platform, tmp_path):
             left, _ = s.design.sides(rater, cid)
             s.answer(rater, cid, "left" if left == "icg" else "right")  # everyone prefers icg
 
-    report, grid = _fake_report(tmp_path)
+    report, grid = fake_report(tmp_path)
     attach_user_appeal(report, None)
     assert "study database" in report["unavailable"]["user_appeal"]
     report["cover_manifest"] = str(manifest)
@@ -583,7 +582,7 @@ def test_a_study_over_an_evaluation_run_comes_back_as_its_user_appeal_row(
     tiny_platform,
     tiny_stage1_ckpt,
     tiny_stage2_ckpt,
-    tiny_methods,  # noqa: F811
+    tiny_methods,
     tmp_path,
     capsys,
 ):

@@ -8,13 +8,13 @@ browser session with the same rater id) resumes at screen 6 with a screen not se
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from tests.study_fixtures import recoloured_run
+from tests.helpers.browser import chrome
+from tests.helpers.study import recoloured_run
 
 pytestmark = pytest.mark.browser
 
@@ -22,24 +22,6 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def study_run(tiny_platform, tmp_path_factory) -> Path:
     return recoloured_run(tiny_platform, tmp_path_factory.mktemp("study") / "run", users=4, items_per_user=2)
-
-
-def chrome(profile: Path):
-    """Headless Chromium + chromedriver from Debian (``make browser``); selenium never downloads a browser."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
-    driver = shutil.which("chromedriver") or "/usr/lib/chromium/chromedriver"
-    if browser is None or not Path(driver).is_file():
-        pytest.fail("Chromium or chromedriver is missing: `make browser` installs Debian's chromium + chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--window-size=1100,900",
-                 f"--user-data-dir={profile}"):  # fmt: skip
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 
 def answers(db: Path) -> list[tuple[str, int, str, str, str]]:
