@@ -91,12 +91,12 @@ ID_SETS = {
 def test_id_encoding_matches_sorted_python_strings(name, monkeypatch):
     # short ids take the 64-bit key path, the others the string path; both must give the same codes and order as
     # sorting Python strings (chunks of 3 rows here so that chunk and slice boundaries are crossed)
-    monkeypatch.setattr(schema, "_KEY_CHUNK", 3)
+    monkeypatch.setattr(schema, "KEY_CHUNK", 3)
     ids = ID_SETS[name]
     column = pa.chunked_array([pa.array(ids[:5], pa.string()), pa.array(["pad", *ids[5:]], pa.string()).slice(1)])
     expected_values = sorted({i or "" for i in ids})
-    codes, values = schema._encode_ids(lambda: column)
+    codes, values = schema.encode_ids(lambda: column)
     assert list(values) == expected_values
     assert codes.tolist() == [expected_values.index(i or "") for i in ids]
     short = name not in ("longer than 8 bytes", "NUL bytes")
-    assert (schema._short_id_keys(column.fill_null("")) is not None) == short
+    assert (schema.short_id_keys(column.fill_null("")) is not None) == short

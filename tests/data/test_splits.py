@@ -8,11 +8,11 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
-from test_schema import make_dataset
 
 from icg.data import splits
 from icg.data.datamodule import ICGDataModule
 from icg.data.splits import TEST, TRAIN, VAL, InteractionLog, NegativeSampler, row_rng, split_parts, time_order
+from tests.helpers.data import make_dataset
 
 
 def test_split_parts_last_k_held_out():
@@ -47,16 +47,16 @@ def test_time_order_user_ranges_cover_every_row_once():
     # one user holding most rows cannot be split: fewer ranges, still every row exactly once, users ascending
     user = np.array([3] * 90 + [0, 1, 2, 5, 5, 7, 9, 9, 9, 9], np.int32)
     np.random.default_rng(0).shuffle(user)
-    bounds, below = splits._user_bounds(user, 4)
+    bounds, below = splits.user_bounds(user, 4)
     assert 1 <= len(bounds) <= 3 and below == [int((user < b).sum()) for b in bounds]
     cuts = [None, *bounds, None]
-    ranges = [splits._rows_of_users(user, lo, hi) for lo, hi in itertools.pairwise(cuts)]
+    ranges = [splits.rows_of_users(user, lo, hi) for lo, hi in itertools.pairwise(cuts)]
     assert sorted(np.concatenate(ranges).tolist()) == list(range(len(user)))
     assert all(user[a].max() < user[b].min() for a, b in itertools.pairwise(ranges))
-    assert splits._user_bounds(np.zeros(10, np.int32), 2) == ([], [])
+    assert splits.user_bounds(np.zeros(10, np.int32), 2) == ([], [])
     # from a million rows on, the cuts come from every 16th row; the counts below them stay exact
     user = np.random.default_rng(2).integers(0, 1000, 1 << 20).astype(np.int32)
-    bounds, below = splits._user_bounds(user, 3)
+    bounds, below = splits.user_bounds(user, 3)
     assert len(bounds) == 2 and below == [int((user < b).sum()) for b in bounds]
     assert all(abs(size - len(user) / 3) < 0.02 * len(user) for size in np.diff([0, *below, len(user)]))
 
@@ -65,16 +65,16 @@ def test_time_order_user_ranges_cover_every_row_once():
 def test_sorted_pairs_in_parts_equal_one_sort(cores, monkeypatch):
     # the negative sampler's (user, item) keys are built and sorted in one part per core, cut where the user changes;
     # a log in user order (with one user spanning the would-be cuts) and one in file order both come out sorted
-    monkeypatch.setattr(splits, "_PARALLEL_ROWS", 1)
-    monkeypatch.setattr(splits, "_cores", lambda: cores)
+    monkeypatch.setattr(splits, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(splits, "cores", lambda: cores)
     rng = np.random.default_rng(3)
     user = np.sort(np.concatenate([rng.integers(0, 30, 500), np.full(400, 7)])).astype(np.int32)
     item = rng.integers(0, 50, len(user)).astype(np.int32)
     expected = np.sort(user.astype(np.int64) * 50 + item)
-    assert splits._sorted_pairs(user, item, 50).tolist() == expected.tolist()
+    assert splits.sorted_pairs(user, item, 50).tolist() == expected.tolist()
     shuffled = rng.permutation(len(user))
-    assert splits._sorted_pairs(user[shuffled], item[shuffled], 50).tolist() == expected.tolist()
-    assert splits._sorted_pairs(user[:0], item[:0], 50).tolist() == []
+    assert splits.sorted_pairs(user[shuffled], item[shuffled], 50).tolist() == expected.tolist()
+    assert splits.sorted_pairs(user[:0], item[:0], 50).tolist() == []
 
 
 def _toy_log(holdout=1):

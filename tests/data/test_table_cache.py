@@ -171,7 +171,8 @@ def test_resolve_equals_realpath(tmp_path):
         "images/a.png", "linked/a.png", "images/out.png", "away/b.png", "images/../images/a.png", "../outside/b.png",
         "images/sub/", "images/.", "images/..", "a.png", "images/missing.png", "linked/sub/../a.png",
     ]:  # fmt: skip
-        assert validation._resolve(real, relative, parents) == os.path.realpath(os.path.join(real, relative)), relative
+        expected = os.path.realpath(os.path.join(real, relative))
+        assert validation.cached_realpath(real, relative, parents) == expected, relative
 
 
 def test_cached_table_reports_the_same_bad_rows(tmp_path):

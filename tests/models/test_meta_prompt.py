@@ -37,10 +37,10 @@ def test_shapes_mixed_length_titles(prompter, images):
 def test_meta_positions_follow_each_rows_prompt(prompter, side):
     prompter.padding_side = side
     try:
-        batch = prompter._batch_inputs(TITLES)
+        batch = prompter.batch_inputs(TITLES)
     finally:
         prompter.padding_side = "left"
-    lengths = [len(prompter._prompt_ids(t)) for t in TITLES]
+    lengths = [len(prompter.prompt_ids(t)) for t in TITLES]
     assert len(set(lengths)) == 3  # the titles really do give different prompt lengths
     width = max(lengths) + N
     for row, length in enumerate(lengths):
