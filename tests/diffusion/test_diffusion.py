@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from icg.diffusion.bases import FAMILIES
 from icg.diffusion.components import DiffusionComponents, MissingComponentError
 from icg.diffusion.conditioning import Conditioning, ConditioningError, check_widths, predict_noise
 from icg.diffusion.sampler import decode, denoising_loss, encode, gradient_steps, sample
@@ -234,23 +235,41 @@ def test_x0_shortcut_returns_last_gradient_steps_predicted_x0(comps, monkeypatch
     torch.testing.assert_close(refl, short)
 
 
-def test_gradient_checkpointing_gives_same_gradient(comps):
+# Pixel side and title-prompt length of each family's tiny components: SD's VAE halves (8 x 8 latents); Flux also
+# packs 2 x 2 latent cells (8 x 8 tokens).
+FAMILY_SIZES = {"sd15": (16, 5), "flux": (32, 7)}
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_SIZES))
+def tiny_family(request):
+    """(tiny components of a registered family, pixel side, a conditioning builder of its widths)."""
+    components = FAMILIES[request.param].tiny()
+    size, length = FAMILY_SIZES[request.param]
+
+    def cond(batch: int = 2, seed: int = 0, grad: bool = False) -> Conditioning:
+        return _cond(batch, length, components.cross_attention_dim, components.pooled_dim, seed, grad)
+
+    return components, size, cond
+
+
+def test_gradient_checkpointing_gives_same_gradient(tiny_family):
+    components, size, cond_of = tiny_family
     grads = []
     for ckpt in (False, True):
-        cond = _cond(grad=True)
+        cond = cond_of(grad=True)
         img = sample(
-            comps,
+            components,
             cond,
             num_steps=4,
             grad_window="last_k",
             k=3,
-            height=SIZE,
+            height=size,
             gradient_checkpointing=ckpt,
             guidance_scale=3.0,
-            uncond=_cond(batch=1, seed=5),
+            uncond=cond_of(batch=1, seed=5),
             generator=torch.Generator().manual_seed(0),
         )
-        (img * torch.linspace(0, 1, SIZE)).sum().backward()
+        (img * torch.linspace(0, 1, size)).sum().backward()
         grads.append(cond.encoder_hidden_states.grad.clone())
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
