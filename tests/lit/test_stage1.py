@@ -15,7 +15,7 @@ from icg.lit.preference import NonFiniteLossError, PreferenceStage, compare_clic
 from icg.models.image_encoders import TinyImageEncoder
 from icg.models.preference import PreferenceModel
 
-TINY_CONFIG = Path(__file__).resolve().parents[1] / "lightning_configs" / "tiny" / "stage1_preference.yaml"
+TINY_CONFIG = Path(__file__).resolve().parents[2] / "lightning_configs" / "tiny" / "stage1_preference.yaml"
 
 
 @pytest.fixture(scope="module")

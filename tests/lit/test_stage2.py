@@ -14,7 +14,7 @@ from icg.data.synthetic import generate_platform
 from icg.models.rewards.base import RewardContext
 from icg.models.rewards.bundle import load_reward_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY1 = str(ROOT / "lightning_configs/tiny/stage1_preference.yaml")
 TINY2 = str(ROOT / "lightning_configs/tiny/stage2_rewards.yaml")
 DEMO2 = ROOT / "lightning_configs/demo/stage2_rewards.yaml"

@@ -24,7 +24,7 @@ from icg.models.rewards.imagereward import ImageRewardRelevance
 
 pytestmark = pytest.mark.parity
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PARITY_PY = Path(os.environ.get("ICG_PARITY_VENV", ROOT / ".venv-parity")) / "bin" / "python"
 
 # BLIP's configs/med_config.json as published with ImageReward (vocab 30522 + [DEC] + [ENC]).

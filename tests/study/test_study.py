@@ -26,7 +26,7 @@ from icg.study.results import bradley_terry, study_results
 from icg.study.store import StudyDatabaseError, StudyStore
 from tests.helpers.study import METHODS_BEST_FIRST, oracle_means, recoloured_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
