@@ -28,7 +28,7 @@ _MAX_DRAWS = 64  # rejection rounds before declaring a user unsamplable (only hi
 
 # rows per step when building packed keys: ~1 MB temporaries stay in the CPU's cache (ordering 158M rows took
 # 16.5-17.8 s with chunks of 2**16-2**18 rows against 19.3-23.7 s with 2**22, benchmarks/datamodule_scale.py)
-_CHUNK = 1 << 17
+CHUNK = 1 << 17
 
 
 def _stable_pass(
@@ -42,8 +42,8 @@ def _stable_pass(
     ``keys_out`` (length n), when given, receives the keys in their sorted order (the high halves, for free).
     """
     packed = np.empty(n, np.uint64)
-    for start in range(0, n, _CHUNK):
-        stop = min(n, start + _CHUNK)
+    for start in range(0, n, CHUNK):
+        stop = min(n, start + CHUNK)
         rows = np.arange(start, stop) if order is None else order[start:stop]
         chunk = key(rows).astype(np.uint64)
         chunk <<= np.uint64(32)
@@ -51,11 +51,11 @@ def _stable_pass(
         packed[start:stop] = chunk
     packed.sort()
     step = np.empty(n, np.int32 if n < 2**31 else np.int64)
-    for start in range(0, n, _CHUNK):
+    for start in range(0, n, CHUNK):
         if keys_out is not None:
-            keys_out[start : start + _CHUNK] = packed[start : start + _CHUNK] >> np.uint64(32)
-        np.bitwise_and(packed[start : start + _CHUNK], np.uint64(0xFFFFFFFF), out=packed[start : start + _CHUNK])
-        step[start : start + _CHUNK] = packed[start : start + _CHUNK]
+            keys_out[start : start + CHUNK] = packed[start : start + CHUNK] >> np.uint64(32)
+        np.bitwise_and(packed[start : start + CHUNK], np.uint64(0xFFFFFFFF), out=packed[start : start + CHUNK])
+        step[start : start + CHUNK] = packed[start : start + CHUNK]
     del packed
     return step if order is None else order[step]
 

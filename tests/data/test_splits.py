@@ -30,7 +30,7 @@ def test_time_order_equals_lexsort(span, parts, monkeypatch):
     # many ties in every key (few users, items, timestamps) and, in the last case, timestamps over 2**32 apart;
     # keys are built in chunks of 999 rows here so that the chunk boundaries are crossed; the rows are split into
     # `parts` user ranges ordered in threads, which must not change the result
-    monkeypatch.setattr(splits, "_CHUNK", 999)
+    monkeypatch.setattr(splits, "CHUNK", 999)
     rng = np.random.default_rng(1)
     for rows in (0, 1, 2, 50, 20_000):
         user = rng.integers(0, 40, rows).astype(np.int32)
