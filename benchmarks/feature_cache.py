@@ -87,7 +87,7 @@ def bench(name: str, tiny_config: dict, batch: int, image_size: int, tokens: int
         "image_size": image_size,
         "meta_tokens": tokens,
         "hidden": prompter.hidden_size,
-        "prompt_tokens": len(prompter._prompt_ids(titles[0])),
+        "prompt_tokens": len(prompter.prompt_ids(titles[0])),
         "mllm_forward_ms": round(fwd_ms, 2),
         "cold_cache_ms": round(1000 * cold_s, 2),
         "cache_read_ms": round(hit_ms, 3),

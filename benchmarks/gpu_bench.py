@@ -272,7 +272,7 @@ def bench_mllm(sizes: Sizes, device: torch.device, dtype: str) -> dict:
         "batch": n,
         "image": sizes.mllm_image,
         "meta_tokens": sizes.meta_tokens,
-        "prompt_tokens": len(prompter._prompt_ids(titles[0])),
+        "prompt_tokens": len(prompter.prompt_ids(titles[0])),
         "forward_s": forward_s,
         "first_pass_s": cold_s,
         "cache_read_s": read_s,

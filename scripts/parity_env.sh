@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds .venv-parity: an isolated environment in which the reference `image-reward` 1.5 package runs, so that
-# tests/test_imagereward_parity.py (pytest -m parity) can compare icg's ImageReward port against it.
+# tests/models/test_imagereward_parity.py (pytest -m parity) can compare icg's ImageReward port against it.
 #
 # Why a separate venv: image-reward 1.5 does not import on transformers 5, needs torchvision (which cannot sit beside
 # the CPU torch of .venv) and pins timm 0.6.13. Here it gets torch 2.14.1 + torchvision 0.29.1, transformers 4.57.6,

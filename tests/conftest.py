@@ -11,29 +11,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "lightning_configs" / "tiny"
-
-
-def run_cli(*words: str) -> None:
-    """Run the exact console-script path in-process (``icg.cli.main``)."""
-    from icg.cli import main
-
-    assert main([str(w) for w in words]) == 0
-
-
-def seeded_noise(diffusion, seeds, image_size: int) -> torch.Tensor:
-    """Initial latents of covers of side ``image_size``, each from its own CPU generator seeded by its seed."""
-    side = image_size // diffusion.vae_scale_factor
-    noise = [torch.randn(1, diffusion.latent_channels, side, side, generator=torch.Generator().manual_seed(int(s)))
-             for s in seeds]  # fmt: skip
-    return torch.cat(noise) * diffusion.scheduler.init_noise_sigma
-
-
-def only_ckpt(folder: Path) -> Path:
-    found = sorted(folder.rglob("*.ckpt"))
-    assert len(found) == 1, f"expected one checkpoint under {folder}, found {found}"
-    return found[0]
+from tests.helpers.cli import TINY, only_ckpt, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -144,6 +122,48 @@ def tiny_no_user_ckpt(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_pat
     return only_ckpt(out)
 
 
+@pytest.fixture(scope="module")
+def tiny_methods(tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory):
+    """The tiny title-only, no-user and ICG evaluation methods over the tiny stages 1 and 2 (evaluation and study)."""
+    from icg.diffusion.components import DiffusionComponents
+    from icg.diffusion.source import DiffusionSource
+    from icg.evaluation.methods import AlignmentMethod, TitleOnlyMethod
+    from icg.lit.alignment import AlignmentStage
+    from icg.lit.base_model import export_base_model
+    from icg.models.adapter import ConditioningAdapter
+    from icg.models.cover_conditioner import CoverConditioner
+    from icg.models.fusion import UserFusion
+    from icg.models.meta_prompt import MetaTokenPrompter
+    from icg.models.title_tokens import TitleTokenEncoder
+
+    torch.manual_seed(0)
+    conditioner = CoverConditioner(
+        MetaTokenPrompter(tiny_config={}, num_meta_tokens=4, image_size=56),
+        UserFusion(32, 8, "user_token"),
+        ConditioningAdapter(32, 32, num_layers=1, num_heads=4, num_tokens=8),
+    )
+    stage = AlignmentStage(
+        conditioner,
+        str(tiny_stage1_ckpt),
+        str(tiny_stage2_ckpt),
+        diffusion=DiffusionSource(tiny={"sample_size": 16}),
+        num_steps=3,
+        image_size=32,
+    )
+    stage.setup("predict")
+    stage.place_frozen()
+    stage.eval()
+    folder = tmp_path_factory.mktemp("base") / "base_model"
+    base = DiffusionComponents.tiny(cross_attention_dim=32, sample_size=16)
+    export_base_model(folder, base.unet, base.vae, base.scheduler, TitleTokenEncoder(dim=32))
+    title_only = TitleOnlyMethod.from_folder(folder, num_steps=3, image_size=32, seed=0)
+    return {
+        "title_only": title_only,
+        "icg_no_user": AlignmentMethod(stage.generator, user="fallback"),
+        "icg": AlignmentMethod(stage.generator),
+    }
+
+
 # `icg evaluate` arguments of the tiny end-to-end evaluation (6 held-out users, 4 x 4 gallery grid).
 TINY_EVALUATION = ("--num_users", "6", "--downstream_users", "3", "--downstream_negatives", "2")
 
@@ -155,7 +175,7 @@ def tiny_evaluation(tiny_platform, tiny_stage1_ckpt, tiny_stage3_ckpt, tiny_no_u
     import contextlib
     import io
 
-    from tests.test_lpips import save_backbone
+    from tests.helpers.lpips import save_backbone
 
     out = tmp_path_factory.mktemp("evaluation")
     save_backbone(out.parent / f"{out.name}_alexnet.pth")

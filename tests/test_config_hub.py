@@ -19,7 +19,7 @@ from lightning.pytorch import LightningModule, Trainer
 
 from icg.cli import ICGLightningCLI
 from icg.data.datamodule import ICGDataModule
-from tests.conftest import REPO, run_cli
+from tests.helpers.cli import REPO, run_cli
 
 CONFIG_DIR = REPO / "lightning_configs"
 CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))

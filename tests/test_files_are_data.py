@@ -25,8 +25,8 @@ from icg.models.fusion import UserFusion
 from icg.models.rewards.bundle import RewardBundle, load_reward_bundle, save_reward_bundle
 from icg.models.rewards.standins import ColorfulnessAesthetic
 from icg.models.title_tokens import TitleTokenEncoder, export_title_encoder, load_title_encoder
-from tests.conftest import TINY
-from tests.generation_fixtures import pairs_csv, tiny_generator, write_tiny_export
+from tests.helpers.cli import TINY
+from tests.helpers.generation import pairs_csv, tiny_generator, write_tiny_export
 
 USERS = ["u0000", "u0002", "u0004"]
 

@@ -198,10 +198,10 @@ class InteractionArrays:
         return self.in_order[name]
 
 
-_KEY_CHUNK = 1 << 22  # rows packed at a time by _short_id_keys (a 32 MB byte matrix)
+KEY_CHUNK = 1 << 22  # rows packed at a time by short_id_keys (a 32 MB byte matrix)
 
 
-def _short_id_keys(column: pa.ChunkedArray) -> np.ndarray | None:
+def short_id_keys(column: pa.ChunkedArray) -> np.ndarray | None:
     """Each id of a string column as one uint64 that sorts like the id: its UTF-8 bytes, zero-padded, big-endian.
 
     Returns None when an id is longer than 8 bytes or holds a NUL byte (two ids could then share a key). Ids of
@@ -211,8 +211,8 @@ def _short_id_keys(column: pa.ChunkedArray) -> np.ndarray | None:
     keys = np.empty(len(column), np.uint64)
     done = 0
     for whole in column.chunks:
-        for start in range(0, len(whole), _KEY_CHUNK):
-            chunk = whole.slice(start, _KEY_CHUNK)
+        for start in range(0, len(whole), KEY_CHUNK):
+            chunk = whole.slice(start, KEY_CHUNK)
             rows = len(chunk)
             _, offsets_buffer, data_buffer = chunk.buffers()
             offsets = np.frombuffer(offsets_buffer, np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
@@ -240,7 +240,7 @@ def _short_id_keys(column: pa.ChunkedArray) -> np.ndarray | None:
 
 
 def _strings_of_keys(keys: np.ndarray) -> np.ndarray:
-    """The ids of :func:`_short_id_keys`' keys (object array of str): non-zero bytes are each id's prefix."""
+    """The ids of :func:`short_id_keys`' keys (object array of str): non-zero bytes are each id's prefix."""
     matrix = keys.astype(">u8").view(np.uint8).reshape(len(keys), 8)
     used = matrix != 0
     offsets = np.zeros(len(keys) + 1, np.int64)
@@ -249,11 +249,11 @@ def _strings_of_keys(keys: np.ndarray) -> np.ndarray:
     return text.to_numpy(zero_copy_only=False).astype(object, copy=False)
 
 
-def _encode_ids(read: Callable[[], pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray]:
+def encode_ids(read: Callable[[], pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray]:
     """Dictionary-encode the string column ``read()`` returns: (int32 codes per row, sorted distinct values).
 
     Nulls read as "". Codes follow the sorted ids (so sorting codes sorts ids; arrow's byte order = Python's str
-    order). Short ids are hashed as 64-bit keys (:func:`_short_id_keys`), others as strings. The column is read here
+    order). Short ids are hashed as 64-bit keys (:func:`short_id_keys`), others as strings. The column is read here
     so that its strings are freed as soon as they are encoded.
     """
     column = read()
@@ -266,7 +266,7 @@ def _encode_ids(read: Callable[[], pa.ChunkedArray]) -> tuple[np.ndarray, np.nda
     rows = len(column)
     if rows == 0:
         return np.zeros(0, np.int32), np.zeros(0, object)
-    keys = _short_id_keys(column)
+    keys = short_id_keys(column)
     if keys is not None:
         del column
         encoded = pa.chunked_array([pa.array(keys)]).dictionary_encode()
@@ -364,8 +364,8 @@ def read_interaction_arrays(root: str | Path) -> InteractionArrays:
         raise DatasetFormatError(f"{path}: missing column(s) {missing}; expected at least {list(INTERACTION_COLUMNS)}")
     try:
         with ThreadPoolExecutor(2) as pool:
-            users = pool.submit(_encode_ids, lambda: column("user_id"))
-            items = pool.submit(_encode_ids, lambda: column("item_id"))
+            users = pool.submit(encode_ids, lambda: column("user_id"))
+            items = pool.submit(encode_ids, lambda: column("item_id"))
             timestamps = column("timestamp")
             timestamp, timestamp_ok = parse_timestamps(timestamps)
             bad_rows = np.flatnonzero(~timestamp_ok)

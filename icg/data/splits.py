@@ -28,7 +28,7 @@ _MAX_DRAWS = 64  # rejection rounds before declaring a user unsamplable (only hi
 
 # rows per step when building packed keys: ~1 MB temporaries stay in the CPU's cache (ordering 158M rows took
 # 16.5-17.8 s with chunks of 2**16-2**18 rows against 19.3-23.7 s with 2**22, benchmarks/datamodule_scale.py)
-_CHUNK = 1 << 17
+CHUNK = 1 << 17
 
 
 def _stable_pass(
@@ -42,8 +42,8 @@ def _stable_pass(
     ``keys_out`` (length n), when given, receives the keys in their sorted order (the high halves, for free).
     """
     packed = np.empty(n, np.uint64)
-    for start in range(0, n, _CHUNK):
-        stop = min(n, start + _CHUNK)
+    for start in range(0, n, CHUNK):
+        stop = min(n, start + CHUNK)
         rows = np.arange(start, stop) if order is None else order[start:stop]
         chunk = key(rows).astype(np.uint64)
         chunk <<= np.uint64(32)
@@ -51,11 +51,11 @@ def _stable_pass(
         packed[start:stop] = chunk
     packed.sort()
     step = np.empty(n, np.int32 if n < 2**31 else np.int64)
-    for start in range(0, n, _CHUNK):
+    for start in range(0, n, CHUNK):
         if keys_out is not None:
-            keys_out[start : start + _CHUNK] = packed[start : start + _CHUNK] >> np.uint64(32)
-        np.bitwise_and(packed[start : start + _CHUNK], np.uint64(0xFFFFFFFF), out=packed[start : start + _CHUNK])
-        step[start : start + _CHUNK] = packed[start : start + _CHUNK]
+            keys_out[start : start + CHUNK] = packed[start : start + CHUNK] >> np.uint64(32)
+        np.bitwise_and(packed[start : start + CHUNK], np.uint64(0xFFFFFFFF), out=packed[start : start + CHUNK])
+        step[start : start + CHUNK] = packed[start : start + CHUNK]
     del packed
     return step if order is None else order[step]
 
@@ -97,18 +97,18 @@ def time_order_columns(
         order = np.lexsort((item, timestamp, user)).astype(np.int64)
         return order, user[order], timestamp[order]
     if parts is None:
-        parts = min(_cores(), 8) if n >= _PARALLEL_ROWS else 1
+        parts = min(cores(), 8) if n >= PARALLEL_ROWS else 1
     order = np.empty(n, np.int32 if n < 2**31 else np.int64)
     users = np.empty(n, user.dtype)
     times = np.empty(n, timestamp.dtype)
     low, high = int(timestamp.min()), int(timestamp.max())
-    bounds, below = _user_bounds(user, parts) if parts > 1 else ([], [])
+    bounds, below = user_bounds(user, parts) if parts > 1 else ([], [])
     cuts = [None, *bounds, None]  # range k holds the users in [cuts[k], cuts[k + 1])
     starts = [0, *below, n]  # and the sorted positions [starts[k], starts[k + 1])
 
     def order_part(k: int) -> None:
         at = slice(starts[k], starts[k + 1])
-        rows = None if len(bounds) == 0 else _rows_of_users(user, cuts[k], cuts[k + 1])
+        rows = None if len(bounds) == 0 else rows_of_users(user, cuts[k], cuts[k + 1])
         order[at] = _time_order_rows(user, timestamp, rows, (low, high), users[at], times[at])
         _order_ties(order[at], users[at], times[at], item)
 
@@ -120,14 +120,15 @@ def time_order_columns(
     return order, users, times
 
 
-_PARALLEL_ROWS = 1 << 22  # below this a single thread orders the log (thread start-up and the split cost more)
+PARALLEL_ROWS = 1 << 22  # below this a single thread orders the log (thread start-up and the split cost more)
 
 
-def _cores() -> int:
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one), at least 1."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _user_bounds(user: np.ndarray, parts: int) -> tuple[list[int], list[int]]:
+def user_bounds(user: np.ndarray, parts: int) -> tuple[list[int], list[int]]:
     """User codes that cut the log into ``parts`` consecutive user ranges of about n/parts rows each (from every 16th
     row; fewer ranges when one user holds more than a range's share), and the number of rows below each cut."""
     sample = user[:: 16 if len(user) >= 1 << 20 else 1]
@@ -142,7 +143,7 @@ def _user_bounds(user: np.ndarray, parts: int) -> tuple[list[int], list[int]]:
     return cuts, below
 
 
-def _rows_of_users(user: np.ndarray, lo: int | None, hi: int | None) -> np.ndarray:
+def rows_of_users(user: np.ndarray, lo: int | None, hi: int | None) -> np.ndarray:
     """The rows (ascending) whose user code is in [lo, hi) (None: unbounded), int32 below 2**31 rows."""
     inside = user >= lo if lo is not None else user < hi
     if lo is not None and hi is not None:
@@ -314,7 +315,7 @@ class InteractionLog:
         return out
 
 
-def _sorted_pairs(user: np.ndarray, item: np.ndarray, num_items: int) -> np.ndarray:
+def sorted_pairs(user: np.ndarray, item: np.ndarray, num_items: int) -> np.ndarray:
     """``user * num_items + item`` as int64, sorted.
 
     A log in user order (the DataModule's) is cut where the user changes into one part per core, each built and
@@ -323,7 +324,7 @@ def _sorted_pairs(user: np.ndarray, item: np.ndarray, num_items: int) -> np.ndar
     """
     n = len(user)
     keys = np.empty(n, np.int64)
-    parts = min(_cores(), 8) if n >= _PARALLEL_ROWS else 1
+    parts = min(cores(), 8) if n >= PARALLEL_ROWS else 1
     cuts = [0]
     for k in range(1, parts):
         at = max(k * n // parts, cuts[-1] + 1)
@@ -369,7 +370,7 @@ class NegativeSampler:
         if distribution not in ("uniform", "popularity"):
             raise ValueError(f"negative_sampling must be 'uniform' or 'popularity', got {distribution!r}")
         self.num_items = num_items
-        keys = _sorted_pairs(user, item, num_items)  # sorted (user, item) positive pairs (158M rows: 1.3 GB)
+        keys = sorted_pairs(user, item, num_items)  # sorted (user, item) positive pairs (158M rows: 1.3 GB)
         if len(keys):
             first = np.empty(len(keys), bool)
             first[0] = True

@@ -193,7 +193,7 @@ def _interaction_example(inter: InteractionArrays, row: int) -> str:
     return f"{row_label(inter.path, row)} ({value}user_id {user!r}, item_id {item!r})"
 
 
-def _resolve(root_real: str, relative: str, parents: dict[str, str]) -> str:
+def cached_realpath(root_real: str, relative: str, parents: dict[str, str]) -> str:
     """``os.path.realpath(root_real/relative)``, resolving each parent folder once (covers share one or a few)."""
     head, name = os.path.split(relative)
     if name in ("", ".", ".."):
@@ -211,7 +211,7 @@ def _locate(root_real: str, relative: str, parents: dict[str, str]) -> tuple[str
         return "missing_image", "", (0, 0, 0)
     if os.path.isabs(relative):
         return "image_escapes_root", "", (0, 0, 0)
-    full = _resolve(root_real, relative, parents)  # resolved: a symlink out of the root escapes too
+    full = cached_realpath(root_real, relative, parents)  # resolved: a symlink out of the root escapes too
     if not full.startswith(root_real + os.sep):
         return "image_escapes_root", full, (0, 0, 0)
     try:

@@ -5,7 +5,8 @@ IP-Adapter does with its image tokens: ``encoder_hidden_states = [prompt states 
 Appending starts stage 3 from what the base model already does with the title, so the adapter only has to learn
 what the title does not say (the reference cover, the user) and the reward alignment starts from relevant covers.
 :class:`PromptEncoder` is that prompt half, read from the same local diffusers folder as the denoiser, and encodes
-exactly as the base model's diffusers pipeline does (tests/test_prompt_encoder.py compares each with ``encode_prompt``):
+exactly as the base model's diffusers pipeline does (tests/diffusion/test_prompt_encoder.py compares each with
+``encode_prompt``):
 
 * SD 1.5 layout: ``tokenizer/`` + ``text_encoder/`` (CLIP), as ``StableDiffusionPipeline`` (padded to 77 tokens,
   last hidden state, no attention mask);

@@ -11,7 +11,8 @@ The loop never branches on the base family: what differs (the strength rounding 
 timesteps, the first latents, the guided denoiser call, the scheduler step, the training loss) is asked of the
 components (``icg.diffusion.bases.base.BaseComponents``). For SD 1.5 / SDXL that is diffusers' ``DDIMScheduler`` as
 its pipelines use it, matching ``StableDiffusion(XL)Pipeline`` for the same components, conditioning, noise and steps
-(tests/test_diffusion.py); for Flux the flow-matching Euler chain of ``FluxPipeline`` (tests/test_flux.py).
+(tests/diffusion/test_diffusion.py); for Flux the flow-matching Euler chain of ``FluxPipeline``
+(tests/diffusion/test_flux.py).
 Pipelines are for comparisons only.
 """
 

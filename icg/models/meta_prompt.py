@@ -169,7 +169,12 @@ class MetaTokenPrompter(nn.Module):
                 pieces.append(self.tokenizer(part, add_special_tokens=False)["input_ids"])
         return pieces
 
-    def _prompt_ids(self, title: str) -> list[int]:
+    def prompt_ids(self, title: str) -> list[int]:
+        """The token ids of one title's filled-in prompt template (image placeholders expanded), before the meta tokens.
+
+        Args:
+            title: the item title; special-token strings in it are spelled out as text.
+        """
         vocab = self.tokenizer.convert_tokens_to_ids
         ids: list[int] = []
         for piece in self._template_pieces:
@@ -205,8 +210,16 @@ class MetaTokenPrompter(nn.Module):
         grid = torch.tensor([[1, g, g]] * b, dtype=torch.long, device=x.device)
         return x.reshape(b * g * g, c * t * p * p), grid
 
-    def _batch_inputs(self, titles: list[str]) -> dict[str, Tensor]:
-        rows = [self._prompt_ids(t) for t in titles]
+    def batch_inputs(self, titles: list[str]) -> dict[str, Tensor]:
+        """The padded batch the MLLM reads: each row's prompt ids followed by ``num_meta_tokens`` meta positions.
+
+        Rows are padded on ``padding_side``. Returns ``input_ids``, ``attention_mask``, ``meta_mask`` (True at each
+        row's meta positions) and ``mm_token_type_ids``, all B x L on the CPU.
+
+        Args:
+            titles: one title per row.
+        """
+        rows = [self.prompt_ids(t) for t in titles]
         n = self.num_meta_tokens
         length = max(len(r) for r in rows) + n
         b = len(rows)
@@ -243,7 +256,7 @@ class MetaTokenPrompter(nn.Module):
             raise ValueError(f"got {len(titles)} titles but {images.shape[0]} images")
         core = self._core()
         device = self.meta_tokens.device
-        batch = {k: v.to(device) for k, v in self._batch_inputs(titles).items()}
+        batch = {k: v.to(device) for k, v in self.batch_inputs(titles).items()}
         pixel_values, grid = self.pixel_values(images.to(device))
         embed = core.get_input_embeddings()
         inputs_embeds = embed(batch["input_ids"])

@@ -377,7 +377,7 @@ def generation_inputs(tiny_platform: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A tiny export (built from config, no training) and a pairs file of 13 clicks with titles and image paths."""
     from icg.data.schema import read_dataset
     from icg.generation import UserTable
-    from tests.generation_fixtures import write_tiny_export
+    from tests.helpers.generation import write_tiny_export
 
     torch.manual_seed(1)
     export = write_tiny_export(

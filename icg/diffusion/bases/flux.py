@@ -14,7 +14,7 @@ for step: a rectified flow ``x_t = (1 - sigma) x_0 + sigma * noise`` integrated 
 from sigma = 1 to 0 with the same sigmas (``linspace(1, 1/T, T)`` shifted by the image-size-dependent ``mu``), the
 transformer predicting the velocity ``v = noise - x_0`` (so a step's predicted x0 is ``x_t - sigma * v``, ReFL's x0
 shortcut), true classifier-free guidance as two transformer calls (``true_cfg_scale``) and the embedded guidance of
-FLUX.1-dev. tests/test_flux.py checks it against the pipelines.
+FLUX.1-dev. tests/diffusion/test_flux.py checks it against the pipelines.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ in the SD 1.5 or SDXL layout (``unet/``, ``vae/``, ``scheduler/``; text encoders
 or builds them from config with random weights: ``tiny`` for tests and the demo, ``sd15_architecture`` (SD 1.5's
 architecture, random weights) for GPU benchmarks. Nothing is downloaded (``local_files_only=True``) and no diffusers
 code is edited. Fine-tuned SD 1.5 checkpoints (Realistic Vision, Anything...) are diffusers folders in the same layout
-and load the same way. The sampling hooks run DDIM as ``StableDiffusion(XL)Pipeline`` does (tests/test_diffusion.py).
+and load the same way. The sampling hooks run DDIM as ``StableDiffusion(XL)Pipeline`` does
+(tests/diffusion/test_diffusion.py).
 """
 
 from __future__ import annotations

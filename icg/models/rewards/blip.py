@@ -9,7 +9,7 @@ as in BLIP's timm-derived ViT, ``blip.text_encoder.*`` as in BLIP's ``med.py``, 
 strictly. transformers' ``BertModel`` does not map onto it (no token-type embeddings, cross-attention only in
 decoders, a non-persistent ``position_ids``), hence the hand-written encoder; only ``ACT2FN`` is reused.
 Dropout and drop-path are left out: a reward always runs in eval mode, where they are identities.
-Parity with the package is checked by ``tests/test_imagereward_parity.py`` (``make test-parity``).
+Parity with the package is checked by ``tests/models/test_imagereward_parity.py`` (``make test-parity``).
 """
 
 from __future__ import annotations
