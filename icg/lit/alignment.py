@@ -315,19 +315,13 @@ class AlignmentStage(LightningModule):
         return None
 
     def _log_rewards(self, split: str, rewards: RewardOutput) -> None:
-        on_step = split == "train"
+        # the batch size is said, not inferred from the batch dict (Lightning warns when it has to guess)
+        when = {"on_step": split == "train", "on_epoch": split != "train", "sync_dist": split != "train",
+                "batch_size": len(rewards.total)}  # fmt: skip
         for name, raw in rewards.raw.items():
-            self.log(f"{split}/reward/{name}", raw.mean(), on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
-            self.log(
-                f"{split}/reward_normalized/{name}",
-                rewards.normalized[name].mean(),
-                on_step=on_step,
-                on_epoch=not on_step,
-                sync_dist=not on_step,
-            )
-        self.log(
-            f"{split}/reward/total", rewards.total.mean(), on_step=on_step, on_epoch=not on_step, sync_dist=not on_step
-        )
+            self.log(f"{split}/reward/{name}", raw.mean(), **when)
+            self.log(f"{split}/reward_normalized/{name}", rewards.normalized[name].mean(), **when)
+        self.log(f"{split}/reward/total", rewards.total.mean(), **when)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         norms = grad_norm(self.conditioner, norm_type=2)
