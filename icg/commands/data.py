@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("root", type=Path, help="dataset folder")
     stats.add_argument("--holdout", type=int, default=1, help="interactions per user held out for test (and val)")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    # a synthetic platform also prints where its click logit's variance sits (docs/data.md)
 
     convert = commands.add_parser("convert", help="import PixelRec or MovieLens from their published layouts")
     sources = convert.add_subparsers(dest="source", required=True, metavar="{pixelrec,movielens}")
@@ -112,8 +113,10 @@ def dataset_stats(root: Path, holdout: int) -> tuple[dict, str]:
     The rows are checked as ``icg data validate`` checks them, image files apart; a table without data rows is
     refused.
     """
+    from icg.data.oracle import TRUTH_DIR, TRUTH_JSON
     from icg.data.schema import read_interaction_arrays, read_meta
     from icg.data.splits import InteractionLog
+    from icg.data.synthetic import platform_variance_split
     from icg.data.validation import read_items, validate
 
     meta = read_meta(root)
@@ -129,6 +132,11 @@ def dataset_stats(root: Path, holdout: int) -> tuple[dict, str]:
         len(inter.user_values),
         holdout,
     )
+    truth = {}
+    if (root / TRUTH_DIR / TRUTH_JSON).is_file():  # a synthetic platform: where its click logit's variance sits
+        split = platform_variance_split(root)
+        truth = {f"variance/{k}": round(v, 3) for k, v in split.items() if k != "taste"}
+        truth |= {f"taste/{k}": round(v, 3) for k, v in split["taste"].items()}
     return {
         "source": meta.source,
         "implicit": meta.implicit,
@@ -138,6 +146,7 @@ def dataset_stats(root: Path, holdout: int) -> tuple[dict, str]:
         "clicks": int(inter.click.sum()),
         "holdout": holdout,
         **log_.counts(),
+        **truth,
     }, problems
 
 
@@ -148,7 +157,8 @@ def _stats(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(stats) + "\n")
     else:
-        sys.stdout.write("".join(f"{key:<22} {value}\n" for key, value in stats.items()))
+        width = max(22, *(len(key) for key in stats))
+        sys.stdout.write("".join(f"{key:<{width}} {value}\n" for key, value in stats.items()))
     if problems:  # the counts above include these rows; exit 1 as icg data validate does
         sys.stderr.write(f"these counts include bad rows: {problems}\n")
         return 1

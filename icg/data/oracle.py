@@ -5,14 +5,17 @@ embedded default of ICG (Bian et al., EMNLP 2025). Its users click covers accord
 defined on *differentiable pixel statistics*, so the same model scores any cover (a rendered reference cover, a
 generated one, a noise image) at any resolution:
 
-    phi(image) = [occupancy of each palette colour (K values), brightness, colourfulness, contrast, edge energy]
+    phi(image) = [occupancy of each palette colour (K values), brightness, colourfulness, contrast, edge energy,
+                  backdrop red-green, backdrop yellow-blue]
     z          = (phi - feature_mean) / feature_std          (statistics of the platform's own covers)
     logit(u)   = bias + population_taste . z + strength * user_taste[u] . z
     P(click | u, image) = sigmoid(logit(u))
 
 Palette occupancy is soft: every pixel gets a softmax over negative squared RGB distances to the palette colours
 and a few neutral greys (temperature ``tau``), and the palette part is averaged over the image, so a pixel moving
-towards a colour the user likes raises the score smoothly. Images are first resized (bilinear, antialiased) to the
+towards a colour the user likes raises the score smoothly. The two backdrop features are the mean opponent colours
+(red minus green, yellow minus blue) of the image's outer frame, where the backdrop shows: they carry the backdrop's
+hue, which no title names. Images are first resized (bilinear, antialiased) to the
 platform's ``analysis_size`` so the statistics do not depend on the input resolution.
 
 The oracle serves evaluation (the best achievable AUC, how much the true user would click generated covers) and
@@ -38,7 +41,8 @@ logger = logging.getLogger(__name__)
 TRUTH_DIR = "truth"
 TRUTH_JSON = "truth.json"
 ORACLE_TENSORS = "oracle.safetensors"
-SCALAR_FEATURES = ("brightness", "colourfulness", "contrast", "edge_energy")
+SCALAR_FEATURES = ("brightness", "colourfulness", "contrast", "edge_energy", "backdrop_rg", "backdrop_yb")
+BACKDROP_FRAME = 0.78  # the backdrop features read the frame max(|x|, |y|) > this (image coordinates in [-1, 1])
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 EPS = 1e-6
 
@@ -47,20 +51,23 @@ def user_tastes(root: str | Path) -> dict[str, dict[str, Any]]:
     """Each user's hidden taste in words, from ``<root>/truth/truth.json`` (empty when the dataset has no truth).
 
     Returns:
-        user id -> ``{"likes": [(colour name, [r, g, b]), ...], "dislikes": [...], "brightness": "light" | ...}``,
-        RGB in [0, 1] (grey where the palette does not name the colour).
+        user id -> ``{"likes": [(colour name, [r, g, b]), ...], "dislikes": [...], "brightness": "light" | ...,
+        "backdrop": (hue name, [r, g, b])}``, RGB in [0, 1] (grey where the palette does not name the colour; the
+        backdrop's swatch is the hue on a light grey).
     """
     path = Path(root) / TRUTH_DIR / TRUTH_JSON
     if not path.is_file():
         return {}
     truth = json.loads(path.read_text())
     rgb = {c["name"]: c["rgb"] for c in truth.get("palette", [])}
+    hues = {h["name"]: h["rgb"] for h in truth.get("backdrop_hues", [])}
     return {
         u["user_id"]: {
             "likes": [(c, rgb.get(c, [0.5] * 3)) for c in u.get("likes", [])],
             "dislikes": [(c, rgb.get(c, [0.5] * 3)) for c in u.get("dislikes", [])],
             "brightness": u.get("brightness"),
         }
+        | ({"backdrop": (u["backdrop"], hues.get(u["backdrop"], [0.5] * 3))} if "backdrop" in u else {})
         for u in truth.get("users", [])
     }
 
@@ -82,9 +89,10 @@ def cover_features(images: Tensor, anchors: Tensor, num_palette: int, tau: float
         analysis_size: images are resized to this square size first, so every statistic is resolution-free.
 
     Returns:
-        B x (num_palette + 4): palette occupancies (fractions in [0, 1] summing to at most 1), brightness (mean luma,
-        [0, 1]), colourfulness (mean max-min channel spread, [0, 1]), contrast (luma std, [0, 0.5]) and edge energy
-        (mean luma gradient magnitude between neighbouring pixels at ``analysis_size``, [0, ~1.4]).
+        B x (num_palette + 6): palette occupancies (fractions in [0, 1] summing to at most 1), brightness (mean luma,
+        [0, 1]), colourfulness (mean max-min channel spread, [0, 1]), contrast (luma std, [0, 0.5]), edge energy
+        (mean luma gradient magnitude between neighbouring pixels at ``analysis_size``, [0, ~1.4]) and the backdrop's
+        hue: mean R - G and mean (R + G) / 2 - B over the outer frame (``BACKDROP_FRAME``), each in [-1, 1].
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be B x 3 x H x W, got shape {tuple(images.shape)}")
@@ -104,7 +112,18 @@ def cover_features(images: Tensor, anchors: Tensor, num_palette: int, tau: float
     dx = luma[:, :-1, 1:] - luma[:, :-1, :-1]
     dy = luma[:, 1:, :-1] - luma[:, :-1, :-1]
     edge = (dx**2 + dy**2 + EPS).sqrt().mean(dim=(1, 2))
-    return torch.cat([occupancy, torch.stack([brightness, colourfulness, contrast, edge], dim=1)], dim=1)
+    frame = backdrop_frame(analysis_size, x.device, x.dtype)
+    frame_mean = (x * frame).sum(dim=(2, 3)) / frame.sum()  # B x 3
+    red_green = frame_mean[:, 0] - frame_mean[:, 1]
+    yellow_blue = (frame_mean[:, 0] + frame_mean[:, 1]) / 2 - frame_mean[:, 2]
+    scalars = [brightness, colourfulness, contrast, edge, red_green, yellow_blue]
+    return torch.cat([occupancy, torch.stack(scalars, dim=1)], dim=1)
+
+
+def backdrop_frame(size: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """1 x 1 x size x size mask of the outer frame ``max(|x|, |y|) > BACKDROP_FRAME`` (pixel centres in [-1, 1])."""
+    t = (torch.arange(size, device=device, dtype=dtype) + 0.5) / size * 2.0 - 1.0
+    return (torch.maximum(t.abs()[:, None], t.abs()[None, :]) > BACKDROP_FRAME).to(dtype)[None, None]
 
 
 class Oracle(nn.Module):
@@ -261,3 +280,48 @@ class Oracle(nn.Module):
     def forward(self, images: Tensor, user_idx: Tensor) -> Tensor:
         """True click probabilities in (0, 1), B, differentiable w.r.t. ``images`` (B x 3 x H x W in [0, 1])."""
         return torch.sigmoid(self.logits(images, user_idx))
+
+
+TASTE_GROUPS = (
+    ("object colour (named)", lambda name: name.startswith("occupancy/")),
+    ("light or dark (named)", lambda name: name == "brightness"),
+    ("backdrop hue (not named)", lambda name: name.startswith("backdrop_")),
+    (
+        "finish: colourfulness, contrast, edges (not named)",
+        lambda name: name in ("colourfulness", "contrast", "edge_energy"),
+    ),
+)
+
+
+@torch.no_grad()
+def variance_split(oracle: Oracle, images: Tensor) -> dict[str, Any]:
+    """Where the click logit's variance over (user, cover) sits, on ``images`` (e.g. the platform's own covers).
+
+    Two-way decomposition of the U x B logit table: the cover term (column means), the user term (row means) and the
+    user x cover term (what is left: taste that depends on both). The user x cover term is then split by feature group
+    (``TASTE_GROUPS``): each group's double-centred share ``strength * taste[g] . z[g]``; shares of correlated groups
+    need not sum to exactly 1.
+
+    Returns:
+        ``{"user_x_cover": share, "cover": share, "user": share, "taste": {group: share of user_x_cover}}``.
+    """
+    z = oracle.standardized_features(images)  # B x F
+    taste = oracle.user_taste * oracle.strength  # U x F
+    logits = oracle.bias + (z @ oracle.population_taste)[None, :] + taste @ z.T  # U x B
+
+    def centred(table: Tensor) -> Tensor:
+        return table - table.mean(0, keepdim=True) - table.mean(1, keepdim=True) + table.mean()
+
+    total = logits.var(unbiased=False)
+    interaction = centred(logits)
+    split = {
+        "user_x_cover": float(interaction.var(unbiased=False) / total),
+        "cover": float(logits.mean(0).var(unbiased=False) / total),
+        "user": float(logits.mean(1).var(unbiased=False) / total),
+    }
+    names = oracle.feature_names
+    shares = {}
+    for group, member in TASTE_GROUPS:
+        mask = torch.tensor([member(n) for n in names], dtype=z.dtype, device=z.device)
+        shares[group] = float(centred((taste * mask) @ z.T).var(unbiased=False) / interaction.var(unbiased=False))
+    return split | {"taste": shares}

@@ -6,17 +6,22 @@ click a *new* cover; this platform does, because its click model is known. It wr
 
 * **Items** ``i00000``...: a cover with a main object of a palette colour (red, orange, yellow, green, teal, blue,
   purple, pink), a shape (circle, square, triangle, diamond, star, heart), a background tone (light, dark) and a
-  style (flat, striped, gradient, outlined), with random size, position, rotation and a little pixel noise. The
-  title names these attributes in words, from varied templates ("Red circle on a dark backdrop, striped"), so a
-  text model can relate title to cover. Covers are PNGs, ``images/<item_id>.png``.
-* **Users** ``u0000``...: a hidden taste over the click model's features: one or two liked palette colours, one
-  disliked colour, a liking for light or dark covers and small random leanings on contrast, colourfulness and
-  edges. Everyone also shares a population taste (colourful, contrasted covers do a little better).
+  style (flat, striped, gradient, outlined): the attributes the **title names**, in words, from varied templates
+  ("Red circle on a dark backdrop, striped"), so a text model can relate title to cover. What the title does not
+  name: the backdrop's **hue** (a tint of the light or dark grey: rose, amber, lime, mint, azure or violet), the
+  object's size, position and rotation, and a little pixel noise. Covers are PNGs, ``images/<item_id>.png``.
+* **Users** ``u0000``...: a hidden taste over the click model's features. On what titles name: one or two liked
+  palette colours, one disliked colour, a liking for light or dark covers. On what they do not: a liked backdrop
+  hue (the strongest single term), and small random leanings on contrast, colourfulness and edges. Everyone also
+  shares a population taste (colourful, contrasted covers do a little better). So a cover can be faithful to its
+  title and personal at once (the backdrop), while the object's colour trades fidelity against appeal;
+  ``variance_split`` measures the split (docs/data.md).
 * **Click model** (``icg.data.oracle``): ``P(click | u, image) = sigmoid(bias + population . z + strength *
   taste_u . z)``, ``z`` the standardized differentiable pixel statistics of the image (soft palette-colour
-  occupancy, brightness, colourfulness, contrast, edge energy). ``bias`` is set so that the mean click probability
-  over all (user, item) pairs is ``TARGET_CTR``. A personalised cover (same shape, recoloured to the user's colour,
-  on the user's background tone) raises the probability while keeping the item recognisable.
+  occupancy, brightness, colourfulness, contrast, edge energy, the backdrop frame's opponent colours). ``bias`` is
+  set so that the mean click probability over all (user, item) pairs is ``TARGET_CTR``. A faithful personal cover
+  (everything the title names kept, on the user's liked backdrop hue) raises the probability
+  (``personalised_attributes``, ``faithful_variants``).
 * **Clicks**: each user wants ``clicks_per_user`` clicks (default ``CLICKS_PER_USER``: 40-80, drawn uniformly); the
   platform shows them items one at a time in a uniformly random order (without repeats), at increasing integer
   timestamps (exponential gaps), and the user clicks with exactly the oracle's probability on the rendered cover,
@@ -48,8 +53,16 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from icg.data.oracle import ORACLE_TENSORS, TRUTH_DIR, TRUTH_JSON, Oracle, cover_features, feature_names
-from icg.data.schema import IMAGES_DIR, META_FILE, DatasetMeta, read_meta, write_dataset
+from icg.data.oracle import (
+    ORACLE_TENSORS,
+    TRUTH_DIR,
+    TRUTH_JSON,
+    Oracle,
+    cover_features,
+    feature_names,
+    variance_split,
+)
+from icg.data.schema import IMAGES_DIR, META_FILE, DatasetMeta, read_dataset, read_meta, write_dataset
 from icg.errors import ConfigError, MissingFileError, OutputFolderError
 
 logger = logging.getLogger(__name__)
@@ -69,6 +82,19 @@ NEUTRALS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "heart")
 BACKGROUNDS = ("light", "dark")
 STYLES = ("flat", "striped", "gradient", "outlined")
+# The backdrop's hue: a tint of the light or dark grey that no title names, at an angle in the opponent-colour plane
+# (red-green, yellow-blue). Items draw one of the six hues; "grey" (no tint) exists for re-renderings.
+BACKDROP_HUES: tuple[tuple[str, float], ...] = (
+    ("rose", 0.0),
+    ("amber", 60.0),
+    ("lime", 120.0),
+    ("mint", 180.0),
+    ("azure", 240.0),
+    ("violet", 300.0),
+)
+NEUTRAL_BACKDROP = "grey"
+HUE_AMPLITUDE = 0.16  # opponent-colour amplitude of a backdrop tint: visible, yet the grey stays light or dark
+LIGHT_LEVELS, DARK_LEVELS = (0.70, 0.86), (0.12, 0.28)  # grey levels that leave room for the tint
 
 TAU = 0.02  # occupancy temperature: palette colours sit >= 0.1 apart in squared RGB distance
 ANALYSIS_SIZE = 64
@@ -110,6 +136,7 @@ class CoverAttributes:
         shape: one of ``SHAPES``.
         background: ``light`` or ``dark``.
         style: one of ``STYLES``.
+        backdrop_hue: the backdrop's tint, a name of ``BACKDROP_HUES`` or ``grey`` (none); titles do not name it.
         background_level: grey level of the background in [0, 1].
         tint: small RGB offsets added to the background grey.
         scale: object radius as a fraction of the half image size.
@@ -124,6 +151,7 @@ class CoverAttributes:
     shape: str
     background: str
     style: str
+    backdrop_hue: str = NEUTRAL_BACKDROP
     background_level: float = 0.85
     tint: tuple[float, float, float] = (0.0, 0.0, 0.0)
     scale: float = 0.65
@@ -142,6 +170,22 @@ def palette_rgb(colour: str) -> np.ndarray:
     raise ValueError(f"unknown palette colour {colour!r}; expected one of {[n for n, _ in PALETTE]}")
 
 
+def backdrop_tint(hue: str) -> np.ndarray:
+    """RGB offset (zero mean) of a backdrop hue: opponent colours a = R - G, b = (R + G) / 2 - B, ``HUE_AMPLITUDE``."""
+    if hue == NEUTRAL_BACKDROP:
+        return np.zeros(3)
+    for name, degrees in BACKDROP_HUES:
+        if name == hue:
+            a = HUE_AMPLITUDE * math.cos(math.radians(degrees))
+            b = HUE_AMPLITUDE * math.sin(math.radians(degrees))
+            return np.array([a / 2 + b / 3, -a / 2 + b / 3, -2 * b / 3])
+    raise ValueError(f"unknown backdrop hue {hue!r}; expected {NEUTRAL_BACKDROP!r} or one of {hue_names()}")
+
+
+def hue_names() -> list[str]:
+    return [name for name, _ in BACKDROP_HUES]
+
+
 def anchor_colours() -> torch.Tensor:
     """A x 3: the palette colours followed by the neutral greys (the oracle's occupancy anchors)."""
     rows = [rgb for _, rgb in PALETTE] + [(g, g, g) for g in NEUTRALS]
@@ -149,14 +193,15 @@ def anchor_colours() -> torch.Tensor:
 
 
 def sample_cover_attributes(rng: np.random.Generator) -> CoverAttributes:
-    """Draw one item's cover attributes (colour, shape, tone, style uniformly; geometry at random)."""
+    """Draw one item's cover attributes (colour, shape, tone, style, backdrop hue uniformly; geometry at random)."""
     background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    level = rng.uniform(0.74, 0.93) if background == "light" else rng.uniform(0.06, 0.26)
+    level = rng.uniform(*LIGHT_LEVELS) if background == "light" else rng.uniform(*DARK_LEVELS)
     return CoverAttributes(
         colour=PALETTE[rng.integers(len(PALETTE))][0],
         shape=SHAPES[rng.integers(len(SHAPES))],
         background=background,
         style=STYLES[rng.integers(len(STYLES))],
+        backdrop_hue=BACKDROP_HUES[rng.integers(len(BACKDROP_HUES))][0],
         background_level=float(level),
         tint=tuple(float(t) for t in rng.uniform(-0.03, 0.03, size=3)),
         scale=float(rng.uniform(0.5, 0.78)),
@@ -204,7 +249,8 @@ def render_cover(attributes: CoverAttributes, image_size: int = 64) -> np.ndarra
     side = image_size * SUPERSAMPLE  # render larger and average down: antialiased edges
     t = (np.arange(side) + 0.5) / side * 2.0 - 1.0
     x, y = np.meshgrid(t, -t)  # y up
-    background = np.clip(a.background_level + np.asarray(a.tint) + 0.04 * y[..., None], 0.0, 1.0)
+    tint = np.asarray(a.tint) + backdrop_tint(a.backdrop_hue)
+    background = np.clip(a.background_level + tint + 0.04 * y[..., None], 0.0, 1.0)
     dx, dy = x - a.center[0], y - a.center[1]
     cos_r, sin_r = math.cos(a.rotation), math.sin(a.rotation)
     u = (dx * cos_r + dy * sin_r) / a.scale
@@ -255,39 +301,55 @@ class UserProfile:
     likes: tuple[str, ...]
     dislikes: tuple[str, ...]
     brightness: str  # "light" or "dark"
+    backdrop: str  # the liked backdrop hue (a name of BACKDROP_HUES); titles never name it
+
+
+# Taste weights on the standardized features (uniform ranges): what titles do not name (the backdrop's hue) carries
+# the strongest single term, what they name (the object's colour, light or dark) enough that appeal and fidelity
+# still trade off there. docs/data.md has the measured variance split.
+HUE_TASTE = (0.9, 1.3)
+FIRST_LIKE, SECOND_LIKE, DISLIKE = (0.5, 0.8), (0.3, 0.6), (0.4, 0.7)
+TONE_TASTE = (0.2, 0.5)
 
 
 def sample_tastes(rng: np.random.Generator, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray, list[UserProfile]]:
     """Draw the population taste (F) and each user's taste (U x F) over the standardized features.
 
-    The feature order is ``feature_names``: palette occupancies, brightness, colourfulness, contrast, edge energy.
+    The feature order is ``feature_names``: palette occupancies, brightness, colourfulness, contrast, edge energy,
+    backdrop red-green, backdrop yellow-blue. A user's liked hue is one of ``BACKDROP_HUES``; the taste points at its
+    angle in the (standardized) opponent-colour plane: a backdrop of that hue scores highest, the opposite hue lowest.
     """
     k = len(PALETTE)
-    brightness, colourfulness, contrast, edge = k, k + 1, k + 2, k + 3
-    population = np.zeros(k + 4)
+    brightness, colourfulness, contrast, edge, red_green, yellow_blue = range(k, k + 6)
+    population = np.zeros(k + 6)
     population[:k] = rng.normal(0.0, 0.15, size=k)
     population[colourfulness], population[contrast], population[edge] = 0.25, 0.2, 0.1
-    tastes = np.zeros((len(user_ids), k + 4))
+    tastes = np.zeros((len(user_ids), k + 6))
     profiles = []
     for row, user_id in enumerate(user_ids):
         colours = rng.permutation(k)
         n_likes = int(rng.integers(1, 3))
         likes, dislike = colours[:n_likes], colours[n_likes]
-        tastes[row, likes[0]] = rng.uniform(0.9, 1.3)
+        tastes[row, likes[0]] = rng.uniform(*FIRST_LIKE)
         if n_likes == 2:
-            tastes[row, likes[1]] = rng.uniform(0.6, 1.0)
-        tastes[row, dislike] = -rng.uniform(0.7, 1.1)
+            tastes[row, likes[1]] = rng.uniform(*SECOND_LIKE)
+        tastes[row, dislike] = -rng.uniform(*DISLIKE)
         sign = 1.0 if rng.random() < 0.5 else -1.0
-        tastes[row, brightness] = sign * rng.uniform(0.4, 0.8)
+        tastes[row, brightness] = sign * rng.uniform(*TONE_TASTE)
         tastes[row, colourfulness] = rng.normal(0.0, 0.15)
         tastes[row, contrast] = rng.normal(0.0, 0.2)
         tastes[row, edge] = rng.normal(0.0, 0.25)
+        hue_name, degrees = BACKDROP_HUES[rng.integers(len(BACKDROP_HUES))]
+        weight = rng.uniform(*HUE_TASTE)
+        tastes[row, red_green] = weight * math.cos(math.radians(degrees))
+        tastes[row, yellow_blue] = weight * math.sin(math.radians(degrees))
         profiles.append(
             UserProfile(
                 user_id=user_id,
                 likes=tuple(PALETTE[c][0] for c in likes),
                 dislikes=(PALETTE[dislike][0],),
                 brightness="light" if sign > 0 else "dark",
+                backdrop=hue_name,
             )
         )
     return population, tastes, profiles
@@ -483,6 +545,10 @@ def generate_platform(  # noqa: PLR0915  # the platform's steps in order; to be 
         "user_ids": user_ids,
         "item_ids": item_ids,
         "palette": [{"name": name, "rgb": list(rgb)} for name, rgb in PALETTE],
+        "backdrop_hues": [
+            {"name": name, "degrees": degrees, "rgb": np.clip(0.8 + backdrop_tint(name), 0, 1).round(3).tolist()}
+            for name, degrees in BACKDROP_HUES
+        ],
         "neutrals": list(NEUTRALS),
         "feature_names": feature_names([name for name, _ in PALETTE]),
         "click_model": {
@@ -524,11 +590,32 @@ def item_attributes(truth: dict, item_id: str) -> CoverAttributes:
 
 
 def personalised_attributes(attributes: CoverAttributes, profile: dict) -> CoverAttributes:
-    """The item's cover recoloured to the user's first liked colour on the user's preferred tone (same shape).
+    """The item's cover, faithful to its title, on the user's liked backdrop hue (all the title names is kept).
 
     Args:
         attributes: the item's cover.
         profile: one entry of ``read_truth(root)["users"]``.
     """
-    level = 0.85 if profile["brightness"] == "light" else 0.15
-    return replace(attributes, colour=profile["likes"][0], background=profile["brightness"], background_level=level)
+    return replace(attributes, backdrop_hue=profile["backdrop"])
+
+
+FAITHFUL_SCALES = (0.55, 0.65, 0.75)  # object sizes a faithful re-rendering may take (titles do not name size)
+
+
+def faithful_variants(attributes: CoverAttributes) -> list[CoverAttributes]:
+    """Every re-rendering of a cover that keeps what its title names (colour, shape, tone, style).
+
+    What may change is what the title does not name: the backdrop hue (each of ``BACKDROP_HUES`` and grey) and the
+    object's size (``FAITHFUL_SCALES``); position, rotation, pattern and noise stay the item's. The evaluation's
+    faithful headroom (docs/evaluation.md) is the best true click probability over these.
+    """
+    hues = [*hue_names(), NEUTRAL_BACKDROP]
+    return [replace(attributes, backdrop_hue=hue, scale=scale) for hue in hues for scale in FAITHFUL_SCALES]
+
+
+def platform_variance_split(root: str | Path) -> dict:
+    """``icg.data.oracle.variance_split`` of a synthetic platform's click logit over its own reference covers."""
+    items, _, _ = read_dataset(root)
+    items = items.sort_values("item_id")
+    pixels = np.stack([np.asarray(Image.open(Path(root) / path).convert("RGB")) for path in items.image])
+    return variance_split(Oracle.from_dataset(root), torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0)
