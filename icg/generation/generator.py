@@ -339,7 +339,7 @@ class CoverGenerator:
         cond: Conditioning,
         window: GradientWindow,
         *,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: Tensor | None = None,
         reference: Tensor | None = None,
     ) -> Tensor:
