@@ -148,5 +148,6 @@ class AlignmentMethod:
         else:
             user_emb, _ = gen.users.lookup(users)
         references = reference_batch(batch["image"], gen.image_size, gen.device)
-        cond = gen.conditioning(user_emb, batch["title"], references)
-        return gen.sample(cond, gen.seeds(users, batch["item_id"]), references, strength=self.strength).cpu()
+        cond, negative = gen.pair_conditioning(user_emb, batch["title"], references)  # the export's user guidance
+        seeds = gen.seeds(users, batch["item_id"])
+        return gen.sample(cond, seeds, references, strength=self.strength, user_negative=negative).cpu()

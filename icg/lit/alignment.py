@@ -191,7 +191,8 @@ class AlignmentStage(LightningModule):
                 len(dm_users),
             )
         self.user_ids, self.user_rows = dm_users, user_map
-        settings = SamplerSettings(**{k: self.hparams[k] for k in asdict(SamplerSettings())})
+        # The stage's own sampling options; the rest (user guidance: inference only) keep their defaults.
+        settings = SamplerSettings(**{k: self.hparams[k] for k in asdict(SamplerSettings()) if k in self.hparams})
         self.generator = CoverGenerator(self.conditioner, diffusion, table, settings, source=self.diffusion_source)
 
     @property
