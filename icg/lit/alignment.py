@@ -321,7 +321,10 @@ class AlignmentStage(LightningModule):
         if self.hparams.partner_users:
             batch, noise = self.with_partners(batch, generator)
         cond, users = self.condition(batch)
-        reg = self.generator.denoising_loss(batch["image"], cond, generator)
+        # the regularizer reconstructs each reference under its own pair's conditioning: with partners, only the train
+        # positives' (a reference need not suit a random user, and its backdrop is what the partner may change)
+        kept = slice(0, len(users) // 2) if self.hparams.partner_users else slice(None)
+        reg = self.generator.denoising_loss(batch["image"][kept], cond[kept], generator)
         self.log("train/denoise_loss", reg, prog_bar=True)
         if self.global_step < self.hparams.warmup_steps or self.hparams.grad_window == "none":
             return self.hparams.reg_weight * reg
