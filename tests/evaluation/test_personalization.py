@@ -169,6 +169,7 @@ def test_personalization_block_on_clicked_pairs_and_candidates(tiny_platform, dm
     assert "personalization" in missing
 
 
+@pytest.mark.slow  # the whole evaluation (its evaluator is trained), with stand-in cover methods
 def test_evaluate_reports_the_block_beside_the_main_table(tiny_platform, tiny_stage1_ckpt, tmp_path):
     import json
 
