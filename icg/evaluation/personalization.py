@@ -28,7 +28,7 @@ from icg.evaluation.methods import CoverMethod
 from icg.evaluation.metrics import bootstrap_lift
 from icg.evaluation.pool_pick import ScoredPool, generate_pools, pool_pick
 from icg.evaluation.sample import EvaluationSample, Pair, pairs_batch
-from icg.evaluation.settings import ScoringSettings
+from icg.evaluation.settings import RunSettings, ScoringSettings
 
 log = logging.getLogger(__name__)
 SET_NAMES = {"clicked": "held-out clicked pairs", "candidates": "unclicked candidates"}
@@ -56,7 +56,7 @@ def measure_personalization(  # noqa: PLR0913  # the evaluation's parts, handed 
     covers: Mapping[str, dict | None],
     sample: EvaluationSample,
     settings: ScoringSettings,
-    batch_size: int,
+    run: RunSettings,
     seed: int,
     unavailable: dict[str, str],
 ) -> tuple[dict[str, Any] | None, dict[str, float]]:
@@ -71,7 +71,7 @@ def measure_personalization(  # noqa: PLR0913  # the evaluation's parts, handed 
         covers: every method's covers of the evaluated pairs (``covers["reference"]`` None: the dataset's own).
         sample: the evaluated pairs.
         settings: ``treatment``, ``without_users``, ``pool_methods``, ``pool_size``, ``bootstrap_samples``.
-        batch_size: pool covers generated per call.
+        run: ``pool_batch_size``, the pool covers generated per call.
         seed: seed of the bootstraps.
         unavailable: figure -> why it is unavailable; filled in place.
     """
@@ -92,7 +92,7 @@ def measure_personalization(  # noqa: PLR0913  # the evaluation's parts, handed 
             unavailable[f"pool_pick/{name}"] = f"no method named {name!r} to draw the pools from"
             continue
         t0 = time.time()
-        generated = generate_pools(methods[name], dm, sizes, batch_size)
+        generated = generate_pools(methods[name], dm, sizes, run.pool_batch_size)
         pools[name] = {item: ScoredPool.of(images, picker, oracle) for item, images in generated.items()}
         seconds[f"pool/{name}"] = time.time() - t0
         log.info(

@@ -106,7 +106,7 @@ def evaluate(  # noqa: PLR0913  # the settings are dataclasses already; the rest
     user_ids = [str(dm.user_ids[u]) for u, _ in main_pairs]
     lift, relevance_drop = headline(table, per_pair, user_ids, oracle, scoring, sample.seed, unavailable)
     personalization, pool_seconds = measure_personalization(
-        dm, str(data_root), oracle, stage1, methods, covers, chosen, scoring, run.batch_size, sample.seed, unavailable
+        dm, str(data_root), oracle, stage1, methods, covers, chosen, scoring, run, sample.seed, unavailable
     )
     report: dict[str, Any] = {
         "stage1": stage1_block,

@@ -116,11 +116,15 @@ class RunSettings:
         device: where the evaluator, the reward bundle, CLIP and the stage-1 model run (the methods bring their
             own device; the oracle and SSIM stay on the CPU).
         batch_size: covers generated per call of each method.
+        pool_batch_size: covers generated per call for the pool + pick baseline's pools (many covers of few items:
+            at the demo's sizes a call of 64 costs about a quarter of the CPU time of eight calls of 8; lower it for a
+            big model on a small GPU).
         started_at: ``time.time()`` when the whole run began (``minutes`` counts from it; default: this call).
         tensorboard: also write the table as TensorBoard hparams under ``out_dir/tensorboard``.
     """
 
     device: torch.device | str = "cpu"
     batch_size: int = 8
+    pool_batch_size: int = 64
     started_at: float | None = None
     tensorboard: bool = True

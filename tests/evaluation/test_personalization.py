@@ -18,7 +18,7 @@ from icg.evaluation.metrics import bootstrap_ratio
 from icg.evaluation.personalization import evaluation_sets, format_personalization, measure_personalization
 from icg.evaluation.pool_pick import ScoredPool, generate_pools, pick, pool_pick
 from icg.evaluation.sample import draw_sample
-from icg.evaluation.settings import SampleSettings, ScoringSettings
+from icg.evaluation.settings import RunSettings, SampleSettings, ScoringSettings
 from icg.generation.seeds import pair_seed
 from icg.models.preference import PreferenceModel
 
@@ -136,7 +136,7 @@ def test_personalization_block_on_clicked_pairs_and_candidates(tiny_platform, dm
     settings = ScoringSettings(pool_size=3, bootstrap_samples=100)
     unavailable: dict[str, str] = {}
     block, seconds = measure_personalization(dm, str(tiny_platform), oracle, picker, methods, covers, sample,
-                                             settings, 8, 0, unavailable)  # fmt: skip
+                                             settings, RunSettings(pool_batch_size=8), 0, unavailable)  # fmt: skip
     sets = evaluation_sets(sample)
     assert set(seconds) == {"pool/icg_no_user", "pool/title_only"} and not unavailable
     assert len(sets["clicked"]) == len(sample.main_rows) and sets["candidates"]
@@ -164,8 +164,8 @@ def test_personalization_block_on_clicked_pairs_and_candidates(tiny_platform, dm
     text = "\n".join(format_personalization(block))
     assert "equal cost" in text and "4 per item" not in text and "3 per item" in text and "personal share" in text
     missing: dict[str, str] = {}
-    assert measure_personalization(dm, str(tiny_platform), None, picker, methods, covers, sample, settings, 8, 0,
-                                   missing) == (None, {})  # fmt: skip
+    assert measure_personalization(dm, str(tiny_platform), None, picker, methods, covers, sample, settings,
+                                   RunSettings(), 0, missing) == (None, {})  # fmt: skip
     assert "personalization" in missing
 
 
@@ -174,7 +174,7 @@ def test_evaluate_reports_the_block_beside_the_main_table(tiny_platform, tiny_st
     import json
 
     from icg.evaluation.run import evaluate
-    from icg.evaluation.settings import DataSettings, EvaluatorSettings, RunSettings
+    from icg.evaluation.settings import DataSettings, EvaluatorSettings
 
     methods = {"title_only": SeedColour(1), "icg_no_user": SeedColour(2), "icg": SeedColour(3)}
     evaluate(tiny_platform, tiny_stage1_ckpt, methods, tmp_path, data=DataSettings(image_size=SIDE, eval_candidates=5),
