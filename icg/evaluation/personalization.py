@@ -26,7 +26,7 @@ from icg.evaluation.evaluator import ClickModel
 from icg.evaluation.headroom import ORACLE_BATCH, FaithfulTable, headroom_figures, personal_share
 from icg.evaluation.methods import CoverMethod
 from icg.evaluation.metrics import bootstrap_lift
-from icg.evaluation.pool_pick import ScoredPool, generate_pools, pool_pick
+from icg.evaluation.pool_pick import generate_pools, pool_pick, score_pools
 from icg.evaluation.sample import EvaluationSample, Pair, pairs_batch
 from icg.evaluation.settings import RunSettings, ScoringSettings
 
@@ -93,7 +93,7 @@ def measure_personalization(  # noqa: PLR0913  # the evaluation's parts, handed 
             continue
         t0 = time.time()
         generated = generate_pools(methods[name], dm, sizes, run.pool_batch_size)
-        pools[name] = {item: ScoredPool.of(images, picker, oracle) for item, images in generated.items()}
+        pools[name] = score_pools(generated, picker, oracle, ORACLE_BATCH)
         seconds[f"pool/{name}"] = time.time() - t0
         log.info(
             "pool + pick, %s: %d covers for %d items in %.1f s",

@@ -67,11 +67,20 @@ class ScoredPool:
     features: Tensor
     true_prob: Tensor
 
-    @classmethod
-    @torch.no_grad()
-    def of(cls, covers: Tensor, picker: ClickModel, oracle: Oracle) -> ScoredPool:
-        device = next(picker.model.parameters()).device
-        return cls(picker.model.encode_images(covers.to(device)).cpu(), oracle.probability_matrix(covers))
+
+@torch.no_grad()
+def score_pools(
+    pools: Mapping[int, Tensor], picker: ClickModel, oracle: Oracle, chunk: int = 512
+) -> dict[int, ScoredPool]:
+    """Every item's pool scored by the picker's image encoder and by the oracle for every user, in chunks of covers."""
+    covers = torch.cat(list(pools.values()))
+    device = next(picker.model.parameters()).device
+    features = torch.cat([picker.model.encode_images(covers[s : s + chunk].to(device)).cpu()
+                          for s in range(0, len(covers), chunk)])  # fmt: skip
+    true_prob = torch.cat([oracle.probability_matrix(covers[s : s + chunk]) for s in range(0, len(covers), chunk)], 1)
+    bounds = np.cumsum([0] + [len(c) for c in pools.values()])
+    return {item: ScoredPool(features[bounds[k] : bounds[k + 1]], true_prob[:, bounds[k] : bounds[k + 1]])
+            for k, item in enumerate(pools)}  # fmt: skip
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from icg.evaluation.evaluator import ClickModel, index_map
 from icg.evaluation.headroom import FaithfulTable, personal_share
 from icg.evaluation.metrics import bootstrap_ratio
 from icg.evaluation.personalization import evaluation_sets, format_personalization, measure_personalization
-from icg.evaluation.pool_pick import ScoredPool, generate_pools, pick, pool_pick
+from icg.evaluation.pool_pick import generate_pools, pick, pool_pick, score_pools
 from icg.evaluation.sample import draw_sample
 from icg.evaluation.settings import RunSettings, SampleSettings, ScoringSettings
 from icg.generation.seeds import pair_seed
@@ -110,7 +110,10 @@ def test_pools_draw_one_seed_per_slot_and_a_smaller_pool_is_a_prefix(dm):
 
 def test_the_pick_is_the_argmax_of_the_pickers_scores(dm, oracle, picker):
     covers = torch.rand(6, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
-    pool = ScoredPool.of(covers, picker, oracle)
+    pools = score_pools({0: covers, 1: covers[:2]}, picker, oracle, chunk=4)  # chunks across items
+    pool = pools[0]
+    torch.testing.assert_close(pools[1].true_prob, oracle.probability_matrix(covers[:2]))
+    torch.testing.assert_close(pool.true_prob, oracle.probability_matrix(covers))
     users, title = torch.tensor([0, 1, 2, 5]), str(dm.catalogue.titles[0])
     for size in (6, 3):
         with torch.no_grad():
