@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from icg.commands import call
-from icg.evaluation.settings import DataSettings, EvaluatorSettings, RunSettings, SampleSettings, ScoringSettings
+from icg.evaluation.settings import (
+    DataSettings,
+    EvaluatorSettings,
+    RunSettings,
+    SampleSettings,
+    ScoringSettings,
+    UserSwapSettings,
+)
 
 
 def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
@@ -39,6 +46,7 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
     batch_size: int = RunSettings.batch_size,
     max_users: int | None = SampleSettings.max_users,
     max_pairs: int | None = EvaluatorSettings.max_pairs,
+    user_swap_others: int = UserSwapSettings.others,
 ) -> dict[str, Any]:
     """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG (and, when ICG is
     reference-guided, ICG from pure noise); every method in ICG's mode.
@@ -70,6 +78,7 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
         batch_size: covers generated per call of each method.
         max_users: users whose held-out rows the click-model comparisons score (seeded sample; None: all).
         max_pairs: train positives the in-process evaluator learns from (seeded sample; None: all).
+        user_swap_others: other users whose covers of an item (same seed) each pair's cover is compared with.
     """
     from icg.evaluation.run import check_device, evaluate_checkpoints
 
@@ -101,6 +110,7 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
         evaluator=EvaluatorSettings(checkpoint=evaluator_ckpt, max_pairs=max_pairs),
         scoring=ScoringSettings(clip_path=clip_path),
         run=RunSettings(device=device, batch_size=batch_size, started_at=started_at),
+        user_swap=UserSwapSettings(others=user_swap_others),
     )
 
 

@@ -98,6 +98,10 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"on the covers shown ({sample.get('downstream_impressions', '?')} impressions each; *_logged: the logged "
             "clicks on the original covers)."
         )
+    if report.get("user_swap"):
+        from icg.evaluation.user_swap import format_user_swap
+
+        lines += format_user_swap(report["user_swap"])
     if report.get("unavailable"):
         lines += ["", "Unavailable:"] + [f"- {key}: {why}" for key, why in report["unavailable"].items()]
     lines.append(f"\nWall time: {report['minutes']:.2f} min.")
