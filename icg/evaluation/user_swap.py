@@ -334,6 +334,7 @@ def user_swap_test(
         graders: the oracle, the evaluator and the stage-1 click model.
         settings: the test's options.
     """
+    began = time.time()
     unavailable: dict[str, str] = {}
     sets = swap_sets(chosen, settings)
     g_users, g_items = gallery_cells(chosen, settings)
@@ -352,7 +353,7 @@ def user_swap_test(
         log.info("user swap: %d covers of %s at the common seed in %.1f s", len(cells), name, seconds[name])
     titles = {i: str(dm.catalogue.titles[i]) for _, i in cells}
     block: dict[str, Any] = {"others": settings.others, "users": len(chosen.users), "covers": len(cells),
-                             "seconds": seconds}  # fmt: skip
+                             "generation_seconds": seconds}  # fmt: skip
     for set_name, swap in sets.items():
         if not swap.pairs or not all(swap.others):
             unavailable[f"user_swap/{set_name}"] = "needs pairs and at least 2 evaluated users"
@@ -367,6 +368,7 @@ def user_swap_test(
         image_sets |= {name: (torch.stack(list(c.values())), [titles[i] for _, i in c]) for name, c in tested.items()}
         block["agreement"] = correlations(graders, image_sets, chosen.users)
     gallery = _gallery(dm, tested, g_users, g_items, chosen, graders) if tested and g_items else None
+    block["seconds"] = time.time() - began
     return UserSwapResult(block, unavailable, gallery)
 
 
