@@ -238,7 +238,7 @@ class Graders:
         if self.oracle is not None:
             rows = self.oracle.user_index([self.user_ids[u] for u in users])
             with torch.no_grad():
-                out["oracle"] = torch.cat([self.oracle.logit_matrix(images[s : s + 256])[rows].float().cpu()
+                out["oracle"] = torch.cat([self.oracle.logit_matrix(images[s : s + 256], rows).float().cpu()
                                            for s in range(0, n, 256)], dim=1)  # fmt: skip
         return out
 

@@ -186,3 +186,12 @@ def test_user_swap_gallery_section(swap_run, tmp_path):
     page = swap_section(gallery, tmp_path, lambda u: _user_header(u, None), _label)
     assert page.count("<img") == 3 + 12 * 3 and page.count("<tr>") == 2 + 3
     assert all((tmp_path / f"swap_i0_u{c}_best.png").is_file() for c in range(4))
+
+
+def test_oracle_logit_matrix_of_some_users_is_those_rows(tiny_platform):
+    from icg.data.oracle import Oracle
+
+    oracle = Oracle.from_dataset(tiny_platform)
+    images, rows = torch.rand(5, 3, 16, 16), torch.tensor([4, 0, 7])
+    torch.testing.assert_close(oracle.logit_matrix(images, rows), oracle.logit_matrix(images)[rows])
+    torch.testing.assert_close(oracle.logit_matrix(images)[rows[0], 2], oracle.logits(images[2:3], rows[:1])[0])
