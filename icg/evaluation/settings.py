@@ -128,8 +128,8 @@ class UserSwapSettings:
             next M evaluated users after the pair's user, in the sample's order, wrapping around).
         methods: the methods tested, e.g. ICG and, as the control, ICG without users; each must take explicit
             ``seeds`` (``icg.evaluation.methods``); one that is missing or does not is named under ``unavailable``.
-        max_candidates: at most this many unclicked candidates (the downstream sample's negatives, in order; None:
-            all of them).
+        max_pairs: at most this many pairs of each set (held-out clicked pairs; unclicked candidates: the downstream
+            sample's negatives), taken round-robin over their users (None: all). Each costs (M + 1) covers per method.
         gallery_users: users (columns) of the gallery's user-swap section (the first sampled users).
         gallery_items: items (rows) of that section (those users' held-out items first).
         batch_size: covers generated per call of a method.
@@ -137,7 +137,7 @@ class UserSwapSettings:
 
     others: int = 4
     methods: tuple[str, ...] = ("icg", "icg_no_user")
-    max_candidates: int | None = None
+    max_pairs: int | None = 48
     gallery_users: int = 4
     gallery_items: int = 6
     batch_size: int = 32

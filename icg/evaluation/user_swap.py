@@ -164,12 +164,27 @@ def other_users(users: list[int], user: int, count: int) -> list[int]:
     return [pool[(start + k) % len(pool)] for k in range(min(count, len(pool)))]
 
 
+def spread(pairs: list[Pair], limit: int | None) -> list[Pair]:
+    """At most ``limit`` of ``pairs``, round-robin over their users (every user's first pair, then second, ...), in
+    their order."""
+    if limit is None or len(pairs) <= limit:
+        return list(pairs)
+    seen: dict[int, int] = {}
+    rank = []
+    for u, _ in pairs:
+        rank.append(seen.get(u, 0))
+        seen[u] = rank[-1] + 1
+    kept = sorted(sorted(range(len(pairs)), key=lambda k: (rank[k], k))[:limit])
+    return [pairs[k] for k in kept]
+
+
 def swap_sets(chosen: EvaluationSample, settings: UserSwapSettings) -> dict[str, SwapSet]:
-    """``held_out`` (the held-out clicked pairs) and ``candidates`` (the downstream sample's unclicked candidates)."""
+    """``held_out`` (the held-out clicked pairs) and ``candidates`` (the downstream sample's unclicked candidates),
+    each at most ``settings.max_pairs`` (``spread``)."""
     candidates = [(int(r["user_idx"]), int(r["item_idx"])) for r in chosen.down_rows if float(r["click"]) == 0]
-    candidates = list(dict.fromkeys(candidates))[: settings.max_candidates]
     sets = {}
-    for name, pairs in (("held_out", chosen.main_pairs), ("candidates", candidates)):
+    for name, pairs in (("held_out", chosen.main_pairs), ("candidates", list(dict.fromkeys(candidates)))):
+        pairs = spread(pairs, settings.max_pairs)
         sets[name] = SwapSet(pairs, [other_users(chosen.users, u, settings.others) for u, _ in pairs])
     return sets
 

@@ -10,6 +10,7 @@ from icg.evaluation.user_swap import (
     other_users,
     per_user_correlation,
     sign_agreement,
+    spread,
     takes_seeds,
 )
 from icg.generation.seeds import pair_seed
@@ -58,6 +59,13 @@ def test_other_users_are_the_next_ones_wrapping_around():
     assert other_users(users, 3, 9) == [5, 8, 13]  # at most every other user
     assert other_users(users, 6, 2) == [8, 13]  # a user outside the list: the next ones in user_idx order
     assert other_users([4], 4, 2) == []
+
+
+def test_spread_takes_every_users_first_pair_before_anyones_second():
+    pairs = [(1, 10), (1, 11), (1, 12), (2, 20), (3, 30), (3, 31)]
+    assert spread(pairs, 4) == [(1, 10), (1, 11), (2, 20), (3, 30)]
+    assert spread(pairs, 3) == [(1, 10), (2, 20), (3, 30)]
+    assert spread(pairs, None) == pairs == spread(pairs, 6)
 
 
 def test_distance_block_puts_the_user_effect_beside_seed_noise():
