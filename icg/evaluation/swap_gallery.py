@@ -17,6 +17,8 @@ from typing import Any
 
 from icg.lit.callbacks import save_png
 
+SWAP_STYLE = "table.swap td img { width: 96px; height: 96px; }"  # bigger: users' covers of an item differ in detail
+
 
 def swap_section(
     section: dict[str, Any], image_dir: Path, user_header: Callable[[str], str], label: Callable[[str], str]
@@ -50,7 +52,7 @@ def swap_section(
         lines = [f"{score}&nbsp;{own:.2f}"]
         if not math.isnan(others):
             lines.append(f"others'&nbsp;{others:.2f}")
-        if section["clicked"][k]:
+        if section["clicked"][k] and name == methods[0]:
             lines.append("<b>clicked</b>")
         cls = ' class="first"' if name == methods[0] else ""
         alt = f"{name} cover of {items[r]} for user {users[c]}"
@@ -66,13 +68,14 @@ def swap_section(
                 "<span class='caption'>reference cover</span></th>")  # fmt: skip
         rows.append(f"<tr>{head}{''.join(cell(m, r, c) for c in range(len(users)) for m in methods)}</tr>")
     return (
+        f"<style>{SWAP_STYLE}</style>\n"
         "<h2>The same item for different users, at one seed</h2>\n<div class='legend'><p>Each row is one item; each "
         "column a user, with their taste. Every cover in a row starts from the same seed, so the covers differ only by "
         f"the user they were made for. Under each cover: {score} = the column user's click probability of this cover; "
         f"others' = the same user's mean {score} of the other columns' covers of the item (made for other users). A "
         "model that personalizes puts the first above the second; a model that ignores the user makes identical covers "
         "(both numbers equal). <b>clicked</b>: the user clicked this item (a held-out pair).</p></div>\n"
-        f'<table><tr><th rowspan="2">item</th>{user_row}</tr>\n<tr>{method_row}</tr>\n'
+        f'<table class="swap"><tr><th rowspan="2">item</th>{user_row}</tr>\n<tr>{method_row}</tr>\n'
         + "\n".join(rows)
         + "\n</table>\n"
     )

@@ -193,6 +193,7 @@ def test_user_swap_gallery_section(swap_run, tmp_path):
     assert any(gallery["clicked"])  # the first user's held-out items come first
     page = swap_section(gallery, tmp_path, lambda u: _user_header(u, None), _label)
     assert page.count("<img") == 3 + 12 * 3 and page.count("<tr>") == 2 + 3
+    assert page.count("<b>clicked</b>") == 1 + sum(gallery["clicked"])  # the legend, then once per (user, item)
     assert all((tmp_path / f"swap_i0_u{c}_best.png").is_file() for c in range(4))
 
 
