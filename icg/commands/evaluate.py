@@ -46,6 +46,8 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
     batch_size: int = RunSettings.batch_size,
     max_users: int | None = SampleSettings.max_users,
     max_pairs: int | None = EvaluatorSettings.max_pairs,
+    pool_size: int = ScoringSettings.pool_size,
+    pool_batch_size: int = RunSettings.pool_batch_size,
     user_swap_others: int = UserSwapSettings.others,
 ) -> dict[str, Any]:
     """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG (and, when ICG is
@@ -78,6 +80,8 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
         batch_size: covers generated per call of each method.
         max_users: users whose held-out rows the click-model comparisons score (seeded sample; None: all).
         max_pairs: train positives the in-process evaluator learns from (seeded sample; None: all).
+        pool_size: generic covers per item in the pool + pick baseline (docs/evaluation.md, "Personalization itself").
+        pool_batch_size: covers generated per call for those pools.
         user_swap_others: other users whose covers of an item (same seed) each pair's cover is compared with.
     """
     from icg.evaluation.run import check_device, evaluate_checkpoints
@@ -108,8 +112,8 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
             seed=seed,
         ),  # fmt: skip
         evaluator=EvaluatorSettings(checkpoint=evaluator_ckpt, max_pairs=max_pairs),
-        scoring=ScoringSettings(clip_path=clip_path),
-        run=RunSettings(device=device, batch_size=batch_size, started_at=started_at),
+        scoring=ScoringSettings(clip_path=clip_path, pool_size=pool_size),
+        run=RunSettings(device=device, batch_size=batch_size, pool_batch_size=pool_batch_size, started_at=started_at),
         user_swap=UserSwapSettings(others=user_swap_others),
     )
 

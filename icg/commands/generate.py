@@ -48,6 +48,9 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
     num_steps: int | None = None,
     guidance_scale: float | None = None,
     strength: float | None = None,
+    user_guidance: float | None = None,
+    candidates: int = 1,
+    preference_ckpt: str | None = None,
     batch_size: int = 8,
     num_workers: int = 0,
     on_bad_record: str = "error",
@@ -75,6 +78,13 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
         num_steps: DDIM steps (default: the export's).
         guidance_scale: classifier-free guidance (default: the export's).
         strength: 1 = from pure noise, < 1 = reference-guided (default: the export's).
+        user_guidance: s >= 0: each step's prediction moves from the cold-start user's (same title and reference)
+            towards the user's; 1 = the cover as trained, 0 = the cold-start user's, > 1 = more of the user at one more
+            denoiser row per cover (default: the export's, 1 for exports without it).
+        candidates: N >= 1 covers per pair, the one the stage-1 click model gives the highest click probability kept
+            (N times the sampling work); the manifest records N, the candidate kept and its score.
+        preference_ckpt: the stage-1 checkpoint that picks with ``candidates`` > 1 (default: the one the export's
+            provenance records).
         batch_size: covers per batch on each device.
         num_workers: DataLoader worker processes decoding reference covers.
         on_bad_record: ``error`` stops at a bad pairs row (naming it); ``skip`` leaves bad rows out, writes them to
@@ -100,7 +110,6 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
     """
     from torch.utils.data import DataLoader
 
-    from icg.diffusion.sampler import strength_in_range
     from icg.errors import UserError, disk_full_is_a_user_error
     from icg.generation.cover_folder import CoverFolder
     from icg.generation.export import read_config
@@ -118,17 +127,15 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
             raise UserError(f"--{name} must be >= 1, got {value}")
     if num_workers < 0:
         raise UserError(f"--num_workers must be >= 0, got {num_workers}")
-    if num_steps is not None and num_steps < 1:
-        raise UserError(f"--num_steps must be >= 1, got {num_steps}")
-    if strength is not None and not strength_in_range(strength):
-        raise UserError(f"--strength must be in (0, 1] (1: from pure noise, < 1: from the reference), got {strength}")
+    _check_sampling(num_steps, strength, user_guidance, candidates)
     found, bad = read_pairs(pairs, data_root)
     if bad and on_bad_record == "error":
         raise UserError(bad_rows_message(pairs, bad))
     if not found:
         raise UserError(f"--pairs: {pairs} has no usable pair ({len(bad)} bad row(s)); nothing to generate")
     config = read_config(export, "--export")
-    sampler = config["sampler"]
+    sampler = {"user_guidance": 1.0, **config["sampler"]}  # an export older than user guidance: 1, as it drew
+    preference_ckpt = _picking_checkpoint(preference_ckpt, config, export, candidates)
 
     def pick(value, key):
         return sampler[key] if value is None else value
@@ -146,7 +153,7 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
         "strength": float(pick(strength, "strength")),
         "image_size": sampler.get("image_size"),
         "rewards_ckpt": _absolute(rewards_ckpt) if score else None,
-    }
+    } | _personalizing(float(pick(user_guidance, "user_guidance")), candidates, preference_ckpt)
     side = int(settings["image_size"] or 1024)
     remaining: list = []  # the pairs still to make: a full disk's message says what they need
 
@@ -164,10 +171,14 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
         trainer = generation_trainer(accelerator, devices, num_nodes, [writer], progress_bar)
         if remaining:
             from icg.generation.generator import CoverGenerator
+            from icg.generation.picking import BestOf, ClickScorer
 
             generator = CoverGenerator.from_pretrained(export, base_model=base_model, mllm=mllm, dtype=dtype)
             rewards, reward_users = _reward_bundle(rewards_ckpt) if score else (None, [])
-            module = CoverGeneration(generator, seed, num_steps, guidance_scale, strength, rewards, reward_users)
+            how = BestOf(ClickScorer.from_checkpoint(preference_ckpt, "--preference_ckpt"), candidates) if (
+                candidates > 1) else None  # fmt: skip
+            module = CoverGeneration(generator, seed, num_steps, guidance_scale, strength, rewards, reward_users,
+                                     user_guidance, how)  # fmt: skip
             loader = DataLoader(PairsDataset(remaining, generator.image_size), batch_size=batch_size,
                                 num_workers=num_workers)  # fmt: skip
             trainer.predict(module, dataloaders=loader, return_predictions=False)
@@ -192,6 +203,57 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
         if len(in_run) != len(found):
             raise RuntimeError(f"{folder.manifest} lists {len(in_run)} of the {len(found)} pairs after the run")
         return summary
+
+
+def _check_sampling(
+    num_steps: int | None, strength: float | None, user_guidance: float | None, candidates: int
+) -> None:
+    """Refuse a sampling option out of range, in one line naming the flag."""
+    from icg.diffusion.sampler import strength_in_range, user_guidance_in_range
+    from icg.errors import UserError
+
+    if num_steps is not None and num_steps < 1:
+        raise UserError(f"--num_steps must be >= 1, got {num_steps}")
+    if strength is not None and not strength_in_range(strength):
+        raise UserError(f"--strength must be in (0, 1] (1: from pure noise, < 1: from the reference), got {strength}")
+    if user_guidance is not None and not user_guidance_in_range(user_guidance):
+        raise UserError(f"--user_guidance must be a finite number >= 0 (1: the cover as trained, 0: the cold-start "
+                        f"user's, > 1: more of the user), got {user_guidance}")  # fmt: skip
+    if candidates < 1:
+        raise UserError(f"--candidates must be >= 1 (1: no picking), got {candidates}")
+
+
+def _personalizing(user_guidance: float, candidates: int, preference_ckpt: str | None) -> dict[str, Any]:
+    """The run's user guidance and best-of-N settings, recorded only when on: a folder of an earlier run (whose
+    covers are those with both off) still resumes."""
+    settings: dict[str, Any] = {"user_guidance": user_guidance} if user_guidance != 1 else {}
+    if candidates > 1:
+        settings |= {"candidates": candidates, "preference_ckpt": _absolute(preference_ckpt)}
+    return settings
+
+
+def _picking_checkpoint(
+    preference_ckpt: str | None, config: dict[str, Any], export: str, candidates: int
+) -> str | None:
+    """The stage-1 checkpoint that picks among ``--candidates``: the one given, else the one the export records
+    (None with ``--candidates 1``: nothing picks)."""
+    from icg.errors import UserError
+
+    if candidates == 1:
+        return None
+    if preference_ckpt is not None:
+        if not Path(preference_ckpt).is_file():
+            raise UserError(f"--preference_ckpt: {preference_ckpt} does not exist (the stage-1 checkpoint that picks "
+                            f"among --candidates {candidates})")  # fmt: skip
+        return preference_ckpt
+    recorded = config.get("provenance", {}).get("preference_ckpt")
+    if not recorded:
+        raise UserError(f"--candidates {candidates} needs the stage-1 click model to pick with, and --export {export} "
+                        "records none; pass --preference_ckpt PATH")  # fmt: skip
+    if not Path(recorded).is_file():
+        raise UserError(f"--preference_ckpt: not given, and the stage-1 checkpoint --export {export} records, "
+                        f"{recorded}, does not exist here; pass --preference_ckpt PATH")  # fmt: skip
+    return recorded
 
 
 def _reward_bundle(rewards_ckpt: str) -> tuple[Any, list[str]]:

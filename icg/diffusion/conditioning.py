@@ -74,6 +74,11 @@ class Conditioning:
         rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
         return Conditioning(rep(self.encoder_hidden_states), rep(self.attention_mask), rep(self.pooled))
 
+    def __getitem__(self, rows: slice | Tensor) -> Conditioning:
+        """The rows ``rows`` of the batch (a slice or an index tensor)."""
+        pick = lambda t: None if t is None else t[rows]  # noqa: E731
+        return Conditioning(pick(self.encoder_hidden_states), pick(self.attention_mask), pick(self.pooled))
+
     def detach(self) -> Conditioning:
         det = lambda t: None if t is None else t.detach()  # noqa: E731
         return Conditioning(det(self.encoder_hidden_states), det(self.attention_mask), det(self.pooled))

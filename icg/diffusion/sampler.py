@@ -18,6 +18,7 @@ Pipelines are for comparisons only.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Literal
 
@@ -25,7 +26,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
-from icg.diffusion.bases.base import BaseComponents, autocast_for, randint_on
+from icg.diffusion.bases.base import BaseComponents, Predictor, autocast_for, randint_on
 from icg.diffusion.conditioning import Conditioning
 from icg.errors import ConfigError
 
@@ -127,6 +128,65 @@ def strength_in_range(strength: float) -> bool:
     return isinstance(strength, numbers.Real) and not isinstance(strength, bool) and 0.0 < strength <= 1.0
 
 
+def user_guidance_in_range(scale: float) -> bool:
+    """Whether ``scale`` is a usable user-guidance scale: a finite number >= 0 (1: off).
+
+    The one test of the range, shared by the sampler, the export's settings, ``icg generate`` and the explorer.
+    """
+    return isinstance(scale, numbers.Real) and not isinstance(scale, bool) and math.isfinite(scale) and scale >= 0.0
+
+
+def guided_predictor(
+    components: BaseComponents,
+    cond: Conditioning,
+    uncond: Conditioning | None,
+    guidance_scale: float,
+    user_negative: Conditioning | None = None,
+    user_guidance: float = 1.0,
+    **kwargs,
+) -> Predictor:
+    """The denoiser call of one sampling run: classifier-free guidance, and on top ICG's user guidance.
+
+    ``user_guidance == 1`` is the family's own guided call, untouched (no extra row). Otherwise the prediction moves
+    from the pairs' conditioning with the cold-start user (``user_negative``: same title, same reference, B rows)
+    towards the user's, and classifier-free guidance then applies to that guided prediction::
+
+        eps_s = eps(negative) + s * (eps(cond) - eps(negative))
+        eps   = eps_s                                          guidance_scale <= 1
+        eps   = eps(uncond) + g * (eps_s - eps(uncond))        guidance_scale g > 1
+
+    One denoiser call on the rows ``[uncond, negative, cond]`` (``uncond`` only when g > 1): 2 rows per image
+    (3 with classifier-free guidance) instead of 1 (2). With g <= 1 this is the family's classifier-free guidance with
+    ``user_negative`` as the negative and ``s`` as the scale, and for an SD-family UNet the same arithmetic.
+
+    Args:
+        components: the frozen denoiser, VAE and scheduler of any family.
+        cond: B rows.
+        uncond: classifier-free guidance's negative, B rows (used when ``guidance_scale > 1``).
+        guidance_scale: classifier-free guidance weight.
+        user_negative: B rows, the same pairs with the cold-start user; required when ``user_guidance != 1``.
+        user_guidance: s; 1 is off, 0 draws the cold-start user's cover, > 1 more of the user.
+        kwargs: the family predictor's keywords (``image_size``, ``gradient_checkpointing``, ``autocast``).
+    """
+    if not user_guidance_in_range(user_guidance):
+        raise ValueError(f"user_guidance must be a finite number >= 0 (1: off), got {user_guidance}")
+    if user_guidance == 1.0:
+        return components.predictor(cond, uncond if guidance_scale > 1.0 else None, guidance_scale, **kwargs)
+    if user_negative is None or user_negative.batch_size != cond.batch_size:
+        got = "none" if user_negative is None else f"{user_negative.batch_size} rows"
+        raise ValueError(f"user_guidance={user_guidance} needs `user_negative` with {cond.batch_size} rows, got {got}")
+    user_negative = user_negative.to(cond.encoder_hidden_states.device)
+    parts = ([uncond] if guidance_scale > 1.0 else []) + [user_negative, cond]
+    raw = components.predictor(Conditioning.cat(parts), None, 1.0, **kwargs)  # one call, no guidance of its own
+
+    def predict(latents: Tensor, t: Tensor, with_grad: bool) -> Tensor:
+        eps = raw(torch.cat([latents] * len(parts)), t, with_grad).chunk(len(parts))
+        guided = eps[-2] + user_guidance * (eps[-1] - eps[-2])
+        return eps[0] + guidance_scale * (guided - eps[0]) if guidance_scale > 1.0 else guided
+
+    return predict
+
+
 def sample(  # noqa: C901, PLR0913  # options to move into a dataclass (STYLE habit 20; issue 22)
     components: BaseComponents,
     cond: Conditioning,
@@ -134,6 +194,8 @@ def sample(  # noqa: C901, PLR0913  # options to move into a dataclass (STYLE ha
     num_steps: int = 50,
     guidance_scale: float = 1.0,
     uncond: Conditioning | None = None,
+    user_guidance: float = 1.0,
+    user_negative: Conditioning | None = None,
     grad_window: GradWindow = "none",
     k: int = 1,
     random_step_range: tuple[int, int] = (30, 39),
@@ -168,6 +230,9 @@ def sample(  # noqa: C901, PLR0913  # options to move into a dataclass (STYLE ha
         num_steps: T, sampling steps.
         guidance_scale: classifier-free guidance weight; > 1 enables CFG (as in diffusers' pipelines).
         uncond: the unconditional conditioning for CFG (1 row or B rows); required when ``guidance_scale > 1``.
+        user_guidance: ICG's user guidance s >= 0 (1: off, bit for bit the chain without it); see
+            :func:`guided_predictor` for how it composes with ``guidance_scale``.
+        user_negative: B rows, the same pairs with the cold-start user; required when ``user_guidance != 1``.
         grad_window: ``none`` | ``last_k`` (DRaFT-K) | ``random_step`` (ReFL); see :func:`gradient_steps`.
         k: K of ``last_k``.
         random_step_range: inclusive index range of the single gradient step of ``random_step``.
@@ -241,8 +306,8 @@ def sample(  # noqa: C901, PLR0913  # options to move into a dataclass (STYLE ha
         if uncond.batch_size == 1 and batch > 1:
             uncond = uncond.repeat(batch)
     autocast = autocast_for(device, autocast_dtype)
-    predict = components.predictor(
-        cond, uncond if guidance_scale > 1.0 else None, guidance_scale, image_size=(height, width),
+    predict = guided_predictor(
+        components, cond, uncond, guidance_scale, user_negative, user_guidance, image_size=(height, width),
         gradient_checkpointing=gradient_checkpointing, autocast=autocast,
     )  # fmt: skip
 

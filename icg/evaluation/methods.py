@@ -154,6 +154,6 @@ class AlignmentMethod:
         else:
             user_emb, _ = gen.users.lookup(users)
         references = reference_batch(batch["image"], gen.image_size, gen.device)
-        cond = gen.conditioning(user_emb, batch["title"], references)
+        cond, negative = gen.pair_conditioning(user_emb, batch["title"], references)  # the export's user guidance
         seeds = gen.seeds(users, batch["item_id"]) if seeds is None else seeds
-        return gen.sample(cond, seeds, references, strength=self.strength).cpu()
+        return gen.sample(cond, seeds, references, strength=self.strength, user_negative=negative).cpu()

@@ -10,6 +10,8 @@ tensors; nothing here has weights. docs/evaluation.md defines each metric and it
 * ``cosine_to_history``: cosine similarity of a cover's features to the mean features of the user's clicked covers.
 * ``bootstrap_lift``: relative lift ``mean(treatment) / mean(baseline) - 1`` with a percentile bootstrap CI over
   groups (users), seeded.
+* ``bootstrap_ratio``: a ratio of means ``mean(numerator) / mean(denominator)`` with the same bootstrap (e.g. ICG's
+  personal share of the faithful headroom).
 """
 
 from __future__ import annotations
@@ -137,14 +139,8 @@ def bootstrap_lift(
         raise ValueError(f"bootstrap_lift: treatment ({len(t)}), baseline ({len(b)}), groups ({len(g)}) must match")
     if b.mean() <= 0:
         raise ValueError(f"bootstrap_lift: the baseline mean must be positive, got {b.mean()}")
-    _, inverse = np.unique(g.astype(str), return_inverse=True)
-    num_groups = int(inverse.max()) + 1
-    t_sum = np.bincount(inverse, weights=t, minlength=num_groups)
-    b_sum = np.bincount(inverse, weights=b, minlength=num_groups)
-    # resampling groups: counts per group per resample; the ratio of sums equals the ratio of means (same rows)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(num_groups, np.full(num_groups, 1.0 / num_groups), size=num_samples)
-    ratios = (counts @ t_sum) / np.maximum(counts @ b_sum, 1e-300) - 1.0
+    num_groups, (t_sums, b_sums) = _resampled_sums(g, (t, b), num_samples, seed)
+    ratios = t_sums / np.maximum(b_sums, 1e-300) - 1.0
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
     return {
@@ -155,3 +151,62 @@ def bootstrap_lift(
         "num_samples": int(num_samples),
         "confidence": float(confidence),
     }
+
+
+def bootstrap_ratio(
+    numerator: Sequence[float] | np.ndarray,
+    denominator: Sequence[float] | np.ndarray,
+    groups: Sequence | np.ndarray,
+    num_samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Ratio of means ``mean(numerator) / mean(denominator)`` and a percentile bootstrap CI resampling groups.
+
+    The same resampling as ``bootstrap_lift`` (whole groups with replacement, seeded): rows are paired, so each
+    resample's ratio of sums is its ratio of means.
+
+    Args:
+        numerator: per-pair values (e.g. ICG's true click probability minus ICG-without-users').
+        denominator: per-pair values on the same pairs; must have a positive mean (e.g. the faithful headroom).
+        groups: per-pair group id (user id).
+        num_samples: bootstrap resamples.
+        confidence: central coverage of the interval.
+        seed: seed of the resampling.
+
+    Returns:
+        ``{"value", "ci_low", "ci_high", "num_groups", "num_samples", "confidence"}``.
+    """
+    n, d = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    g = np.asarray(groups, dtype=object)
+    if not (len(n) == len(d) == len(g)) or len(n) == 0:
+        raise ValueError(f"bootstrap_ratio: numerator ({len(n)}), denominator ({len(d)}), groups ({len(g)}) must match")
+    if d.mean() <= 0:
+        raise ValueError(f"bootstrap_ratio: the denominator mean must be positive, got {d.mean()}")
+    num_groups, (n_sums, d_sums) = _resampled_sums(g, (n, d), num_samples, seed)
+    ratios = n_sums / np.maximum(d_sums, 1e-300)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return {
+        "value": float(n.mean() / d.mean()),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "num_groups": num_groups,
+        "num_samples": int(num_samples),
+        "confidence": float(confidence),
+    }
+
+
+def _resampled_sums(
+    groups: np.ndarray, columns: Sequence[np.ndarray], num_samples: int, seed: int
+) -> tuple[int, list[np.ndarray]]:
+    """The number of groups and, per column, its sum over each of ``num_samples`` resamples of whole groups.
+
+    A resample draws as many groups as there are, with replacement (multinomial counts per group, seeded).
+    """
+    _, inverse = np.unique(groups.astype(str), return_inverse=True)
+    num_groups = int(inverse.max()) + 1
+    sums = [np.bincount(inverse, weights=column, minlength=num_groups) for column in columns]
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(num_groups, np.full(num_groups, 1.0 / num_groups), size=num_samples)
+    return num_groups, [counts @ s for s in sums]

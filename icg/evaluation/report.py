@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from icg.evaluation.personalization import format_personalization
+
 log = logging.getLogger(__name__)
 
 # (key, axis, better): "+" higher is better, "-" lower is better, "" no preferred direction.
@@ -98,6 +100,7 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"on the covers shown ({sample.get('downstream_impressions', '?')} impressions each; *_logged: the logged "
             "clicks on the original covers)."
         )
+    lines += format_personalization(report.get("personalization"))
     if report.get("user_swap"):
         from icg.evaluation.user_swap import format_user_swap
 

@@ -29,6 +29,7 @@ from icg.evaluation.evaluator import ClickModel, load_evaluator, stage1_figures
 from icg.evaluation.lpips import LPIPS
 from icg.evaluation.methods import AlignmentMethod, CoverMethod, TitleOnlyMethod
 from icg.evaluation.metrics import title_match_accuracy
+from icg.evaluation.personalization import measure_personalization
 from icg.evaluation.report import METRICS, attach_user_appeal, write_report
 from icg.evaluation.sample import EvaluationSample, draw_sample, pairs_batch
 from icg.evaluation.scoring import PairScorer, diversity, headline, history_features, history_similarity, nanmean
@@ -81,7 +82,8 @@ def evaluate(  # noqa: PLR0913  # the settings are dataclasses already; the rest
 
     Returns:
         the report dict (see docs/evaluation.md): ``stage1``, ``evaluator``, ``methods``, ``reference_covers``,
-        ``lift``, ``relevance_drop``, ``user_swap``, ``unavailable``, ``sample``, ``minutes``, ``files``.
+        ``lift``, ``relevance_drop``, ``personalization``, ``user_swap``, ``unavailable``, ``sample``, ``minutes``,
+        ``files``.
     """
     start = time.time()
     if not methods:
@@ -114,6 +116,12 @@ def evaluate(  # noqa: PLR0913  # the settings are dataclasses already; the rest
         unavailable["diversity"] = "needs at least 2 grid users"
     user_ids = [str(dm.user_ids[u]) for u, _ in main_pairs]
     lift, relevance_drop = headline(table, per_pair, user_ids, oracle, scoring, sample.seed, unavailable)
+    personalization, pool_seconds = measure_personalization(
+        dm, str(data_root), oracle, stage1, methods, covers, chosen, scoring, run, sample.seed, unavailable
+    )
+    swap = user_swap_test(dm, methods, covers, chosen, Graders(oracle, grader, stage1, list(map(str, dm.user_ids))),
+                          user_swap or UserSwapSettings())  # fmt: skip
+    unavailable.update(swap.unavailable)
     report: dict[str, Any] = {
         "stage1": stage1_block,
         "evaluator": evaluator_block,
@@ -121,16 +129,14 @@ def evaluate(  # noqa: PLR0913  # the settings are dataclasses already; the rest
         "reference_covers": table["reference"],
         "lift": lift,
         "relevance_drop": relevance_drop,
+        "personalization": personalization,
+        "user_swap": swap.block,
         "unavailable": unavailable,
         "sample": _sample_block(chosen, sample, oracle is not None),
-        "generation_seconds": timings,
+        "generation_seconds": timings | pool_seconds,
         "evaluation_minutes": (time.time() - start) / 60.0,
         "minutes": (time.time() - (run.started_at if run.started_at is not None else start)) / 60.0,
     }
-    swap = user_swap_test(dm, methods, covers, chosen, Graders(oracle, grader, stage1, list(map(str, dm.user_ids))),
-                          user_swap or UserSwapSettings())  # fmt: skip
-    report["user_swap"] = swap.block
-    unavailable.update(swap.unavailable)
     grid |= {"user_notes": user_tastes(data_root), "mode": mode, "user_swap": swap.gallery}
     report["cover_manifest"] = str(write_held_out_covers(out / "covers", dm, main_pairs, covers))
     attach_user_appeal(report, study)

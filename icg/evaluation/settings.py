@@ -89,7 +89,12 @@ class ScoringSettings:
         reward_names: names of the aesthetic, relevance and preference rewards in the bundle.
         treatment: the method whose lift is reported (ICG).
         baseline: the method the lift and the relevance drop are relative to (title-only).
-        bootstrap_samples: resamples of the lift's confidence interval.
+        bootstrap_samples: resamples of the lift's confidence interval (and of the personal share's).
+        without_users: the method without user refinement: the personal share's baseline (docs/evaluation.md,
+            "Personalization itself").
+        pool_methods: the generic methods (covers that ignore the user but for their seed) whose per-item pools the
+            stage-1 click model picks from, the baseline a platform already has.
+        pool_size: generic covers per item in each pool (the pool + pick at equal cost is reported besides).
     """
 
     clip_path: str | Path | None = None
@@ -98,6 +103,9 @@ class ScoringSettings:
     treatment: str = "icg"
     baseline: str = "title_only"
     bootstrap_samples: int = 2000
+    without_users: str = "icg_no_user"
+    pool_methods: tuple[str, ...] = ("icg_no_user", "title_only")
+    pool_size: int = 4
 
 
 @dataclass(frozen=True)
@@ -108,12 +116,16 @@ class RunSettings:
         device: where the evaluator, the reward bundle, CLIP and the stage-1 model run (the methods bring their
             own device; the oracle and SSIM stay on the CPU).
         batch_size: covers generated per call of each method.
+        pool_batch_size: covers generated per call for the pool + pick baseline's pools (many covers of few items:
+            at the demo's sizes a call of 64 costs about a quarter of the CPU time of eight calls of 8; lower it for a
+            big model on a small GPU).
         started_at: ``time.time()`` when the whole run began (``minutes`` counts from it; default: this call).
         tensorboard: also write the table as TensorBoard hparams under ``out_dir/tensorboard``.
     """
 
     device: torch.device | str = "cpu"
     batch_size: int = 8
+    pool_batch_size: int = 64
     started_at: float | None = None
     tensorboard: bool = True
 
@@ -140,4 +152,4 @@ class UserSwapSettings:
     max_pairs: int | None = 48
     gallery_users: int = 4
     gallery_items: int = 6
-    batch_size: int = 32
+    batch_size: int = 64

@@ -1,9 +1,9 @@
 """The cover explorer as a FastAPI app: one page with the controls and the three covers, PNG and JSON endpoints.
 
 Every address carries the whole request in its query string (``user``, ``item``, ``guidance_scale``, ``strength``,
-``seed``, ``num_steps``, ``noise``), so a page can be bookmarked and a cover URL alone draws that cover. Covers are
-drawn when first asked for and cached (``CoverExplorer``); the page's three ``<img>`` and its score table ask at
-once, and the first request draws all three while the others wait for it.
+``seed``, ``num_steps``, ``noise``, ``user_guidance``), so a page can be bookmarked and a cover URL alone draws that
+cover. Covers are drawn when first asked for and cached (``CoverExplorer``); the page's three ``<img>`` and its score
+table ask at once, and the first request draws all three while the others wait for it.
 
 Routes: ``/`` (page), ``POST /upload`` (a title and a reference image; back to the page), ``/cover/{method}.png``,
 ``/reference.png``, ``/click/{k}.png`` (images), ``/api/covers`` (seed, timing, scores as JSON), ``/api/users`` and
@@ -29,6 +29,7 @@ from starlette.datastructures import UploadFile
 from icg.explore.catalogue import ExploreCatalogue
 from icg.explore.explorer import (
     MAX_GUIDANCE,
+    MAX_USER_GUIDANCE,
     METHOD_LABELS,
     METHODS,
     CoverExplorer,
@@ -93,6 +94,7 @@ def create_app(  # noqa: C901, PLR0915  # the routes are nested functions of the
             "unavailable": explorer.unavailable,
             "max_guidance": max(15.0, defaults.guidance_scale),
             "limit_guidance": MAX_GUIDANCE,
+            "max_user_guidance": min(MAX_USER_GUIDANCE, max(8.0, defaults.user_guidance)),
             "max_upload_mib": MAX_UPLOAD_BYTES // 2**20,
             "defaults": defaults,
             "item": None,

@@ -10,9 +10,11 @@ explorer draws all three for any user and item of a trained export (``icg export
 * ``icg``: the export's generator with the user's embedding.
 
 All three draw from the same seed through ``sample_covers`` with the same steps, guidance scale and strength, so
-they differ only in conditioning. With ``noise="pair"`` the seed is the generator's own per-(user, item) seed, so
-the ICG cover is exactly what ``CoverGenerator.__call__`` returns for that pair; ``noise="item"`` keeps the noise
-fixed across users, so switching users changes only what the user changes. Results are cached in memory by
+they differ only in conditioning. The user-guidance scale acts on ICG's column only (it moves ICG from the
+cold-start user's prediction towards the user's; the other two have no user to move towards). With
+``noise="pair"`` the seed is the generator's own per-(user, item) seed, so the ICG cover is exactly what
+``CoverGenerator.__call__`` returns for that pair; ``noise="item"`` keeps the noise fixed across users, so switching
+users changes only what the user changes. Results are cached in memory by
 (user, item, settings). No web code here: ``icg.explore.app`` serves it.
 """
 
@@ -46,6 +48,7 @@ METHOD_LABELS = {"title_only": "Title only", "icg_no_user": "ICG without user", 
 NOISE_MODES = ("pair", "item")
 MAX_STEPS = 500
 MAX_GUIDANCE = 30.0
+MAX_USER_GUIDANCE = 10.0
 MAX_SEED = 2**31 - 1
 
 
@@ -64,6 +67,8 @@ class Settings:
         num_steps: DDIM steps of a pure-noise chain (a reference-guided chain runs ``int(steps * strength)``).
         noise: ``pair``: the seed of each (user, item), as ``CoverGenerator`` draws it; ``item``: one seed per item,
             the same for every user.
+        user_guidance: ICG's user guidance, 0 to 10 (1: the cover as trained, 0: the cold-start user's, > 1: more
+            of the user); ICG's column only.
     """
 
     guidance_scale: float
@@ -71,6 +76,7 @@ class Settings:
     seed: int
     num_steps: int
     noise: str = "pair"
+    user_guidance: float = 1.0
 
     def checked(self) -> Settings:
         """Self, or ExploreInputError naming the first value out of range."""
@@ -88,13 +94,18 @@ class Settings:
             raise ExploreInputError(f"seed={self.seed}: expected 0 to {MAX_SEED}")
         if self.noise not in NOISE_MODES:
             raise ExploreInputError(f"noise={self.noise!r}: expected one of {', '.join(NOISE_MODES)}")
+        if not (math.isfinite(self.user_guidance) and 0.0 <= self.user_guidance <= MAX_USER_GUIDANCE):
+            raise ExploreInputError(f"user_guidance={self.user_guidance:g}: expected 0 to {MAX_USER_GUIDANCE:g} "
+                                    "(1: the cover as trained, 0: the cold-start user's)")  # fmt: skip
         return self
 
     @classmethod
     def parse(cls, values: Mapping[str, str], defaults: Settings) -> Settings:
         """Settings from a query string or form (missing or empty values: ``defaults``), checked."""
         parsed = asdict(defaults)
-        for name, kind in (("guidance_scale", float), ("strength", float), ("seed", int), ("num_steps", int)):
+        numbers = (("guidance_scale", float), ("strength", float), ("seed", int), ("num_steps", int),
+                   ("user_guidance", float))  # fmt: skip
+        for name, kind in numbers:
             text = str(values.get(name) or "").strip()
             if text:
                 try:
@@ -113,6 +124,7 @@ class Settings:
             "seed": str(self.seed),
             "num_steps": str(self.num_steps),
             "noise": self.noise,
+            "user_guidance": f"{self.user_guidance:g}",
         }
 
 
@@ -204,7 +216,8 @@ class CoverExplorer:
     def defaults(self) -> Settings:
         """The export's own sampler settings (its ``icg_config.json``)."""
         s = self.generator.settings
-        return Settings(float(s.guidance_scale), float(s.strength), int(s.seed), int(s.num_steps))
+        return Settings(float(s.guidance_scale), float(s.strength), int(s.seed), int(s.num_steps),
+                        user_guidance=float(s.user_guidance))  # fmt: skip
 
     def knows(self, user_id: str) -> bool:
         return user_id in self.generator.users
@@ -241,8 +254,9 @@ class CoverExplorer:
         steps = {"num_steps": s.num_steps, "guidance_scale": s.guidance_scale, "strength": s.strength}
         user_emb, known = gen.users.lookup([user_id])
 
-        def icg(embedding: Tensor) -> Tensor:  # one cover per call, so it is bit for bit CoverGenerator's
-            return gen.sample(gen.conditioning(embedding, [item.title], reference), [seed], reference, **steps)[0]
+        def icg(embedding: Tensor, user_guidance: float = 1.0) -> Tensor:  # one cover per call: CoverGenerator's
+            cond, negative = gen.pair_conditioning(embedding, [item.title], reference, user_guidance)
+            return gen.sample(cond, [seed], reference, user_guidance=user_guidance, user_negative=negative, **steps)[0]
 
         drawn = {}
         if self.base is not None:
@@ -252,5 +266,5 @@ class CoverExplorer:
                 uncond=uncond, **steps,
             )[0]  # fmt: skip
         drawn["icg_no_user"] = icg(gen.users.fallback(1))
-        drawn["icg"] = icg(user_emb) if known[0] else drawn["icg_no_user"]
+        drawn["icg"] = icg(user_emb, s.user_guidance) if known[0] else drawn["icg_no_user"]
         return {k: v.float().clamp(0, 1).cpu() for k, v in drawn.items()}, known[0], seed, reference[0].cpu()

@@ -14,6 +14,11 @@ validation and predict, the evaluation and ``icg generate`` all sample through :
 
 ``strength < 1`` is reference-guided generation (SDEdit; diffusers' img2img): the chain starts from the item's
 reference cover noised to that level, so the item's layout stays and ICG personalizes the rest.
+
+Two options make a cover more the user's, each at a cost (docs/generation.md): ``user_guidance`` s moves every step's
+prediction from the cold-start user's (same title, same reference) towards the user's (1: as trained; one more
+denoiser row per cover otherwise), and ``candidates`` N draws N covers per pair and keeps the one the stage-1 click
+model scores highest (``icg.generation.picking``; N times the sampling).
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ from torch import Tensor
 from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.lora import LORA_WEIGHTS, current_lora, load_lora
-from icg.diffusion.sampler import denoising_loss, sample
+from icg.diffusion.sampler import denoising_loss, sample, user_guidance_in_range
 from icg.diffusion.source import DTYPES, DiffusionSource
-from icg.errors import UserError
+from icg.errors import ConfigError, UserError
 from icg.generation.export import ExportParts, checkpoint_parts, negative_conditioning, read_export, write_parts
+from icg.generation.picking import BestOf, PickedCovers, best_of
 from icg.generation.seeds import content_key, pair_generators, pair_seed
 from icg.generation.settings import SamplerSettings
 from icg.generation.users import UserTable
@@ -74,8 +80,13 @@ class GeneratedCovers:
         images: PIL images (``output_type="pil"``) or a B x 3 x H x W tensor in [0, 1] (``"pt"``).
         user_ids: the users.
         item_keys: the item ids given, or content keys (title + reference pixels) where none were.
-        seeds: each cover's seed (``icg.generation.seeds.pair_seed``).
+        seeds: each cover's seed (``icg.generation.seeds.pair_seed``); with ``best_of`` the pair's seed, which is
+            candidate 0's (the picked candidate's own seed is ``candidate_seeds([seed], candidate)[0]``).
         fallback: True where the user is unknown to the export and got the cold-start fallback embedding.
+        candidate: with ``best_of``, the index of the candidate picked for each pair (else empty).
+        score: with ``best_of``, its click probability under the stage-1 model (else empty).
+        candidate_scores: with ``best_of``, B x N: every candidate's click probability.
+        candidate_images: with ``best_of.keep_all``, B x N x 3 x H x W: every candidate, in [0, 1].
     """
 
     images: list[Image.Image] | Tensor
@@ -83,6 +94,10 @@ class GeneratedCovers:
     item_keys: list[str]
     seeds: list[int]
     fallback: list[bool] = field(default_factory=list)
+    candidate: list[int] = field(default_factory=list)
+    score: list[float] = field(default_factory=list)
+    candidate_scores: Tensor | None = None
+    candidate_images: Tensor | None = None
 
 
 def reference_batch(images: ImageInput, size: int, device: torch.device | str = "cpu") -> Tensor:
@@ -115,7 +130,7 @@ def to_pil(images: Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
-def sample_covers(
+def sample_covers(  # noqa: PLR0913  # sampler options to move into a dataclass (STYLE habit 20; issue 22)
     diffusion: DiffusionComponents,
     cond: Conditioning,
     seeds: Sequence[int],
@@ -126,6 +141,8 @@ def sample_covers(
     strength: float = 1.0,
     image_size: int | None = None,
     uncond: Conditioning | None = None,
+    user_guidance: float = 1.0,
+    user_negative: Conditioning | None = None,
 ) -> Tensor:
     """Covers (B x 3 x H x W in [0, 1]) for a conditioning, each from its own seed: the one inference sampling path.
 
@@ -146,12 +163,33 @@ def sample_covers(
         num_steps=num_steps,
         guidance_scale=guidance_scale,
         uncond=uncond,
+        user_guidance=user_guidance,
+        user_negative=user_negative,
         generator=pair_generators(seeds),
         reference=references if strength < 1 else None,
         strength=strength,
         height=size,
         width=size,
     )
+
+
+def check_user_guidance(user_guidance: float, name: str = "user_guidance") -> None:
+    """Refuse a user-guidance scale that is not a finite number >= 0, in one line naming ``name`` (a flag or key)."""
+    if not user_guidance_in_range(user_guidance):
+        raise ConfigError(f"{name}={user_guidance!r}: expected a finite number >= 0 (1: the cover as trained, 0: the "
+                          "cold-start user's cover, > 1: more of the user)")  # fmt: skip
+
+
+def check_pipeline_guidance(guidance_scale: float, user_guidance: float) -> None:
+    """Refuse what a stock diffusers pipeline cannot draw: it takes one negative and guides only with scales > 1."""
+    check_user_guidance(user_guidance)
+    if user_guidance != 1 and guidance_scale > 1:
+        raise ConfigError(f"user_guidance={user_guidance:g} with guidance_scale={guidance_scale:g}: a diffusers "
+                          "pipeline takes one negative, so it cannot do both; set one of them to 1, or sample with "
+                          "CoverGenerator itself")  # fmt: skip
+    if user_guidance < 1:
+        raise ConfigError(f"user_guidance={user_guidance:g}: a diffusers pipeline guides only with scales > 1; sample "
+                          "0 <= user_guidance < 1 with CoverGenerator itself")  # fmt: skip
 
 
 class CoverGenerator:
@@ -290,6 +328,19 @@ class CoverGenerator:
         """The personalized conditioning of B pairs from user embeddings, titles and references."""
         return self.conditioner(list(titles), references.to(self.device), user_emb.to(self.device))
 
+    def fallback_conditioning(self, titles: Sequence[str], references: Tensor) -> Conditioning:
+        """User guidance's negative: the B pairs' own titles and references with the cold-start user."""
+        return self.conditioning(self.users.fallback(len(titles)), titles, references)
+
+    def pair_conditioning(
+        self, user_emb: Tensor, titles: Sequence[str], references: Tensor, user_guidance: float | None = None
+    ) -> tuple[Conditioning, Conditioning | None]:
+        """The B pairs' conditioning and, when ``user_guidance`` (None: the export's) is not 1, their cold-start
+        negative (:meth:`fallback_conditioning`); what :meth:`sample` takes as ``cond`` and ``user_negative``."""
+        user_guidance = self.settings.user_guidance if user_guidance is None else user_guidance
+        cond = self.conditioning(user_emb, titles, references)
+        return cond, self.fallback_conditioning(titles, references) if user_guidance != 1 else None
+
     def unconditional(self, batch_size: int = 1) -> Conditioning:
         """Classifier-free guidance's negative: empty title, blank reference, the cold-start user."""
         negative = self.negative
@@ -311,14 +362,23 @@ class CoverGenerator:
         guidance_scale: float | None = None,
         strength: float | None = None,
         uncond: Conditioning | None = None,
+        user_guidance: float | None = None,
+        user_negative: Conditioning | None = None,
     ) -> Tensor:
         """Covers (B x 3 x H x W in [0, 1]) for a batch's conditioning, one seed per cover.
 
         The one sampling path of inference: every cover starts from its own seed's noise (and, reference-guided,
-        its own VAE posterior sample), so a cover does not depend on the batch it is in.
+        its own VAE posterior sample), so a cover does not depend on the batch it is in. ``user_guidance`` (None: the
+        export's) other than 1 needs ``user_negative``, the same pairs with the cold-start user
+        (:meth:`pair_conditioning` gives both).
         """
         s = self.settings
         guidance_scale = s.guidance_scale if guidance_scale is None else guidance_scale
+        user_guidance = s.user_guidance if user_guidance is None else user_guidance
+        check_user_guidance(user_guidance)
+        if user_guidance != 1 and user_negative is None:
+            raise ValueError(f"user_guidance={user_guidance:g} needs user_negative, the pairs' conditioning with the "
+                             "cold-start user (CoverGenerator.pair_conditioning gives both)")  # fmt: skip
         if guidance_scale > 1 and uncond is None:
             uncond = self.unconditional(1)
         return sample_covers(
@@ -331,6 +391,37 @@ class CoverGenerator:
             strength=s.strength if strength is None else strength,
             image_size=self.image_size,
             uncond=uncond,
+            user_guidance=float(user_guidance),
+            user_negative=user_negative if user_guidance != 1 else None,
+        )
+
+    def pick(
+        self,
+        cond: Conditioning,
+        seeds: Sequence[int],
+        references: Tensor | None,
+        how: BestOf,
+        user_ids: Sequence[str],
+        titles: Sequence[str],
+        **sampling: Any,
+    ) -> PickedCovers:
+        """Best of N: ``how.candidates`` covers per pair (candidate 0 from the pair's seed: the cover :meth:`sample`
+        makes), scored by ``how.scorer`` for the pairs' users, the best kept (``icg.generation.picking``); N times
+        the sampling work of :meth:`sample`.
+
+        Args:
+            cond, seeds, references: as :meth:`sample`'s (the pairs' own seeds).
+            how: the scorer, N and whether to keep every candidate.
+            user_ids: the B users the covers are scored for.
+            titles: the B items' titles.
+            sampling: :meth:`sample`'s keyword arguments (steps, guidance, strength, user guidance).
+        """
+        return best_of(
+            lambda candidate_seeds: self.sample(cond, candidate_seeds, references, **sampling),
+            lambda images: how.scorer(images, user_ids, titles),
+            seeds,
+            how.candidates,
+            keep_all=how.keep_all,
         )
 
     # ----------------------------------------------------------------------------------------------- training
@@ -339,7 +430,7 @@ class CoverGenerator:
         cond: Conditioning,
         window: GradientWindow,
         *,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: Tensor | None = None,
         reference: Tensor | None = None,
     ) -> Tensor:
@@ -372,7 +463,7 @@ class CoverGenerator:
 
     # ------------------------------------------------------------------------------------------------ calling
     @torch.no_grad()
-    def __call__(
+    def __call__(  # noqa: PLR0913  # one keyword per per-call override of the settings, as diffusers pipelines take
         self,
         user_ids: Sequence[str],
         titles: Sequence[str],
@@ -383,6 +474,8 @@ class CoverGenerator:
         num_steps: int | None = None,
         guidance_scale: float | None = None,
         strength: float | None = None,
+        user_guidance: float | None = None,
+        best_of: BestOf | None = None,
         output_type: str = "pil",
     ) -> GeneratedCovers:
         """Covers for B (user, item) pairs.
@@ -397,6 +490,11 @@ class CoverGenerator:
             num_steps: DDIM steps (None: the export's).
             guidance_scale: classifier-free guidance (None: the export's).
             strength: 1 = from pure noise, < 1 = reference-guided (None: the export's).
+            user_guidance: s >= 0, from the cold-start user's prediction towards the user's (None: the export's; 1:
+                as trained; > 1 costs one more denoiser row per cover).
+            best_of: draw ``best_of.candidates`` covers per pair and return the one ``best_of.scorer`` gives the
+                highest click probability (``BestOf(ClickScorer.from_checkpoint(stage-1 checkpoint), N)``; N times the
+                sampling work). None: one cover per pair, no scoring.
             output_type: ``"pil"`` (list of PIL images) or ``"pt"`` (tensor in [0, 1]).
         """
         user_ids, titles = [str(u) for u in user_ids], [str(t) for t in titles]
@@ -420,16 +518,25 @@ class CoverGenerator:
                 ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""),
             )
         seeds = self.seeds(user_ids, keys, seed)
-        cond = self.conditioning(user_emb, titles, references)
-        images_out = self.sample(
-            cond, seeds, references, num_steps=num_steps, guidance_scale=guidance_scale, strength=strength
-        )
+        cond, negative = self.pair_conditioning(user_emb, titles, references, user_guidance)
+        sampling = {"num_steps": num_steps, "guidance_scale": guidance_scale, "strength": strength,
+                    "user_guidance": user_guidance, "user_negative": negative}  # fmt: skip
+        picked = None
+        if best_of is None:
+            images_out = self.sample(cond, seeds, references, **sampling)
+        else:
+            picked = self.pick(cond, seeds, references, best_of, user_ids, titles, **sampling)
+            images_out = picked.images
         return GeneratedCovers(
             images=to_pil(images_out) if output_type == "pil" else images_out.cpu(),
             user_ids=user_ids,
             item_keys=keys,
             seeds=seeds,
             fallback=[not k for k in known],
+            candidate=picked.index.tolist() if picked is not None else [],
+            score=picked.scores.tolist() if picked is not None else [],
+            candidate_scores=picked.all_scores if picked is not None else None,
+            candidate_images=picked.all_images.cpu() if picked is not None and picked.all_images is not None else None,
         )
 
     @torch.no_grad()
@@ -444,6 +551,7 @@ class CoverGenerator:
         num_steps: int | None = None,
         guidance_scale: float | None = None,
         strength: float | None = None,
+        user_guidance: float | None = None,
     ) -> dict[str, Any]:
         """Keyword arguments that make a stock diffusers pipeline draw the same covers as ``self(...)``.
 
@@ -455,6 +563,11 @@ class CoverGenerator:
         diffusers documents it. Flux: ``FluxPipeline`` / ``FluxImg2ImgPipeline`` with its own scheduler; ICG's
         guidance is the pipeline's ``true_cfg_scale`` and FLUX.1-dev's embedded guidance its ``guidance_scale``. An
         export with a UNet LoRA: ``pipe.load_lora_weights(export_folder)`` first.
+
+        User guidance (``user_guidance`` s > 1) goes in as the pipeline's guidance with the pairs' cold-start
+        conditioning as ``negative_prompt_embeds`` (the pipeline's guidance formula is user guidance's). A pipeline
+        takes one negative and guides only with scales > 1, so s > 1 together with ``guidance_scale`` > 1, and
+        0 <= s < 1, are refused (``ConfigError``): sample those with ``self(...)``.
 
         Raises when the conditioning masks padding tokens, which diffusers' pipelines cannot
         take (SD 1.5 / SDXL text encoders do not mask; the demo's stand-in encodes titles with ``padding="attended"``
@@ -469,10 +582,16 @@ class CoverGenerator:
             else [content_key(t, r) for t, r in zip(titles, references, strict=True)]
         )
         user_emb, _ = self.users.lookup(user_ids)
-        cond = self.conditioning(user_emb, titles, references)
         guidance_scale = s.guidance_scale if guidance_scale is None else guidance_scale
+        user_guidance = s.user_guidance if user_guidance is None else user_guidance
+        check_pipeline_guidance(guidance_scale, user_guidance)
         strength = s.strength if strength is None else strength
-        parts = [("", cond)] + ([("negative_", self.unconditional(len(user_ids)))] if guidance_scale > 1 else [])
+        cond, user_negative = self.pair_conditioning(user_emb, titles, references, user_guidance)
+        if user_negative is not None:  # user guidance alone: the pipeline's one negative is the cold-start user
+            guidance_scale, negative = user_guidance, user_negative
+        else:
+            negative = self.unconditional(len(user_ids)) if guidance_scale > 1 else None
+        parts = [("", cond)] + ([("negative_", negative)] if negative is not None else [])
         kwargs: dict[str, Any] = {
             "num_inference_steps": s.num_steps if num_steps is None else num_steps,
             "generator": pair_generators(self.seeds(user_ids, keys, seed)),

@@ -20,6 +20,15 @@ def pair_seed(base: int, user_id: str, item_key: str) -> int:
     return int.from_bytes(digest[:8], "little") % (2**63 - 1)
 
 
+def candidate_seeds(seeds: Sequence[int], candidate: int) -> list[int]:
+    """The seeds of candidate ``candidate`` of each pair (best-of-N, ``icg.generation.picking``): candidate 0 is the
+    pair's own seed (so it is the cover made without picking), candidate c > 0 a stable hash of (seed, c)."""
+    if candidate == 0:
+        return [int(seed) for seed in seeds]
+    hashed = (hashlib.sha256(f"{int(seed)}:candidate:{candidate}".encode()).digest() for seed in seeds)
+    return [int.from_bytes(digest[:8], "little") % (2**63 - 1) for digest in hashed]
+
+
 def pair_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     """One seeded CPU generator per cover (CPU, so a seed gives the same noise on every device)."""
     return [torch.Generator().manual_seed(int(seed)) for seed in seeds]

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from icg.diffusion.sampler import strength_in_range
+from icg.diffusion.sampler import strength_in_range, user_guidance_in_range
 
 
 @dataclass
@@ -24,6 +24,9 @@ class SamplerSettings:
         strength: 1 generates from pure noise; 0 < strength < 1 starts from the reference cover (SDEdit).
         image_size: cover side in pixels (None: the UNet's configured size).
         seed: base of the per-(user, item) seeds.
+        user_guidance: moves each step's prediction from the cold-start user's (same title and reference) towards the
+            user's: 1 is the cover as trained (no extra work), 0 the cold-start user's cover, > 1 more of the user
+            (``icg.diffusion.sampler.guided_predictor``). An export written before it existed reads as 1.
     """
 
     num_steps: int = 20
@@ -31,13 +34,15 @@ class SamplerSettings:
     strength: float = 1.0
     image_size: int | None = None
     seed: int = 0
+    user_guidance: float = 1.0
 
     @classmethod
     def problem(cls, values: Any) -> str | None:
         """What is wrong with a dict of sampler settings (an export's ``sampler``), naming key and value; None if ok.
 
         Every key must be a setting, ``num_steps`` an integer >= 1, ``guidance_scale`` a finite number >= 0,
-        ``strength`` in (0, 1], ``image_size`` null or a positive integer, ``seed`` an integer.
+        ``strength`` in (0, 1], ``image_size`` null or a positive integer, ``seed`` an integer, ``user_guidance`` a
+        finite number >= 0 (absent: 1).
         """
         if not isinstance(values, dict):
             return f"expected an object of {sorted(asdict(cls()))}, got {values!r:.80}"
@@ -57,6 +62,7 @@ class SamplerSettings:
             "strength": (strength_in_range, "a number in (0, 1] (1: from pure noise, < 1: from the reference)"),
             "image_size": (lambda v: v is None or (integer(v) and v > 0), "null or a positive integer"),
             "seed": (integer, "an integer"),
+            "user_guidance": (user_guidance_in_range, "a finite number >= 0 (1: off, 0: the cold-start user's cover)"),
         }
         for key, (ok, expected) in checks.items():
             if key in values and not ok(values[key]):

@@ -87,6 +87,14 @@ class AlignmentStage(LightningModule):
         reg_weight: lambda of the denoising-loss regularizer on reference covers.
         warmup_steps: first optimizer steps train on the denoising loss only.
         max_nonfinite_steps: consecutive steps with NaN/Inf rewards tolerated (each skipped) before aborting.
+        partner_users: pair every training item with a second, random user at the same noise: each batch of B pairs
+            becomes B/2 of its pairs and, for each, the same item and reference for a user drawn uniformly from the
+            DataModule's users. So half the training pairs are random (user, item) pairs whose reference does not
+            already suit the user (train positives alone mostly teach fidelity), and the two covers of an item differ
+            only by their user (the user-swap test, during training). Needs an even ``data.batch_size``.
+        contrast_weight: weight of the contrastive personal reward (needs ``partner_users``): for partners a, b of one
+            item, ``pref(u_a, x_a) - pref(u_a, x_b)`` (normalized stage-1 click reward of a's own cover minus that of
+            the partner's cover, scored for a), and the same for b. 0 leaves the rewards as they are.
         feature_cache_dir: with a fully frozen prompter (``freeze_meta_tokens: true``, no LoRA), per-item MLLM
             features are cached here and the MLLM leaves the training step.
         seed: base seed of the per-step noise.
@@ -115,10 +123,14 @@ class AlignmentStage(LightningModule):
         reg_weight: float = 1.0,
         warmup_steps: int = 0,
         max_nonfinite_steps: int = 5,
+        partner_users: bool = False,
+        contrast_weight: float = 0.0,
         feature_cache_dir: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if contrast_weight and not partner_users:
+            raise ConfigError("model.init_args.contrast_weight needs model.init_args.partner_users: true")
         if grad_window not in GRAD_WINDOWS:
             raise ConfigError(f"model.init_args.grad_window must be one of {GRAD_WINDOWS}, got {grad_window!r}")
         if not strength_in_range(strength):
@@ -179,7 +191,8 @@ class AlignmentStage(LightningModule):
                 len(dm_users),
             )
         self.user_ids, self.user_rows = dm_users, user_map
-        settings = SamplerSettings(**{k: self.hparams[k] for k in asdict(SamplerSettings())})
+        # The stage's own sampling options; the rest (user guidance: inference only) keep their defaults.
+        settings = SamplerSettings(**{k: self.hparams[k] for k in asdict(SamplerSettings()) if k in self.hparams})
         self.generator = CoverGenerator(self.conditioner, diffusion, table, settings, source=self.diffusion_source)
 
     @property
@@ -250,7 +263,7 @@ class AlignmentStage(LightningModule):
         self,
         cond: Conditioning,
         *,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: Tensor | None = None,
         grad_window: str = "none",
         reference: Tensor | None = None,
@@ -270,16 +283,52 @@ class AlignmentStage(LightningModule):
         seed = (self.hparams.seed * 1_000_003 + salt * 7919 + self.global_rank) % (2**63)
         return torch.Generator(device=self.device).manual_seed(seed)
 
+    def with_partners(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[dict[str, Any], list]:
+        """The first half of ``batch`` followed by the same items for random users, and one noise generator per
+        pair with partners sharing a seed (``partner_users``)."""
+        half = len(batch["item_id"]) // 2
+        if half < 1:
+            raise ConfigError("model.init_args.partner_users needs data.batch_size >= 2 (an even number)")
+        first = {key: value[:half] for key, value in batch.items()}
+        device = batch["user_idx"].device
+        drawn = torch.randint(len(self.user_ids), (half,), generator=generator, device=generator.device).to(device)
+        paired = {}
+        for key, value in first.items():
+            if key == "user_idx":
+                paired[key] = torch.cat([value, drawn])
+            elif key == "user_id":
+                paired[key] = [*value, *(self.user_ids[int(k)] for k in drawn)]
+            elif isinstance(value, Tensor):
+                paired[key] = torch.cat([value, value])
+            else:
+                paired[key] = [*value, *value]
+        seeds = torch.randint(2**62, (half,), generator=generator, device=generator.device).tolist()
+        generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds * 2]
+        return paired, generators
+
+    def personal_contrast(self, images: Tensor, batch: dict[str, Any], users: Tensor) -> Tensor:
+        """Per pair: the normalized click reward of its own cover minus that of its partner's cover, for its user."""
+        half = images.shape[0] // 2
+        swapped = torch.cat([images[half:], images[:half]])
+        context = RewardContext(titles=list(batch["title"]), user_idx=users, reference=batch["image"])
+        return self.rewards.normalized_score("preference", images, context) - self.rewards.normalized_score(
+            "preference", swapped, context
+        )
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         generator = self._generator(self.global_step)
+        noise: torch.Generator | list[torch.Generator] = generator
+        if self.hparams.partner_users:
+            batch, noise = self.with_partners(batch, generator)
         cond, users = self.condition(batch)
-        reg = self.generator.denoising_loss(batch["image"], cond, generator)
+        # the regularizer reconstructs each reference under its own pair's conditioning: with partners, only the train
+        # positives' (a reference need not suit a random user, and its backdrop is what the partner may change)
+        kept = slice(0, len(users) // 2) if self.hparams.partner_users else slice(None)
+        reg = self.generator.denoising_loss(batch["image"][kept], cond[kept], generator)
         self.log("train/denoise_loss", reg, prog_bar=True)
         if self.global_step < self.hparams.warmup_steps or self.hparams.grad_window == "none":
             return self.hparams.reg_weight * reg
-        images = self.generate(
-            cond, generator=generator, grad_window=self.hparams.grad_window, reference=batch["image"]
-        )
+        images = self.generate(cond, generator=noise, grad_window=self.hparams.grad_window, reference=batch["image"])
         rewards = self.score(images, batch, users)
         bad = rewards.nonfinite()
         if bad or not bool(torch.isfinite(rewards.total.detach()).all()):
@@ -287,7 +336,12 @@ class AlignmentStage(LightningModule):
             # DDP cannot skip a step on one rank (Lightning raises): this rank contributes its regularizer only.
             return self.hparams.reg_weight * reg if self.trainer_world_size() > 1 else None
         self.nonfinite_steps = 0
-        loss = -rewards.total.mean() + self.hparams.reg_weight * reg
+        objective = rewards.total
+        if self.hparams.contrast_weight:
+            contrast = self.personal_contrast(images, batch, users)
+            self.log("train/reward/personal_contrast", contrast.mean(), batch_size=len(contrast))
+            objective = objective + self.hparams.contrast_weight * contrast
+        loss = -objective.mean() + self.hparams.reg_weight * reg
         self._log_rewards("train", rewards)
         self.log("train/loss", loss, prog_bar=True)
         return loss

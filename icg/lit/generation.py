@@ -26,6 +26,7 @@ from torch import Tensor
 
 from icg.generation.cover_folder import CoverFolder, FolderState, ShardWriter
 from icg.generation.generator import CoverGenerator
+from icg.generation.picking import BestOf
 from icg.generation.users import UserTable
 from icg.models.rewards.base import RewardContext
 
@@ -43,6 +44,8 @@ class CoverGeneration(LightningModule):
         strength: 1 from pure noise, < 1 reference-guided (None: the export's).
         rewards: a stage-2 reward bundle to score every cover with (None: no scores).
         reward_users: the user vocabulary the bundle's preference reward indexes (stage 1's ids).
+        user_guidance: from the cold-start user's prediction towards the user's (None: the export's).
+        best_of: draw N covers per pair and keep the one the stage-1 click model likes best (None: one cover).
     """
 
     def __init__(
@@ -54,10 +57,13 @@ class CoverGeneration(LightningModule):
         strength: float | None = None,
         rewards: torch.nn.Module | None = None,
         reward_users: Sequence[str] = (),
+        user_guidance: float | None = None,
+        best_of: BestOf | None = None,
     ) -> None:
         super().__init__()
         self.generator = generator
         self.seed, self.num_steps, self.guidance_scale, self.strength = seed, num_steps, guidance_scale, strength
+        self.user_guidance, self.best_of = user_guidance, best_of  # the scorer is no nn.Module: never wrapped
         # Not registered: frozen, loaded on every rank from its own file; Lightning must neither wrap nor sync it.
         self.frozen: dict[str, Any] = {"rewards": rewards} if rewards is not None else {}
         self.reward_users = UserTable.of_ids(reward_users)  # the bundle's user vocabulary, embeddings aside
@@ -66,6 +72,8 @@ class CoverGeneration(LightningModule):
         self.generator.to(self.device)
         if "rewards" in self.frozen:
             self.frozen["rewards"].to(self.device)
+        if self.best_of is not None:
+            self.best_of.scorer.to(self.device)
 
     @torch.no_grad()
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
@@ -75,9 +83,15 @@ class CoverGeneration(LightningModule):
         references = batch["image"].to(self.device)
         user_emb, known = gen.users.lookup(users)
         seeds = gen.seeds(users, items, self.seed)
-        cond = gen.conditioning(user_emb, titles, references)
-        images = gen.sample(cond, seeds, references, num_steps=self.num_steps, guidance_scale=self.guidance_scale,
-                            strength=self.strength)  # fmt: skip
+        cond, negative = gen.pair_conditioning(user_emb, titles, references, self.user_guidance)
+        sampling = {"num_steps": self.num_steps, "guidance_scale": self.guidance_scale, "strength": self.strength,
+                    "user_guidance": self.user_guidance, "user_negative": negative}  # fmt: skip
+        picked = {}
+        if self.best_of is not None:
+            best = gen.pick(cond, seeds, references, self.best_of, users, titles, **sampling)
+            images, picked = best.images, {"candidate": best.index.tolist(), "candidate_score": best.scores.tolist()}
+        else:
+            images = gen.sample(cond, seeds, references, **sampling)
         return {
             "images": images.cpu(),
             "user_id": users,
@@ -87,6 +101,7 @@ class CoverGeneration(LightningModule):
             "seed": seeds,
             "fallback": [not k for k in known],
             "scores": self.score(images, titles, users, references),
+            "picked": picked,
         }
 
     def score(self, images: Tensor, titles: list[str], users: list[str], references: Tensor) -> dict[str, Tensor]:
@@ -158,6 +173,10 @@ class CoverFolderWriter(BasePredictionWriter):
             }
             if prediction["scores"]:
                 row["scores"] = {name: float(value[i]) for name, value in prediction["scores"].items()}
+            picked = prediction["picked"]
+            if picked:  # best of N: how many were drawn, which was kept, its click probability
+                row |= {"candidates": pl_module.best_of.candidates, "candidate": int(picked["candidate"][i]),
+                        "candidate_score": float(picked["candidate_score"][i])}  # fmt: skip
             self.shard.write(image, row)
         self.shard.flush()
 

@@ -87,6 +87,22 @@ def test_reference_guided_flow_sampler_matches_flux_img2img_pipeline(flux):
     assert not torch.allclose(other, ours, atol=1e-3)  # the reference matters
 
 
+@torch.no_grad()
+def test_user_guidance_on_the_flow_is_true_cfg_with_the_cold_start_negative(flux):
+    cond, negative, empty = _cond(seed=1), _cond(seed=3), _cond(batch=1, seed=2)
+    run = {"num_steps": 4, "height": SIZE}
+
+    def draw(**kwargs):
+        return sample(flux, cond, generator=torch.Generator().manual_seed(7), **run, **kwargs)
+
+    assert torch.equal(draw(user_guidance=1.0, user_negative=negative), draw())  # off: the chain as before
+    guided = draw(user_guidance=2.5, user_negative=negative)
+    torch.testing.assert_close(guided, draw(guidance_scale=2.5, uncond=negative), atol=1e-5, rtol=1e-5)
+    assert (guided - draw()).abs().max() > 1e-3
+    both = draw(user_guidance=2.5, user_negative=negative, guidance_scale=3.0, uncond=empty)
+    assert (both - guided).abs().max() > 1e-3  # the empty-title guidance on top changes it
+
+
 # ------------------------------------------------------------------------------------------- gradient windows
 def test_last_k_keeps_graph_only_inside_window_and_counts_the_steps_that_run(flux):
     for strength, calls in ((1.0, 5), (0.6, 3)):

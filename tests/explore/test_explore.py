@@ -96,6 +96,31 @@ def test_covers_are_the_evaluation_methods_covers(explored):
     assert guided.png["icg"] != plain.png["icg"]
 
 
+def test_user_guidance_moves_only_the_icg_cover_the_slider_shows_it(explored):
+    explorer, catalogue = explored
+    gen = explorer.generator
+    user, item = gen.users.user_ids[4], catalogue.item(catalogue.default_item)
+    plain = explorer.covers(user, item, settings(explorer, seed=2))
+    guided = explorer.covers(user, item, settings(explorer, seed=2, user_guidance=3))
+    assert guided.png["title_only"] == plain.png["title_only"] and guided.png["icg_no_user"] == plain.png["icg_no_user"]
+    assert guided.png["icg"] != plain.png["icg"]
+    expected = gen([user], [item.title], [item.image], item_ids=[item.key], seed=2, user_guidance=3.0).images[0]
+    assert guided.png["icg"] == _png(expected)  # the explorer's ICG is CoverGenerator's at that scale
+    cold = explorer.covers(user, item, settings(explorer, seed=2, user_guidance=0))  # the cold-start user's cover
+    assert (pixels(cold.png["icg"]) - pixels(cold.png["icg_no_user"])).abs().max() <= 1.5 / 255
+    for bad, message in (("-1", "user_guidance=-1: expected 0 to 10"), ("11", "user_guidance=11"),
+                         ("x", "user_guidance='x': expected a number")):  # fmt: skip
+        with pytest.raises(ExploreInputError, match=re.escape(message)):
+            settings(explorer, user_guidance=bad)
+    with running(create_app(explorer, catalogue)) as url:
+        page = get(f"{url}/?user={user}&item={item.key}&user_guidance=2.5")[1].decode()
+        assert re.search(r'<input type="range" name="user_guidance" id="user_guidance" min="0" max="8(\.0)?" '
+                         r'step="0.1" value="2.5">', page)  # fmt: skip
+        assert '<output id="user_guidance-value">2.5</output>' in page and "user_guidance=2.5" in page
+        status, body, _ = get(f"{url}/cover/icg.png?user={user}&item={item.key}&user_guidance=-1")
+        assert status == 400 and json.loads(body)["detail"].startswith("user_guidance=-1: expected 0 to 10")
+
+
 def test_unknown_users_get_the_fallback(explored):
     explorer, catalogue = explored
     item = catalogue.item(catalogue.default_item)

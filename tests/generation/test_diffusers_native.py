@@ -5,7 +5,9 @@ import torch
 
 from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.prompt_encoder import PromptEncoder
+from icg.errors import ConfigError
 from icg.generation import CoverGenerator, SamplerSettings, UserTable
+from icg.generation.generator import reference_batch
 from icg.models.adapter import ConditioningAdapter
 from icg.models.cover_conditioner import CoverConditioner
 from icg.models.fusion import UserFusion, UserOffset
@@ -62,3 +64,21 @@ def test_a_masked_title_prompt_is_refused_with_the_reason():
     users, titles, refs = inputs()
     with pytest.raises(ValueError, match="masks padding tokens"):
         gen.pipeline_inputs(users, titles, refs)
+
+
+def test_user_guidance_runs_in_a_stock_pipeline_with_the_cold_start_negative():
+    gen = generator()
+    users, titles, refs = inputs()
+    items = ["i1", "i2", "i3"]
+    ours = gen(users, titles, refs, item_ids=items, output_type="pt", user_guidance=2.5).images
+    kwargs = gen.pipeline_inputs(users, titles, refs, item_ids=items, user_guidance=2.5)
+    with torch.no_grad():
+        cold = gen.fallback_conditioning(titles, reference_batch(refs, gen.image_size))
+    assert kwargs["guidance_scale"] == 2.5 and torch.equal(kwargs["negative_prompt_embeds"], cold.encoder_hidden_states)
+    with torch.no_grad():
+        theirs = gen.diffusion.reference_pipeline("text2img")(**kwargs, output_type="pt").images
+    torch.testing.assert_close(ours, theirs.float(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match=r"^user_guidance=2.5 with guidance_scale=3: a diffusers pipeline takes one"):
+        gen.pipeline_inputs(users, titles, refs, user_guidance=2.5, guidance_scale=3.0)
+    with pytest.raises(ConfigError, match=r"^user_guidance=0.5: a diffusers pipeline guides only with scales > 1"):
+        gen.pipeline_inputs(users, titles, refs, user_guidance=0.5)

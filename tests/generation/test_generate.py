@@ -200,6 +200,74 @@ def test_icg_generate_through_the_cli(export, pairs, tiny_platform, tmp_path, ca
     assert len(read_manifest(tmp_path / "out")) == 8
 
 
+def test_user_guidance_and_best_of_n_go_into_the_covers_the_manifest_and_the_settings(
+    tiny_platform, tiny_stage1_ckpt, pairs, tmp_path
+):
+    from icg.generation.picking import BestOf, ClickScorer
+
+    torch.manual_seed(1)
+    export = write_tiny_export(tmp_path / "export", UserTable(KNOWN, torch.randn(16, 8)),
+                               provenance={"preference_ckpt": str(tiny_stage1_ckpt)})  # fmt: skip
+    out = tmp_path / "out"
+    run(export, pairs, out, data_root=str(tiny_platform), user_guidance=2.0, candidates=3)  # the recorded stage 1
+    settings = json.loads((out / SETTINGS).read_text())
+    assert (settings["user_guidance"], settings["candidates"]) == (2.0, 3)
+    assert settings["preference_ckpt"] == str(tiny_stage1_ckpt.resolve())
+    entries = read_manifest(out)
+    found, _ = read_pairs(pairs, tiny_platform)
+    gen = CoverGenerator.from_pretrained(export)
+    picked = gen([p.user_id for p in found], [p.title for p in found], [p.image for p in found],
+                 item_ids=[p.item_id for p in found], user_guidance=2.0,
+                 best_of=BestOf(ClickScorer.from_checkpoint(tiny_stage1_ckpt), 3))  # fmt: skip
+    for entry, image, candidate, score in zip(entries, picked.images, picked.candidate, picked.score, strict=True):
+        assert np.array_equal(pixels(entry.file), np.asarray(image))
+        assert (entry.extra["candidates"], entry.extra["candidate"]) == (3, candidate)
+        assert entry.extra["candidate_score"] == pytest.approx(score, abs=1e-6)
+    plain = run(export, pairs, tmp_path / "plain", data_root=str(tiny_platform))
+    assert "candidates" not in read_manifest(tmp_path / "plain")[0].extra
+    assert not {"user_guidance", "candidates"} & set(json.loads((tmp_path / "plain" / SETTINGS).read_text()))
+    # off is the run as before: the same folder resumes (nothing made again), whatever the flags say
+    again = run(export, pairs, tmp_path / "plain", data_root=str(tiny_platform), user_guidance=1.0, candidates=1)
+    assert (plain["made"], again["made"], again["kept"]) == (8, 0, 8)
+    assert any(not np.array_equal(pixels(a.file), pixels(b.file))
+               for a, b in zip(entries, read_manifest(tmp_path / "plain"), strict=True))  # fmt: skip
+
+
+def _fails(capsys, words) -> str:
+    """``icg generate ...`` exits 2 with one ``icg generate:`` line and no traceback; returns the line."""
+    assert main([str(w) for w in words]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def test_bad_user_guidance_and_candidates_are_one_line_naming_the_flag(export, pairs, tiny_platform, tmp_path,
+                                                                      capsys):  # fmt: skip
+    words = generate_words(export, pairs, tiny_platform, tmp_path / "out")
+    line = _fails(capsys, [*words, "--user_guidance", "-1"])
+    assert line == ("icg generate: --user_guidance must be a finite number >= 0 (1: the cover as trained, 0: the "
+                    "cold-start user's, > 1: more of the user), got -1.0")  # fmt: skip
+    assert "user_guidance" in _fails(capsys, [*words, "--user_guidance", "nan"])  # the parser's line, or ours
+    line = _fails(capsys, [*words, "--candidates", "0"])
+    assert line == "icg generate: --candidates must be >= 1 (1: no picking), got 0"
+    line = _fails(capsys, [*words, "--candidates", "2"])  # this export records no stage-1 checkpoint
+    assert line.startswith("icg generate: --candidates 2 needs the stage-1 click model to pick with") and (
+        line.endswith("records none; pass --preference_ckpt PATH"))  # fmt: skip
+    missing = tmp_path / "stage1.ckpt"
+    line = _fails(capsys, [*words, "--candidates", "2", "--preference_ckpt", missing])
+    assert line == (f"icg generate: --preference_ckpt: {missing} does not exist (the stage-1 checkpoint that picks "
+                    "among --candidates 2)")  # fmt: skip
+    moved = tmp_path / "moved"
+    shutil.copytree(export, moved)
+    config = json.loads((moved / "icg_config.json").read_text())
+    config["provenance"] = {"preference_ckpt": str(missing)}  # trained elsewhere: the recorded path is not here
+    (moved / "icg_config.json").write_text(json.dumps(config))
+    line = _fails(capsys, [*generate_words(moved, pairs, tiny_platform, tmp_path / "out"), "--candidates", "2"])
+    assert line == (f"icg generate: --preference_ckpt: not given, and the stage-1 checkpoint --export {moved} records, "
+                    f"{missing}, does not exist here; pass --preference_ckpt PATH")  # fmt: skip
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
 def generate_words(export, pairs, tiny_platform, out) -> list[str]:
     return [str(w) for w in ("generate", "--export", export, "--pairs", pairs, "--data_root", tiny_platform, "--out",
                              out, "--progress_bar", "false", "--batch_size", "2")]  # fmt: skip

@@ -8,6 +8,7 @@ import torch
 from icg.ckpt import CheckpointError
 from icg.data.datamodule import ICGDataModule
 from icg.diffusion.source import DiffusionSource
+from icg.errors import ConfigError
 from icg.generation import CoverGenerator
 from icg.generation.export import EXPORT_FILES
 from icg.lit.alignment import AlignmentStage, NonFiniteRewardAbort
@@ -15,6 +16,7 @@ from icg.models.adapter import ConditioningAdapter
 from icg.models.cover_conditioner import CoverConditioner
 from icg.models.fusion import UserFusion, UserOffset
 from icg.models.meta_prompt import MetaTokenPrompter
+from icg.models.rewards.base import RewardContext
 from icg.models.rewards.bundle import RewardOutput
 from tests.helpers.cli import TINY, only_ckpt, run_cli
 from tests.helpers.noise import seeded_noise
@@ -260,3 +262,33 @@ def test_reward_weights_override_the_bundle(tiny_stage1_ckpt, tiny_stage2_ckpt):
     assert stage.rewards.weights == [7.0, *default.weights[1:]]
     with pytest.raises(ValueError, match="model.init_args.reward_weights: unknown rewards"):
         build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, reward_weights={"nope": 1.0})
+
+
+def test_partner_users_pair_each_item_with_a_random_user_at_the_same_noise(tiny_stage1_ckpt, tiny_stage2_ckpt, pairs):
+    stage = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, fusion_type="none", partner_users=True)
+    paired, generators = stage.with_partners(pairs, stage._generator(3))
+    half = len(pairs["item_id"]) // 2
+    assert paired["item_id"] == pairs["item_id"][:half] * 2 and len(generators) == 2 * half
+    assert torch.equal(paired["image"][:half], paired["image"][half:])
+    assert paired["user_id"][half:] == [stage.user_ids[int(k)] for k in paired["user_idx"][half:]]
+    cond, _ = stage.condition(paired)
+    images = stage.generate(cond, generator=generators, reference=paired["image"])
+    # no user refinement: an item's two covers differ only by their user, so they are the same cover
+    torch.testing.assert_close(images[:half], images[half:])
+
+
+def test_contrast_weight_adds_the_personal_contrast_and_needs_partners(tiny_stage1_ckpt, tiny_stage2_ckpt, pairs):
+    with pytest.raises(ConfigError, match="partner_users"):
+        build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, contrast_weight=1.0)
+    stage = build_stage(tiny_stage1_ckpt, tiny_stage2_ckpt, user_offset=True, partner_users=True, contrast_weight=1.0)
+    images = torch.rand(4, 3, 32, 32)
+    batch = {"title": pairs["title"], "image": pairs["image"]}
+    users = torch.tensor([0, 1, 2, 3])
+    contrast = stage.personal_contrast(images, batch, users)
+    context = RewardContext(titles=list(pairs["title"]), user_idx=users, reference=pairs["image"])
+    own = stage.rewards(images, context).normalized["preference"]
+    other = stage.rewards(images[[2, 3, 0, 1]], context).normalized["preference"]
+    torch.testing.assert_close(contrast, own - other)
+    loss = stage.training_step(pairs, 0)
+    loss.backward()
+    assert stage.conditioner.user_offset.proj.weight.grad.abs().sum() > 0

@@ -170,6 +170,13 @@ class RewardBundle(nn.Module):
         """Standardize raw scores with the fitted statistics."""
         return {name: (raw[name] - self.mean[i]) / self.std[i] for i, name in enumerate(self.names)}
 
+    def normalized_score(self, name: str, images: Tensor, context: RewardContext) -> Tensor:
+        """One reward's standardized scores (B), differentiable w.r.t. ``images``; the other rewards do not run."""
+        if name not in self.rewards:
+            raise KeyError(f"the reward bundle has no reward {name!r}; it has {self.names}")
+        i = self.names.index(name)
+        return (self.rewards[name](images, context).float() - self.mean[i]) / self.std[i]
+
     def forward(self, images: Tensor, context: RewardContext) -> RewardOutput:
         """Score images B x 3 x H x W in [0, 1]: raw and normalized per reward, and the weighted total (B)."""
         raw = self.raw_scores(images, context)
