@@ -12,7 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from icg.commands import call
-from icg.evaluation.settings import DataSettings, EvaluatorSettings, RunSettings, SampleSettings, ScoringSettings
+from icg.evaluation.settings import (
+    DataSettings,
+    EvaluatorSettings,
+    RunSettings,
+    SampleSettings,
+    ScoringSettings,
+    UserSwapSettings,
+)
 
 
 def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
@@ -41,6 +48,7 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
     max_pairs: int | None = EvaluatorSettings.max_pairs,
     pool_size: int = ScoringSettings.pool_size,
     pool_batch_size: int = RunSettings.pool_batch_size,
+    user_swap_others: int = UserSwapSettings.others,
 ) -> dict[str, Any]:
     """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG (and, when ICG is
     reference-guided, ICG from pure noise); every method in ICG's mode.
@@ -74,6 +82,7 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
         max_pairs: train positives the in-process evaluator learns from (seeded sample; None: all).
         pool_size: generic covers per item in the pool + pick baseline (docs/evaluation.md, "Personalization itself").
         pool_batch_size: covers generated per call for those pools.
+        user_swap_others: other users whose covers of an item (same seed) each pair's cover is compared with.
     """
     from icg.evaluation.run import check_device, evaluate_checkpoints
 
@@ -105,6 +114,7 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
         evaluator=EvaluatorSettings(checkpoint=evaluator_ckpt, max_pairs=max_pairs),
         scoring=ScoringSettings(clip_path=clip_path, pool_size=pool_size),
         run=RunSettings(device=device, batch_size=batch_size, pool_batch_size=pool_batch_size, started_at=started_at),
+        user_swap=UserSwapSettings(others=user_swap_others),
     )
 
 

@@ -272,10 +272,16 @@ class Oracle(nn.Module):
         taste = self.user_taste[user_idx.clamp_min(0)] * known
         return self.bias + z @ self.population_taste + self.strength * (z * taste).sum(1)
 
+    def logit_matrix(self, images: Tensor, users: Tensor | None = None) -> Tensor:
+        """True click logits of every user (or of ``users``, row indices) for every image, U x B (features computed
+        once)."""
+        z = self.standardized_features(images)
+        taste = self.user_taste if users is None else self.user_taste[torch.as_tensor(users, dtype=torch.long)]
+        return self.bias + (z @ self.population_taste)[None, :] + self.strength * taste @ z.T
+
     def probability_matrix(self, images: Tensor) -> Tensor:
         """True click probabilities of every user for every image, U x B (features computed once)."""
-        z = self.standardized_features(images)
-        return torch.sigmoid(self.bias + (z @ self.population_taste)[None, :] + self.strength * self.user_taste @ z.T)
+        return torch.sigmoid(self.logit_matrix(images))
 
     def forward(self, images: Tensor, user_idx: Tensor) -> Tensor:
         """True click probabilities in (0, 1), B, differentiable w.r.t. ``images`` (B x 3 x H x W in [0, 1])."""

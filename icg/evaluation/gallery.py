@@ -66,6 +66,9 @@ def _user_header(user: str, note: dict[str, Any] | None) -> str:
     lines = [f"<b>user {html.escape(user)}</b>", f"likes {likes}", f"dislikes {dislikes}"]
     if note.get("brightness"):
         lines.append(f"prefers {html.escape(note['brightness'])} covers")
+    if note.get("backdrop"):
+        name, rgb = note["backdrop"]
+        lines.append(f"backdrop {_swatch(rgb)}{html.escape(name)}")
     return "<br>".join(lines)
 
 
@@ -77,7 +80,8 @@ def write_gallery(path: str | Path, grid: dict[str, Any]) -> Path:
         grid: ``users`` (U ids), ``items`` (I ids), ``titles`` (I), ``pairs`` (U*I (user, item) in row-major order),
             ``covers`` (method -> U*I x 3 x H x W in [0, 1]; ``reference`` first) and ``scores``
             (method -> metric -> U*I values); optionally ``user_notes`` (user id -> ``likes`` / ``dislikes``: lists
-            of (colour name, RGB), ``brightness``: "light" | "dark") and ``mode`` (a sentence on how covers start).
+            of (colour name, RGB), ``brightness``: "light" | "dark", ``backdrop``: (hue name, RGB)), ``mode`` (a
+            sentence on how covers start) and ``user_swap`` (the user-swap section, ``icg.evaluation.swap_gallery``).
     """
     path = Path(path)
     image_dir = path.parent / "gallery"
@@ -132,7 +136,17 @@ def write_gallery(path: str | Path, grid: dict[str, Any]) -> Path:
         "reward (title vs cover).</p></div>\n"
         f'<table><tr><th rowspan="2"></th>{item_header}</tr>\n<tr>{method_header}</tr>\n'
         + "\n".join(rows)
-        + "\n</table></body></html>\n"
+        + "\n</table>\n"
+        + _swap_section(grid, image_dir, notes)
+        + "</body></html>\n"
     )
     path.write_text(page)
     return path
+
+
+def _swap_section(grid: dict[str, Any], image_dir: Path, notes: dict[str, Any]) -> str:
+    if not grid.get("user_swap"):
+        return ""
+    from icg.evaluation.swap_gallery import swap_section
+
+    return swap_section(grid["user_swap"], image_dir, lambda user: _user_header(user, notes.get(user)), _label)

@@ -4,7 +4,9 @@ A *method* is any callable ``method(batch) -> B x 3 x H x W covers in [0, 1]`` f
 ``pairs`` unit (``user_idx``, ``user_id``, ``item_idx``, ``item_id``, ``title``, ``image``). Each method samples through
 ``icg.generation.generator.sample_covers`` with the same per-pair seeds (``icg.generation.seeds.pair_seed``) and the
 same mode (``strength``: pure noise, or reference-guided from the item's cover), so the methods differ only in their
-conditioning:
+conditioning. Both
+take explicit ``seeds`` too (one per pair), which the user-swap test (``icg.evaluation.user_swap``) uses to give every
+user's cover of an item the same seed:
 
 * ``TitleOnlyMethod``: the base diffusion model conditioned on the title alone through its own text encoder
   (``icg.diffusion.prompt_encoder.PromptEncoder``: CLIP for SD 1.5, ``title_encoder/`` for the demo stand-in) --
@@ -17,7 +19,7 @@ conditioning:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +78,10 @@ class TitleOnlyMethod:
         return cls(components, PromptEncoder(str(folder), config_key=config_key).to(device), **kwargs)
 
     @torch.no_grad()
-    def __call__(self, batch: dict[str, Any]) -> Tensor:
-        seeds = [pair_seed(self.seed, u, i) for u, i in zip(batch["user_id"], batch["item_id"], strict=True)]
+    def __call__(self, batch: dict[str, Any], seeds: Sequence[int] | None = None) -> Tensor:
+        """Covers of ``batch``; ``seeds``: one per pair (None: ``pair_seed(seed, user, item)``)."""
+        if seeds is None:
+            seeds = [pair_seed(self.seed, u, i) for u, i in zip(batch["user_id"], batch["item_id"], strict=True)]
         uncond = self.title_encoder([""]) if self.guidance_scale > 1 else None
         return sample_covers(
             self.components,
@@ -140,7 +144,9 @@ class AlignmentMethod:
         return float(self.generator.settings.strength if self.strength is None else self.strength)
 
     @torch.no_grad()
-    def __call__(self, batch: dict[str, Any]) -> Tensor:
+    def __call__(self, batch: dict[str, Any], seeds: Sequence[int] | None = None) -> Tensor:
+        """Covers of ``batch``; ``seeds``: one per pair (None: the generator's per-pair seeds; the user-swap test
+        passes one seed per item, ``icg.evaluation.user_swap``)."""
         gen = self.generator
         users = list(batch["user_id"])
         if self.user == "fallback":
@@ -149,5 +155,5 @@ class AlignmentMethod:
             user_emb, _ = gen.users.lookup(users)
         references = reference_batch(batch["image"], gen.image_size, gen.device)
         cond, negative = gen.pair_conditioning(user_emb, batch["title"], references)  # the export's user guidance
-        seeds = gen.seeds(users, batch["item_id"])
+        seeds = gen.seeds(users, batch["item_id"]) if seeds is None else seeds
         return gen.sample(cond, seeds, references, strength=self.strength, user_negative=negative).cpu()

@@ -101,6 +101,10 @@ def format_markdown(report: dict[str, Any]) -> str:
             "clicks on the original covers)."
         )
     lines += format_personalization(report.get("personalization"))
+    if report.get("user_swap"):
+        from icg.evaluation.user_swap import format_user_swap
+
+        lines += format_user_swap(report["user_swap"])
     curve = report.get("user_guidance_curve")
     if curve:
         lines += [

@@ -33,7 +33,15 @@ from icg.evaluation.personalization import measure_personalization
 from icg.evaluation.report import METRICS, attach_user_appeal, write_report
 from icg.evaluation.sample import EvaluationSample, draw_sample, pairs_batch
 from icg.evaluation.scoring import PairScorer, diversity, headline, history_features, history_similarity, nanmean
-from icg.evaluation.settings import DataSettings, EvaluatorSettings, RunSettings, SampleSettings, ScoringSettings
+from icg.evaluation.settings import (
+    DataSettings,
+    EvaluatorSettings,
+    RunSettings,
+    SampleSettings,
+    ScoringSettings,
+    UserSwapSettings,
+)
+from icg.evaluation.user_swap import Graders, user_swap_test
 from icg.models.rewards.bundle import RewardBundle
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,7 @@ def evaluate(  # noqa: PLR0913  # the settings are dataclasses already; the rest
     evaluator: EvaluatorSettings | None = None,
     scoring: ScoringSettings | None = None,
     run: RunSettings | None = None,
+    user_swap: UserSwapSettings | None = None,
 ) -> dict[str, Any]:
     """Score every method on held-out pairs and write ``report.json``, ``report.md``, ``gallery.html``.
 
@@ -68,11 +77,13 @@ def evaluate(  # noqa: PLR0913  # the settings are dataclasses already; the rest
         study: a blind pairwise study's results over these covers (``icg.study.results.study_results``): its
             Bradley-Terry scores become the ``user_appeal`` row (None: unavailable).
         mode: one sentence for the gallery's legend on how the methods start their covers.
-        data, sample, evaluator, scoring, run: the options (``icg.evaluation.settings``; None: the defaults).
+        data, sample, evaluator, scoring, run, user_swap: the options (``icg.evaluation.settings``; None: the
+            defaults).
 
     Returns:
         the report dict (see docs/evaluation.md): ``stage1``, ``evaluator``, ``methods``, ``reference_covers``,
-        ``lift``, ``relevance_drop``, ``personalization``, ``unavailable``, ``sample``, ``minutes``, ``files``.
+        ``lift``, ``relevance_drop``, ``personalization``, ``user_swap``, ``unavailable``, ``sample``, ``minutes``,
+        ``files``.
     """
     start = time.time()
     if not methods:
@@ -108,6 +119,9 @@ def evaluate(  # noqa: PLR0913  # the settings are dataclasses already; the rest
     personalization, pool_seconds = measure_personalization(
         dm, str(data_root), oracle, stage1, methods, covers, chosen, scoring, run, sample.seed, unavailable
     )
+    swap = user_swap_test(dm, methods, covers, chosen, Graders(oracle, grader, stage1, list(map(str, dm.user_ids))),
+                          user_swap or UserSwapSettings())  # fmt: skip
+    unavailable.update(swap.unavailable)
     report: dict[str, Any] = {
         "stage1": stage1_block,
         "evaluator": evaluator_block,
@@ -116,13 +130,14 @@ def evaluate(  # noqa: PLR0913  # the settings are dataclasses already; the rest
         "lift": lift,
         "relevance_drop": relevance_drop,
         "personalization": personalization,
+        "user_swap": swap.block,
         "unavailable": unavailable,
         "sample": _sample_block(chosen, sample, oracle is not None),
         "generation_seconds": timings | pool_seconds,
         "evaluation_minutes": (time.time() - start) / 60.0,
         "minutes": (time.time() - (run.started_at if run.started_at is not None else start)) / 60.0,
     }
-    grid |= {"user_notes": user_tastes(data_root), "mode": mode}
+    grid |= {"user_notes": user_tastes(data_root), "mode": mode, "user_swap": swap.gallery}
     report["cover_manifest"] = str(write_held_out_covers(out / "covers", dm, main_pairs, covers))
     attach_user_appeal(report, study)
     write_report(report, out, grid=grid, tensorboard=run.tensorboard)
@@ -207,6 +222,7 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
     evaluator: EvaluatorSettings | None = None,
     scoring: ScoringSettings | None = None,
     run: RunSettings | None = None,
+    user_swap: UserSwapSettings | None = None,
 ) -> dict[str, Any]:
     """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG (and, when ICG is
     reference-guided, ICG from pure noise); every method in ICG's mode.
@@ -225,8 +241,8 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
             (``icg.evaluation.lpips``; None: ``scoring.lpips``).
         baseline_guidance_scale: classifier-free guidance of the title-only baseline.
         study: a blind pairwise study's results over these covers (``evaluate``'s ``study``).
-        data, sample, evaluator, scoring, run: as ``evaluate``'s; ``data.image_size`` None: the stage-3 cover size
-            (as its training data); ``run.device`` is checked before anything loads.
+        data, sample, evaluator, scoring, run, user_swap: as ``evaluate``'s; ``data.image_size`` None: the stage-3
+            cover size (as its training data); ``run.device`` is checked before anything loads.
     """
     run = run or RunSettings()
     device = check_device(run.device)
@@ -263,6 +279,7 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
         evaluator=evaluator,
         scoring=scoring,
         run=replace(run, device=device),
+        user_swap=user_swap,
     )
 
 

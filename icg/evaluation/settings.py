@@ -128,3 +128,28 @@ class RunSettings:
     pool_batch_size: int = 64
     started_at: float | None = None
     tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class UserSwapSettings:
+    """The user-swap test: is the cover made for a user better for that user than the covers made for other users of
+    the same item at the same seed, by more than seed noise moves a cover (``icg.evaluation.user_swap``).
+
+    Args:
+        others: M, the other users whose covers of the same item each evaluated pair's cover is compared with (the
+            next M evaluated users after the pair's user, in the sample's order, wrapping around).
+        methods: the methods tested, e.g. ICG and, as the control, ICG without users; each must take explicit
+            ``seeds`` (``icg.evaluation.methods``); one that is missing or does not is named under ``unavailable``.
+        max_pairs: at most this many pairs of each set (held-out clicked pairs; unclicked candidates: the downstream
+            sample's negatives), taken round-robin over their users (None: all). Each costs (M + 1) covers per method.
+        gallery_users: users (columns) of the gallery's user-swap section (the first sampled users).
+        gallery_items: items (rows) of that section (those users' held-out items first).
+        batch_size: covers generated per call of a method.
+    """
+
+    others: int = 4
+    methods: tuple[str, ...] = ("icg", "icg_no_user")
+    max_pairs: int | None = 48
+    gallery_users: int = 4
+    gallery_items: int = 6
+    batch_size: int = 64

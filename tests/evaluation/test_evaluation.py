@@ -198,6 +198,19 @@ def test_evaluate_end_to_end_on_tiny_models(tiny_platform, tiny_stage1_ckpt, tin
     page = (tmp_path / "gallery.html").read_text()
     assert all((tmp_path / s).is_file() for s in re.findall(r'<img src="([^"]+)"', page))
     assert report["methods"]["icg"] == data["methods"]["icg"]
+    # the user-swap test: ICG's covers depend on the user; the cold-start user for everyone makes identical covers
+    swap = data["user_swap"]
+    for set_name in ("held_out", "candidates"):
+        icg, no_user = swap[set_name]["icg"], swap[set_name]["icg_no_user"]
+        assert icg["comparisons"] == 4 * icg["pairs"] and icg["distance"]["user_rmse"] > 1e-3
+        assert icg["oracle"]["ties"] < 1 and isinstance(icg["agreement"]["stage1"], float)
+        assert no_user["oracle"]["ties"] == 1.0 and no_user["distance"]["user_rmse"] < 1e-4
+        assert no_user["distance"]["seed_rmse"] > 1e-3  # another seed moves the cover
+        assert f"user_swap/{set_name}/icg_no_user/agreement/stage1" in data["unavailable"]
+    assert swap["held_out"]["icg"]["pairs"] == 6
+    assert all(isinstance(r, float) for r in swap["agreement"]["stage1"]["per_user"].values())
+    assert "The same item for different users" in page and page.count("gallery/swap_i") == 6 * (1 + 4 * 2)
+    assert "User-swap test" in (tmp_path / "report.md").read_text()
     from icg.cover_manifest import read_manifest
 
     covers = read_manifest(data["cover_manifest"])  # every held-out pair's cover per method, for `icg study`
