@@ -285,7 +285,23 @@ def personalization_claims(report: dict[str, Any]) -> list[Claim]:
 
 
 def _user_swap_claims(report: dict[str, Any]) -> list[Claim]:
-    return []
+    """The user-swap test at a common seed (held-out clicked pairs; candidates in the detail), and user vs seed."""
+    swap = report.get("user_swap")
+    if not isinstance(swap, dict):
+        return []
+    win = _get(swap, "held_out", "icg", "oracle", "win_rate")
+    win_candidates = _get(swap, "candidates", "icg", "oracle", "win_rate")
+    distance = _get(swap, "held_out", "icg", "distance")
+    ratio = _get(distance, "rmse_ratio")
+    return [
+        Claim("user swap", win is not None and win >= MIN_USER_SWAP_WIN,
+              f"a user's own cover beats other users' covers of the item (common seed, true click model) "
+              f"{_pct_plain(win)} of the time (candidates {_pct_plain(win_candidates)}); needs >= "
+              f"{MIN_USER_SWAP_WIN:.0%}"),
+        Claim("user effect vs seed noise", ratio is not None and ratio >= 1.0,
+              f"pixel RMSE between users' covers at one seed {_num(_get(distance, 'user_rmse'))}, between one user's "
+              f"covers at two seeds {_num(_get(distance, 'seed_rmse'))} (ratio {_num(ratio)}); needs >= 1"),
+    ]  # fmt: skip
 
 
 def _pct_plain(value: float | None) -> str:
@@ -364,13 +380,39 @@ SEED_COLUMNS = (
     ("down AUC title-only", lambda r: r["methods"]["title_only"]["downstream_auc"], "{:.3f}"),
     ("down AUC ICG", lambda r: r["methods"]["icg"]["downstream_auc"], "{:.3f}"),
     ("down AUC reference", lambda r: r["reference_covers"]["downstream_auc"], "{:.3f}"),
+    ("p reference", lambda r: r["personalization"]["clicked"]["true_click_prob"]["reference"], "{:.3f}"),
+    (
+        "p pool+pick equal cost",
+        lambda r: r["personalization"]["clicked"]["pool_pick"]["icg_no_user"]["equal_cost"]["true_click_prob"],
+        "{:.3f}",
+    ),
+    (
+        "p pool+pick 4",
+        lambda r: r["personalization"]["clicked"]["pool_pick"]["icg_no_user"]["pool"]["true_click_prob"],
+        "{:.3f}",
+    ),
+    ("p ICG candidates", lambda r: r["personalization"]["candidates"]["true_click_prob"]["icg"], "{:.3f}"),
+    ("p reference candidates", lambda r: r["personalization"]["candidates"]["true_click_prob"]["reference"], "{:.3f}"),
+    ("headroom", lambda r: r["personalization"]["clicked"]["faithful"]["headroom"], "{:.3f}"),
+    ("personal share", lambda r: r["personalization"]["clicked"]["personal_share"]["value"], "{:.0%}"),
+    ("user-swap win", lambda r: r["user_swap"]["held_out"]["icg"]["oracle"]["win_rate"], "{:.0%}"),
+    ("user / seed RMSE", lambda r: r["user_swap"]["held_out"]["icg"]["distance"]["rmse_ratio"], "{:.2f}"),
     ("appeal ICG", lambda r: r["methods"]["icg"]["user_appeal"], "{:+.2f}"),
     ("appeal no-user", lambda r: r["methods"]["icg_no_user"]["user_appeal"], "{:+.2f}"),
     ("appeal title-only", lambda r: r["methods"]["title_only"]["user_appeal"], "{:+.2f}"),
     ("minutes", lambda r: r["minutes"], "{:.1f}"),
 )
 # For the worst case: which direction is bad (-1: lower is worse, +1: higher is worse, 0: not summarised).
-WORSE = {"relevance drop": 1, "minutes": 1, "oracle AUC": 0}
+WORSE = {
+    "relevance drop": 1,
+    "minutes": 1,
+    "oracle AUC": 0,
+    "p reference": 0,
+    "p pool+pick equal cost": 0,
+    "p pool+pick 4": 0,
+    "p reference candidates": 0,
+    "headroom": 0,
+}
 
 
 def seed_table(reports: dict[int, dict[str, Any]]) -> str:
