@@ -39,7 +39,14 @@ def exported(stage3_ckpt, tmp_path_factory):
 def test_export_folder_is_self_contained(exported, stage3_ckpt, tiny_platform, tiny_stage1_ckpt):
     assert sorted(p.name for p in exported.iterdir()) == sorted(EXPORT_FILES)
     config = json.loads((exported / CONFIG).read_text())
-    assert config["sampler"] == {"num_steps": 4, "guidance_scale": 2.0, "strength": 0.5, "image_size": 32, "seed": 0}
+    assert config["sampler"] == {
+        "num_steps": 4,
+        "guidance_scale": 2.0,
+        "strength": 0.5,
+        "image_size": 32,
+        "seed": 0,
+        "user_guidance": 1.0,
+    }
     assert config["users"]["count"] == len(json.loads((exported / USERS_IDS).read_text())) == 30
     assert config["provenance"]["stage3_ckpt"] == str(stage3_ckpt.resolve())
     # Nothing of stage 1 or 2 is needed to generate: hide both and load.
