@@ -90,7 +90,7 @@ def test_wrong_stage_checkpoint_is_refused(fitted, tmp_path):
 
 @pytest.mark.slow  # ~8 s on 2 busy cores
 def test_short_fit_beats_popularity_and_closes_part_of_the_gap_to_the_oracle(platform, tmp_path):
-    stage, datamodule, _ = fit_stage(platform, tmp_path, epochs=15)
+    stage, datamodule, _ = fit_stage(platform, tmp_path, epochs=25)
     table = compare_click_models(datamodule, stage.model, Oracle.from_dataset(platform), split="test")
     model, popularity, oracle = table["model"], table["popularity"], table["oracle"]
     assert model["auc"] > popularity["auc"] + 0.03, table
@@ -99,8 +99,9 @@ def test_short_fit_beats_popularity_and_closes_part_of_the_gap_to_the_oracle(pla
     # that did would be reading the answer (a leak between splits, or the oracle scoring the wrong covers).
     assert oracle["auc"] > model["auc"] and oracle["gauc"] > model["gauc"], table
     assert oracle["logloss"] < model["logloss"], table
-    # ... and the model closes a real part of the gap from popularity to the oracle: measured 0.58 of it in AUC
-    # after 15 epochs (0.08 after one epoch, which fails here).
+    # ... and the model closes a real part of the gap from popularity to the oracle: measured 0.61 of it in AUC
+    # after 25 epochs on the platform with backdrop hues (0.35 after 15, 0.54 after 40; the platform before them:
+    # 0.58 after 15, 0.08 after one epoch, which fails here).
     share = (model["auc"] - popularity["auc"]) / (oracle["auc"] - popularity["auc"])
     assert share > 0.4, (share, table)
     # the stage's own test loop scores the same candidates
