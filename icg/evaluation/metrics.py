@@ -133,24 +133,11 @@ def bootstrap_lift(
     Returns:
         ``{"value", "ci_low", "ci_high", "num_groups", "num_samples", "confidence"}``.
     """
-    t, b = np.asarray(treatment, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
-    g = np.asarray(groups, dtype=object)
-    if not (len(t) == len(b) == len(g)) or len(t) == 0:
-        raise ValueError(f"bootstrap_lift: treatment ({len(t)}), baseline ({len(b)}), groups ({len(g)}) must match")
-    if b.mean() <= 0:
-        raise ValueError(f"bootstrap_lift: the baseline mean must be positive, got {b.mean()}")
-    num_groups, (t_sums, b_sums) = _resampled_sums(g, (t, b), num_samples, seed)
-    ratios = t_sums / np.maximum(b_sums, 1e-300) - 1.0
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
-    return {
-        "value": float(t.mean() / b.mean() - 1.0),
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "num_groups": num_groups,
-        "num_samples": int(num_samples),
-        "confidence": float(confidence),
-    }
+    try:
+        ratio = bootstrap_ratio(treatment, baseline, groups, num_samples, confidence, seed)
+    except ValueError as err:
+        raise ValueError(str(err).replace("bootstrap_ratio", "bootstrap_lift")) from None
+    return ratio | {key: ratio[key] - 1.0 for key in ("value", "ci_low", "ci_high")}
 
 
 def bootstrap_ratio(
