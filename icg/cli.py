@@ -48,6 +48,7 @@ OVERVIEW = """usage: icg {fit,validate,test,predict} [--config YAML ...] [option
        icg export --stage3_ckpt CKPT --out DIR [--base_model DIR] [--mllm DIR]
        icg generate --export DIR --pairs FILE --out DIR [--data_root DIR] [--devices N] [...]
        icg users fold-in --export DIR --data_root DIR --out DIR [--users ID,ID,...]
+       icg users segment --export DIR --k K --out DIR [--seed S]
        icg study {serve,results,simulate} ...
        icg explore --export DIR [--data_root DIR] [--rewards_ckpt CKPT] [--base_model DIR] [--port N] [--device D]
 
@@ -72,6 +73,7 @@ Generation:
   export          a stage-3 checkpoint -> one folder that CoverGenerator.from_pretrained loads (docs/generation.md)
   generate        a cover per (user, item) of a pairs file: batched, resumable, DDP/SLURM, manifest.jsonl
   users fold-in   embeddings for users with clicks but none from stage 1, added to an export (no retraining)
+  users segment   the export's users clustered into K segments: a new export of K centroid users (generate --segments)
 
 A mistake in a config, option, file or dataset is reported in one message and exits with status 2; add --debug
 (or set ICG_DEBUG=1) for the full traceback and the parser's complete message.

@@ -1,7 +1,8 @@
 """``icg users fold-in``: users with clicks but no stage-1 embedding, added to an export (ICG, Bian et al., EMNLP 2025).
 
 No retraining: each new user's embedding is fitted to their clicks against the frozen stage-1 model
-(``icg.generation.fold_in``; docs/generation.md). ``icg/cli.py`` hands ``icg users ...`` to :func:`run`; jsonargparse
+(``icg.generation.fold_in``; docs/generation.md); ``segment`` clusters the users into K segments for generation at
+platform scale (``icg.generation.segments``). ``icg/cli.py`` hands ``icg users ...`` to :func:`run`; jsonargparse
 turns :func:`fold_in`'s signature and docstring into the options and ``--help``.
 """
 
@@ -69,9 +70,28 @@ def fold_in(
         return fold_in_export(export, data_root, stage1_ckpt, users, out, refit=refit, l2=l2, steps=steps)
 
 
+def segment(export: str, k: int, out: str, seed: int = 0) -> dict[str, Any]:
+    """Cluster an export's users into K segments (k-means over their stage-1 embeddings) as a new export whose users
+    are the K centroids ``segment/0`` ... ``segment/K-1``, for ``icg generate --segments`` (docs/generation.md).
+
+    Args:
+        export: the ``icg export`` folder whose users are clustered (only read; the cold-start row is kept, not
+            clustered).
+        k: the number of segments, 1 <= K <= the export's users.
+        out: the new export folder to write (must not exist, or be empty); it holds ``segments.parquet`` (user_id,
+            segment, distance).
+        seed: k-means' random state (the same seed, the same segments).
+    """
+    from icg.generation.segments import segment_export
+
+    return segment_export(export, k, out, seed)
+
+
 USERS_OVERVIEW = """usage: icg users fold-in --export DIR --data_root DIR --out DIR [--stage1_ckpt CKPT] [--users ID..]
+       icg users segment --export DIR --k K --out DIR [--seed S]
 
   fold-in   add users who have clicks in a dataset but no stage-1 embedding to an export (no retraining)
+  segment   cluster an export's users into K segments: a new export whose users are the K centroids
 """
 
 
@@ -83,6 +103,11 @@ def run(words: list[str]) -> int:
     """
     if not words or words[0] in ("-h", "--help"):
         sys.stdout.write(USERS_OVERVIEW)  # cli-output
+        return 0
+    if words[0] == "segment":
+        report = call(segment, words[1:], "icg users segment")
+        sys.stdout.write(f"{report['export']}: {report['users']} user(s) in {report['k']} segment(s) "
+                         f"({report['smallest']}-{report['largest']} each)\n")  # fmt: skip  # cli-output
         return 0
     if words[0] != "fold-in":
         sys.stderr.write(f"icg users: unknown command {words[0]!r}\n{USERS_OVERVIEW}")

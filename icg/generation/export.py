@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,34 +280,66 @@ def write_users(folder: str | Path, users: UserTable, note: dict[str, Any], out:
         note: what was added and from where, kept in the provenance.
         out: the export to write: a new folder (or an empty one), never ``folder`` itself nor a folder inside it.
     """
+
+    def add_note(config: dict[str, Any]) -> None:
+        provenance = config.setdefault("provenance", {})
+        provenance["fold_in"] = [*provenance.get("fold_in", []), note]
+
+    return write_derived(folder, users, out, "icg users fold-in", add_note)
+
+
+def write_derived(
+    folder: str | Path,
+    users: UserTable,
+    out: str | Path,
+    command: str,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """A new export from ``folder`` with another user table (fold-in, user segments), renamed into place at ``out``.
+
+    Args:
+        folder: the export to start from (only read).
+        users: the new export's user table.
+        out: a new (or empty) folder, never ``folder`` itself nor a folder inside it.
+        command: the command that writes (named to a second writer by the lock).
+        edit: changes the copied ``icg_config.json`` in place (after the user count is set).
+        extra_files: more files of the new export, name -> bytes (replacing a file of that name in ``folder``).
+    """
     folder, target = Path(folder), Path(out)
+    extra_files = dict(extra_files or {})
     check_new_export(folder, target)  # before the lock file beside --out: an --out inside the input is never touched
-    with output_lock(target, "icg users fold-in"):
+    with output_lock(target, command):
         config = read_config(folder)
         check_new_export(folder, target)
         settle_leftovers(target, [f".{target.name}.*{TMP_SUFFIX}"])
         config["users"] = {**config.get("users", {}), "count": len(users), "embed_dim": users.embed_dim}
-        provenance = config.setdefault("provenance", {})
-        provenance["fold_in"] = [*provenance.get("fold_in", []), note]
+        if edit is not None:
+            edit(config)
         needed = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())  # at most: others are linked
+        needed += sum(len(data) for data in extra_files.values())
         with disk_full_is_a_user_error(target, lambda: needed):
-            _write_users(folder, users, config, target)
+            _write_users(folder, users, config, target, extra_files)
     return target
 
 
-def _write_users(folder: Path, users: UserTable, config: dict[str, Any], target: Path) -> None:
+def _write_users(
+    folder: Path, users: UserTable, config: dict[str, Any], target: Path, extra_files: dict[str, bytes]
+) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TMP_SUFFIX))
     try:
         # Every other file as it is (weights, guidance negative, and whatever else the export holds, e.g. a LoRA).
         for path in sorted(folder.iterdir()):
-            if path.name in (CONFIG, USERS_WEIGHTS, USERS_IDS) or not path.is_file():
+            if path.name in (CONFIG, USERS_WEIGHTS, USERS_IDS, *extra_files) or not path.is_file():
                 continue
             try:
                 os.link(path, tmp / path.name)
             except OSError:
                 shutil.copy2(path, tmp / path.name)
         users.save(tmp)
+        for name, data in extra_files.items():
+            (tmp / name).write_bytes(data)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         swap_into_place(tmp, target)
     finally:
