@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s command line
+def generate(  # noqa: C901, PLR0913, PLR0915  # the signature is `icg generate`'s command line
     export: str,
     pairs: str,
     out: str,
@@ -51,6 +52,8 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
     user_guidance: float | None = None,
     candidates: int = 1,
     preference_ckpt: str | None = None,
+    segments: bool = False,
+    pool: int = 0,
     batch_size: int = 8,
     num_workers: int = 0,
     on_bad_record: str = "error",
@@ -83,9 +86,15 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
             denoiser row per cover (default: the export's, 1 for exports without it).
         candidates: N >= 1 covers per pair, the one the stage-1 click model gives the highest click probability kept
             (N times the sampling work); the manifest records N, the candidate kept and its score.
-        preference_ckpt: the stage-1 checkpoint that picks with ``candidates`` > 1 (default: the one the export's
-            provenance records).
-        batch_size: covers per batch on each device.
+        preference_ckpt: the stage-1 checkpoint that picks with ``candidates`` > 1 or ``pool`` >= 1 (default: the one
+            the export's provenance records).
+        segments: one cover per (segment, item), shared by every user of the segment (needs a segment export,
+            ``icg users segment``); a user outside the segment table gets the item's cold-start cover.
+        pool: N >= 1: per item a pool of covers (the K segments x N seeds with a segment export, whether or not
+            ``segments`` is given; else N covers of the cold-start user), and each user of the item gets the pool
+            cover the stage-1 click model scores highest for them; writes ``pool.parquet`` and ``picks.parquet``
+            (0: off).
+        batch_size: covers per batch on each device (with ``segments``/``pool``: per chunk of one item's pool).
         num_workers: DataLoader worker processes decoding reference covers.
         on_bad_record: ``error`` stops at a bad pairs row (naming it); ``skip`` leaves bad rows out, writes them to
             ``skip_report`` and goes on.
@@ -106,7 +115,9 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
     Returns:
         on global rank 0, a summary (manifest path, covers in it, made now, kept from before, skipped, fallback
         count, and the wall and CPU seconds (summed over ranks) from every rank ready to the merged manifest:
-        start-up and loading excluded, writing the covers included); None on other ranks.
+        start-up and loading excluded, writing the covers included; ``mode``, ``mllm_calls``: item rows the MLLM
+        read, ``covers_made``: cover files drawn, both summed over ranks; with ``segments``/``pool``, ``made`` and
+        ``kept`` count pool covers and ``pool_covers`` is the pool's size); None on other ranks.
     """
     from torch.utils.data import DataLoader
 
@@ -114,6 +125,7 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
     from icg.generation.cover_folder import CoverFolder
     from icg.generation.export import read_config
     from icg.generation.pairs import PairsDataset, bad_rows_message, read_pairs
+    from icg.generation.segments import is_segment_export, read_segments
     from icg.generation.users import UserTable
     from icg.lit.generation import CoverFolderWriter, CoverGeneration, generation_trainer
     from icg.output_lock import is_lead_process, output_lock
@@ -128,6 +140,7 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
     if num_workers < 0:
         raise UserError(f"--num_workers must be >= 0, got {num_workers}")
     _check_sampling(num_steps, strength, user_guidance, candidates)
+    mode = _check_mode(segments, pool, candidates, score)
     found, bad = read_pairs(pairs, data_root)
     if bad and on_bad_record == "error":
         raise UserError(bad_rows_message(pairs, bad))
@@ -135,7 +148,11 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
         raise UserError(f"--pairs: {pairs} has no usable pair ({len(bad)} bad row(s)); nothing to generate")
     config = read_config(export, "--export")
     sampler = {"user_guidance": 1.0, **config["sampler"]}  # an export older than user guidance: 1, as it drew
-    preference_ckpt = _picking_checkpoint(preference_ckpt, config, export, candidates)
+    picking = f"--candidates {candidates}" if candidates > 1 else f"--pool {pool}" if pool else None
+    preference_ckpt = _picking_checkpoint(preference_ckpt, config, export, picking)
+    if pool and is_segment_export(export):  # --pool N over a segment export: its K segments x N seeds
+        segments = True
+    user_segment, segment_ids = read_segments(export, config, "--segments") if segments else (None, None)
 
     def pick(value, key):
         return sampler[key] if value is None else value
@@ -154,6 +171,7 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
         "image_size": sampler.get("image_size"),
         "rewards_ckpt": _absolute(rewards_ckpt) if score else None,
     } | _personalizing(float(pick(user_guidance, "user_guidance")), candidates, preference_ckpt)
+    settings |= _mode_settings(mode, pool, Path(export) if segments else None)
     side = int(settings["image_size"] or 1024)
     remaining: list = []  # the pairs still to make: a full disk's message says what they need
 
@@ -165,6 +183,13 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
         folder = CoverFolder(out, settings)
         known_users = UserTable.load(export, count=config["users"]["count"]).user_ids
         state = folder.inspect(overwrite, known_users)  # read-only, on every rank alike
+        if mode != "pairs":  # shared covers per item (a pool), then a pick per pair
+            spec = PoolSpec(mode, pool, segment_ids, user_segment, set(known_users), preference_ckpt, settings["seed"])
+            options = {"base_model": base_model, "mllm": mllm, "dtype": dtype, "seed": seed, "num_steps": num_steps,
+                       "guidance_scale": guidance_scale, "strength": strength, "user_guidance": user_guidance,
+                       "batch_size": batch_size, "num_workers": num_workers, "accelerator": accelerator,
+                       "devices": devices, "num_nodes": num_nodes, "progress_bar": progress_bar}  # fmt: skip
+            return _pool_run(export, folder, state, found, bad, skip_report, method, spec, options)
         remaining = [p for p in found if p.key not in state.finished]
         skipped = [b.as_dict() for b in bad]
         writer = CoverFolderWriter(folder, state, method, [p.key for p in found], skipped, skip_report)
@@ -188,6 +213,7 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
             merged, seconds, cpu_seconds = folder.finalize(writer.order), 0.0, 0.0
         if not trainer.is_global_zero:
             return None
+        costs = {"mode": mode, "mllm_calls": writer.mllm_calls, "covers_made": writer.covers_made}
         in_run = [fallback for key, fallback in merged.items() if key in writer.current]
         kept = len(found) - len(remaining)
         summary = {
@@ -199,10 +225,134 @@ def generate(  # noqa: C901, PLR0913  # the signature is `icg generate`'s comman
             "fallback": sum(in_run),
             "seconds": round(seconds, 3),
             "cpu_seconds": round(cpu_seconds, 3),
-        }
+        } | costs
         if len(in_run) != len(found):
             raise RuntimeError(f"{folder.manifest} lists {len(in_run)} of the {len(found)} pairs after the run")
+        folder.write_stats(summary)
         return summary
+
+
+def _check_mode(segments: bool, pool: int, candidates: int, score: bool) -> str:
+    """The run's mode (``pairs``, ``segments``, ``pool``), refusing what a shared-cover run cannot do."""
+    from icg.errors import UserError
+
+    if isinstance(pool, bool) or pool < 0:
+        raise UserError(f"--pool must be >= 0 (0: off; N >= 1: N covers per segment, or of the cold-start user, per "
+                        f"item, and a pick per user), got {pool}")  # fmt: skip
+    mode = "pool" if pool else "segments" if segments else "pairs"
+    if mode != "pairs" and candidates > 1:
+        raise UserError(f"--candidates {candidates} picks per pair; with --{mode} the pick is the pool's: use --pool N "
+                        "instead")  # fmt: skip
+    if mode != "pairs" and score:
+        raise UserError(f"--score true scores per-pair covers; it does not run with --{mode} yet (picks.parquet holds "
+                        "the click model's score with --pool)")  # fmt: skip
+    return mode
+
+
+def _mode_settings(mode: str, pool: int, segment_export: Path | None) -> dict[str, Any]:
+    """What a segments or pool run's covers depend on beyond the sampling settings: the mode, N, and the segment
+    table (its centroids and assignment; the export's fingerprint leaves user tables out)."""
+    from icg.generation.cover_folder import file_sha256
+    from icg.generation.segments import SEGMENTS_FILE
+    from icg.generation.users import USERS_WEIGHTS
+
+    settings: dict[str, Any] = {"mode": mode}
+    if mode == "pool":
+        settings["pool"] = pool
+    if segment_export is not None:
+        digest = "".join(file_sha256(segment_export / name) for name in (USERS_WEIGHTS, SEGMENTS_FILE))
+        settings["segment_table"] = hashlib.sha256(digest.encode()).hexdigest()[:32]
+    return settings
+
+
+@dataclass
+class PoolSpec:
+    """A segments or pool run's choices (``icg.generation.pools``).
+
+    Args:
+        mode: ``segments`` or ``pool``.
+        pool: N of ``--pool`` (0 with ``--segments`` alone).
+        segments: the segment export's segment ids, ``segment/0`` ... (None: a plain export).
+        user_segment: user -> segment of a segment export (None: a plain export).
+        known_users: the export's users (who is not a fallback with a plain export).
+        preference_ckpt: the stage-1 checkpoint that picks (``--pool``).
+        seed: the run's base seed.
+    """
+
+    mode: str
+    pool: int
+    segments: list[str] | None
+    user_segment: dict[str, str] | None
+    known_users: set[str]
+    preference_ckpt: str | None
+    seed: int
+
+
+def _pool_run(  # noqa: PLR0913  # the command's parts, handed over as they are
+    export: str,
+    folder: Any,
+    state: Any,
+    found: list,
+    bad: list,
+    skip_report: str | None,
+    method: str,
+    spec: PoolSpec,
+    options: dict[str, Any],
+) -> dict[str, Any] | None:
+    """``--segments`` / ``--pool``: make the items' missing pool covers on the predict loop (one item per batch, whole
+    items per rank), then on rank 0 pick per pair and write the pool, the picks and the manifest (``options``: the
+    command's sampling, loading and trainer options)."""
+    from torch.utils.data import DataLoader
+
+    from icg.generation.pools import PoolDataset, PoolRun, plan_pool, pool_ledger, remaining, single
+    from icg.lit.generation import CoverFolderWriter, CoverGeneration, generation_trainer
+
+    planned = plan_pool(found, spec.seed, spec.segments, spec.pool or 1, None if spec.pool else spec.user_segment)
+    todo = remaining(planned, {} if state.replace else pool_ledger(folder.root))
+    skipped = [b.as_dict() for b in bad]
+    writer = CoverFolderWriter(folder, state, method, [p.key for p in found], skipped, skip_report, pool=True)
+    trainer = generation_trainer(options["accelerator"], options["devices"], options["num_nodes"], [writer],
+                                 options["progress_bar"])  # fmt: skip
+    seconds = cpu_seconds = 0.0
+    if todo:
+        from icg.generation.generator import CoverGenerator
+
+        generator = CoverGenerator.from_pretrained(export, base_model=options["base_model"], mllm=options["mllm"],
+                                                   dtype=options["dtype"])  # fmt: skip
+        module = CoverGeneration(generator, options["seed"], options["num_steps"], options["guidance_scale"],
+                                 options["strength"], user_guidance=options["user_guidance"],
+                                 pool_batch=options["batch_size"])  # fmt: skip
+        data = DataLoader(PoolDataset(found, todo, generator.image_size), batch_size=1, collate_fn=single,
+                          num_workers=options["num_workers"])  # fmt: skip
+        trainer.predict(module, dataloaders=data, return_predictions=False)
+        seconds, cpu_seconds = writer.seconds, writer.cpu_seconds
+    elif trainer.is_global_zero:
+        folder.prepare(state, skipped, Path(skip_report) if skip_report else None)
+    if not trainer.is_global_zero:
+        return None
+    scorer = None
+    if spec.pool:
+        from icg.generation.picking import ClickScorer
+
+        scorer = ClickScorer.from_checkpoint(spec.preference_ckpt, "--preference_ckpt")
+    run = PoolRun(spec.mode, found, planned, method, spec.user_segment, spec.known_users, scorer)
+    counts = run.finish(folder)
+    summary = {
+        "manifest": str(folder.manifest),
+        "covers": len(found),
+        "made": len(todo),
+        "kept": len(planned) - len(todo),
+        "skipped": len(bad),
+        "fallback": counts["fallback"],
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
+        "mode": spec.mode,
+        "mllm_calls": writer.mllm_calls,
+        "covers_made": writer.covers_made,
+        "pool_covers": counts["pool_covers"],
+    }
+    folder.write_stats(summary | {"preference_ckpt": _absolute(spec.preference_ckpt)})
+    return summary
 
 
 def _check_sampling(
@@ -233,22 +383,22 @@ def _personalizing(user_guidance: float, candidates: int, preference_ckpt: str |
 
 
 def _picking_checkpoint(
-    preference_ckpt: str | None, config: dict[str, Any], export: str, candidates: int
+    preference_ckpt: str | None, config: dict[str, Any], export: str, picking: str | None
 ) -> str | None:
-    """The stage-1 checkpoint that picks among ``--candidates``: the one given, else the one the export records
-    (None with ``--candidates 1``: nothing picks)."""
+    """The stage-1 checkpoint that picks (``picking``: ``--candidates N`` or ``--pool N``): the one given, else the one
+    the export records (None when nothing picks)."""
     from icg.errors import UserError
 
-    if candidates == 1:
+    if picking is None:
         return None
     if preference_ckpt is not None:
         if not Path(preference_ckpt).is_file():
             raise UserError(f"--preference_ckpt: {preference_ckpt} does not exist (the stage-1 checkpoint that picks "
-                            f"among --candidates {candidates})")  # fmt: skip
+                            f"among {picking.replace('--pool', 'the covers of --pool')})")  # fmt: skip
         return preference_ckpt
     recorded = config.get("provenance", {}).get("preference_ckpt")
     if not recorded:
-        raise UserError(f"--candidates {candidates} needs the stage-1 click model to pick with, and --export {export} "
+        raise UserError(f"{picking} needs the stage-1 click model to pick with, and --export {export} "
                         "records none; pass --preference_ckpt PATH")  # fmt: skip
     if not Path(recorded).is_file():
         raise UserError(f"--preference_ckpt: not given, and the stage-1 checkpoint --export {export} records, "

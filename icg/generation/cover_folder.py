@@ -50,6 +50,12 @@ SETTINGS_FORMAT = "icg-generate"
 COVERS = "covers"
 SKIPPED = "skipped.jsonl"
 SHARD_GLOB = "manifest.rank*.jsonl"
+STATS = "generate.stats.json"  # what the run cost (MLLM rows, covers made): not settings, never compared
+# Segments and pool runs (icg.generation.pools): the pool, the picks, the users' segments; rank R's pool covers.
+POOL_FILE = "pool.parquet"
+PICKS_FILE = "picks.parquet"
+SEGMENTS_COPY = "segments.parquet"
+POOL_SHARD_GLOB = "pool.rank*.jsonl"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -202,6 +208,7 @@ class CoverFolder:
             raise OutputFolderError(f"--out: {settings_path} is not valid JSON ({err}); choose another --out") from err
         if earlier.get("format") != SETTINGS_FORMAT:
             raise OutputFolderError(f"--out: {settings_path} was not written by icg generate; choose another --out")
+        earlier = {"format": SETTINGS_FORMAT, "mode": "pairs", **earlier}  # written before modes: a pairs run
         if earlier != self.settings:
             if not overwrite:
                 changed = sorted(k for k in set(earlier) | set(self.settings) if earlier.get(k) != self.settings.get(k))
@@ -233,14 +240,37 @@ class CoverFolder:
         """Delete what an earlier run wrote: its covers (by its manifests), manifests, settings and skip list."""
         covers = (self.root / COVERS).resolve()
         removed = 0
-        for line in self.lines().values():
-            path = (self.root / line.file).resolve()
-            if path.is_relative_to(covers) and path.suffix == ".png":
+        for file in {line.file for line in self.lines().values()} | self._pool_files():
+            path = (self.root / file).resolve()
+            if path.is_relative_to(covers) and path.suffix == ".png" and path.is_file():
                 path.unlink(missing_ok=True)
                 removed += 1
-        for path in [*self.manifest_files(), self.root / SETTINGS, self.root / SKIPPED]:
+        pool_outputs = [self.root / name for name in (POOL_FILE, PICKS_FILE, SEGMENTS_COPY, STATS)]
+        for path in [*self.manifest_files(), self.root / SETTINGS, self.root / SKIPPED, *pool_outputs,
+                     *self.root.glob(POOL_SHARD_GLOB)]:  # fmt: skip
             path.unlink(missing_ok=True)
         log.info("--overwrite: deleted %d covers of the earlier run in %s", removed, self.root)
+
+    def _pool_files(self) -> set[str]:
+        """The covers a segments or pool run wrote (``pool.parquet`` and its ranks' shards), as relative paths."""
+        import pandas as pd
+
+        files: set[str] = set()
+        if (self.root / POOL_FILE).is_file():
+            files |= {str(f) for f in pd.read_parquet(self.root / POOL_FILE, columns=["cover"])["cover"]}
+        for shard in self.root.glob(POOL_SHARD_GLOB):
+            for line in shard.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("cover"), str):
+                    files.add(row["cover"])
+        return files
+
+    def write_stats(self, stats: dict[str, Any]) -> None:
+        """Rank 0, at the end: what the run cost, beside the settings (``generate.stats.json``; never compared)."""
+        write_atomic(self.root / STATS, (json.dumps(stats, indent=2) + "\n").encode())
 
     # ------------------------------------------------------------------------------------------ after a run
     def finalize(self, order: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bool]:

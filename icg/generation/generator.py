@@ -223,6 +223,7 @@ class CoverGenerator:
         self.negative = negative
         self.source = source
         self.provenance = dict(provenance or {})
+        self.mllm_calls = 0  # rows the MLLM has read (item features computed), for the cost of a run
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -324,22 +325,57 @@ class CoverGenerator:
             self.negative = self.negative.to(device)
         return self
 
-    def conditioning(self, user_emb: Tensor, titles: Sequence[str], references: Tensor) -> Conditioning:
-        """The personalized conditioning of B pairs from user embeddings, titles and references."""
-        return self.conditioner(list(titles), references.to(self.device), user_emb.to(self.device))
+    def item_features(
+        self, titles: Sequence[str], references: Tensor, item_keys: Sequence[Any] | None = None
+    ) -> Tensor:
+        """B x N x D meta-token features of the B rows' items: the MLLM's part, counted in :attr:`mllm_calls`.
 
-    def fallback_conditioning(self, titles: Sequence[str], references: Tensor) -> Conditioning:
+        With ``item_keys`` (one hashable key per row: item id, title, reference), the MLLM reads each distinct item of
+        the batch once and its rows share the result. The distinct items of a batch are padded as the batch's rows
+        would be (the same titles, so the same longest prompt), so the features equal those of one MLLM row per pair.
+        """
+        if item_keys is None:
+            self.mllm_calls += len(titles)
+            return self.conditioner.item_features(list(titles), references.to(self.device))
+        first: dict[Any, int] = {}  # each distinct item's first row, in order of appearance
+        for row, key in enumerate(item_keys):
+            first.setdefault(key, row)
+        position = {key: i for i, key in enumerate(first)}
+        index, rows = [position[key] for key in item_keys], list(first.values())
+        self.mllm_calls += len(rows)
+        features = self.conditioner.item_features([titles[r] for r in rows], references[rows].to(self.device))
+        return features[torch.tensor(index, device=features.device)]
+
+    def conditioning(
+        self, user_emb: Tensor, titles: Sequence[str], references: Tensor, features: Tensor | None = None
+    ) -> Conditioning:
+        """The personalized conditioning of B pairs from user embeddings, titles and references (or the items'
+        :meth:`item_features`, computed once and shared)."""
+        if features is None:
+            features = self.item_features(titles, references)
+        return self.conditioner.condition(features, user_emb.to(self.device), list(titles))
+
+    def fallback_conditioning(
+        self, titles: Sequence[str], references: Tensor, features: Tensor | None = None
+    ) -> Conditioning:
         """User guidance's negative: the B pairs' own titles and references with the cold-start user."""
-        return self.conditioning(self.users.fallback(len(titles)), titles, references)
+        return self.conditioning(self.users.fallback(len(titles)), titles, references, features)
 
     def pair_conditioning(
-        self, user_emb: Tensor, titles: Sequence[str], references: Tensor, user_guidance: float | None = None
+        self,
+        user_emb: Tensor,
+        titles: Sequence[str],
+        references: Tensor,
+        user_guidance: float | None = None,
+        item_keys: Sequence[Any] | None = None,
     ) -> tuple[Conditioning, Conditioning | None]:
         """The B pairs' conditioning and, when ``user_guidance`` (None: the export's) is not 1, their cold-start
-        negative (:meth:`fallback_conditioning`); what :meth:`sample` takes as ``cond`` and ``user_negative``."""
+        negative (:meth:`fallback_conditioning`); what :meth:`sample` takes as ``cond`` and ``user_negative``. The
+        MLLM reads the items once for both (and, with ``item_keys``, each distinct item of the batch once)."""
         user_guidance = self.settings.user_guidance if user_guidance is None else user_guidance
-        cond = self.conditioning(user_emb, titles, references)
-        return cond, self.fallback_conditioning(titles, references) if user_guidance != 1 else None
+        features = self.item_features(titles, references, item_keys)
+        cond = self.conditioning(user_emb, titles, references, features)
+        return cond, self.fallback_conditioning(titles, references, features) if user_guidance != 1 else None
 
     def unconditional(self, batch_size: int = 1) -> Conditioning:
         """Classifier-free guidance's negative: empty title, blank reference, the cold-start user."""

@@ -131,8 +131,16 @@ def segment_export(export: str | Path, k: int, out: str | Path, seed: int = 0) -
     return {"export": str(out), **record, "smallest": int(sizes.min()), "largest": int(sizes.max())}
 
 
-def read_segments(export: str | Path, config: dict[str, Any], config_key: str = "--segments") -> dict[str, str]:
-    """user id -> segment id of a segment export (``segments.parquet``), checked against its user table's ids.
+def is_segment_export(export: str | Path) -> bool:
+    """Whether an export folder is one ``icg users segment`` wrote (it holds ``segments.parquet``)."""
+    return (Path(export) / SEGMENTS_FILE).is_file()
+
+
+def read_segments(
+    export: str | Path, config: dict[str, Any], config_key: str = "--segments"
+) -> tuple[dict[str, str], list[str]]:
+    """user id -> segment id of a segment export (``segments.parquet``) and its segment ids (``segment/0`` ...),
+    checked against its record.
 
     Raises:
         SegmentError: the export is not a segment export, or its ``segments.parquet`` is damaged or names a segment
@@ -147,8 +155,13 @@ def read_segments(export: str | Path, config: dict[str, Any], config_key: str = 
     except Exception as err:  # noqa: BLE001 - pyarrow raises many types for a damaged file; all mean "unreadable"
         raise SegmentError(f"{config_key}: {path} cannot be read ({err})") from err
     k = int(config["segments"].get("k", -1))
+    if config["users"].get("count") != k:
+        raise SegmentError(f"{config_key}: {export} records {k} segments but {config['users'].get('count')} users; "
+                           "not a segment export as icg users segment writes it")  # fmt: skip
     known = {segment_id(i) for i in range(k)}
     bad = sorted(set(frame["segment"].astype(str)) - known)
     if bad:
         raise SegmentError(f"{config_key}: {path} names segment(s) {bad[:3]} outside the export's {k} segments")
-    return dict(zip(frame["user_id"].astype(str), frame["segment"].astype(str), strict=True))
+    return dict(zip(frame["user_id"].astype(str), frame["segment"].astype(str), strict=True)), [
+        segment_id(i) for i in range(k)
+    ]

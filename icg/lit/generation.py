@@ -27,6 +27,7 @@ from torch import Tensor
 from icg.generation.cover_folder import CoverFolder, FolderState, ShardWriter
 from icg.generation.generator import CoverGenerator
 from icg.generation.picking import BestOf
+from icg.generation.pools import PoolCover, PoolShardWriter
 from icg.generation.users import UserTable
 from icg.models.rewards.base import RewardContext
 
@@ -46,6 +47,7 @@ class CoverGeneration(LightningModule):
         reward_users: the user vocabulary the bundle's preference reward indexes (stage 1's ids).
         user_guidance: from the cold-start user's prediction towards the user's (None: the export's).
         best_of: draw N covers per pair and keep the one the stage-1 click model likes best (None: one cover).
+        pool_batch: covers sampled together from one item's pool (``icg.generation.pools``: a batch is one item).
     """
 
     def __init__(
@@ -59,8 +61,10 @@ class CoverGeneration(LightningModule):
         reward_users: Sequence[str] = (),
         user_guidance: float | None = None,
         best_of: BestOf | None = None,
+        pool_batch: int = 8,
     ) -> None:
         super().__init__()
+        self.pool_batch = pool_batch
         self.generator = generator
         self.seed, self.num_steps, self.guidance_scale, self.strength = seed, num_steps, guidance_scale, strength
         self.user_guidance, self.best_of = user_guidance, best_of  # the scorer is no nn.Module: never wrapped
@@ -78,12 +82,15 @@ class CoverGeneration(LightningModule):
     @torch.no_grad()
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Covers for a batch of the pairs DataLoader; each is a function of its (user, item, seed) only."""
+        if batch.get("pool"):
+            return self.predict_pool(batch)
         gen = self.generator
         users, items, titles = list(batch["user_id"]), list(batch["item_id"]), list(batch["title"])
         references = batch["image"].to(self.device)
         user_emb, known = gen.users.lookup(users)
         seeds = gen.seeds(users, items, self.seed)
-        cond, negative = gen.pair_conditioning(user_emb, titles, references, self.user_guidance)
+        keys = list(zip(items, titles, batch["reference"], strict=True))  # the MLLM reads each item of the batch once
+        cond, negative = gen.pair_conditioning(user_emb, titles, references, self.user_guidance, keys)
         sampling = {"num_steps": self.num_steps, "guidance_scale": self.guidance_scale, "strength": self.strength,
                     "user_guidance": self.user_guidance, "user_negative": negative}  # fmt: skip
         picked = {}
@@ -103,6 +110,31 @@ class CoverGeneration(LightningModule):
             "scores": self.score(images, titles, users, references),
             "picked": picked,
         }
+
+    def predict_pool(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """One item's pool covers (``icg.generation.pools.PoolDataset``): the MLLM reads the item once, then each
+        member (a segment's centroid, or the cold-start user for a member of segment None) is drawn from its seed."""
+        gen = self.generator
+        title, segments, seeds = batch["title"], list(batch["segment"]), [int(s) for s in batch["seed"]]
+        reference = batch["image"].to(self.device)[None]
+        features = gen.item_features([title], reference)
+        ids = [s if s is not None else "" for s in segments]
+        emb, known = gen.users.lookup(ids)
+        cold = torch.tensor([s is None or not k for s, k in zip(segments, known, strict=True)], device=emb.device)
+        emb = torch.where(cold[:, None], gen.users.fallback(len(ids)), emb)  # segment None: the cold-start user
+        sampling = {"num_steps": self.num_steps, "guidance_scale": self.guidance_scale, "strength": self.strength,
+                    "user_guidance": self.user_guidance}  # fmt: skip
+        guided = (gen.settings.user_guidance if self.user_guidance is None else self.user_guidance) != 1
+        images = []
+        for start in range(0, len(ids), self.pool_batch):
+            rows = slice(start, start + self.pool_batch)
+            m = len(ids[rows])
+            shared, titles, refs = features.expand(m, -1, -1), [title] * m, reference.expand(m, -1, -1, -1)
+            cond = gen.conditioning(emb[rows], titles, refs, shared)
+            negative = gen.fallback_conditioning(titles, refs, shared) if guided else None
+            images.append(gen.sample(cond, seeds[rows], refs, user_negative=negative, **sampling).cpu())
+        return {"pool": True, "images": torch.cat(images), "item_id": batch["item_id"], "segment": segments,
+                "slot": [int(s) for s in batch["slot"]], "seed": seeds}  # fmt: skip
 
     def score(self, images: Tensor, titles: list[str], users: list[str], references: Tensor) -> dict[str, Tensor]:
         """Raw reward scores per cover (and the bundle's weighted total); empty without a bundle."""
@@ -124,6 +156,8 @@ class CoverFolderWriter(BasePredictionWriter):
         order: every (user, item) of the pairs file, in order: the merged manifest's order.
         skipped: the pairs-file rows left out (written down by rank 0).
         skip_report: where to write them (None: ``<out>/skipped.jsonl``).
+        pool: a segments or pool run: pool covers go to ``pool.rank<R>.jsonl`` and the end (picks, manifest) is
+            ``icg.generation.pools.PoolRun.finish``'s, after the loop (rank 0).
     """
 
     def __init__(
@@ -134,8 +168,13 @@ class CoverFolderWriter(BasePredictionWriter):
         order: Sequence[tuple[str, str]] = (),
         skipped: Sequence[dict] = (),
         skip_report: str | Path | None = None,
+        pool: bool = False,
     ) -> None:
         super().__init__(write_interval="batch")
+        self.pool = pool
+        self.pool_shard: PoolShardWriter | None = None
+        self.mllm_calls = 0  # rows the MLLM read, summed over the ranks
+        self.covers_made = 0  # cover files written, summed over the ranks
         self.folder, self.state, self.method = folder, state, method
         self.order, self.skipped = list(order), list(skipped)
         self.current = set(self.order)
@@ -149,7 +188,11 @@ class CoverFolderWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             self.folder.prepare(self.state, self.skipped, self.skip_report)
         trainer.strategy.barrier("icg-generate-prepared")  # no rank writes a cover before the folder is ready
-        self.shard = ShardWriter(self.folder, trainer.global_rank, self.method)
+        if self.pool:
+            self.pool_shard = PoolShardWriter(self.folder, trainer.global_rank, self.method)
+        else:
+            self.shard = ShardWriter(self.folder, trainer.global_rank, self.method)
+        self._made, self._mllm = 0, pl_module.generator.mllm_calls
         self._started, self._cpu = time.perf_counter(), time.process_time()
 
     def write_on_batch_end(
@@ -162,6 +205,14 @@ class CoverFolderWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        self._made += len(prediction["images"])
+        if prediction.get("pool"):
+            for i, image in enumerate(prediction["images"]):
+                cover = PoolCover(prediction["item_id"], prediction["slot"][i], prediction["segment"][i],
+                                  prediction["seed"][i])  # fmt: skip
+                self.pool_shard.write(image, cover)
+            self.pool_shard.flush()
+            return
         for i, image in enumerate(prediction["images"]):
             row = {
                 "user_id": prediction["user_id"][i],
@@ -182,12 +233,15 @@ class CoverFolderWriter(BasePredictionWriter):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """After the loop on every rank (also one whose shard was empty): close, wait for all, rank 0 merges."""
-        if self.shard is not None:
-            self.shard.close()
+        for shard in (self.shard, self.pool_shard):
+            if shard is not None:
+                shard.close()
         own = time.process_time() - self._cpu
-        total = torch.tensor(own, dtype=torch.float64, device=pl_module.device)
-        self.cpu_seconds = float(trainer.strategy.reduce(total, reduce_op="sum"))  # also the barrier before merging
-        if trainer.is_global_zero:
+        counts = [own, float(pl_module.generator.mllm_calls - self._mllm), float(self._made)]
+        total = torch.tensor(counts, dtype=torch.float64, device=pl_module.device)
+        total = trainer.strategy.reduce(total, reduce_op="sum")  # also the barrier before merging
+        self.cpu_seconds, self.mllm_calls, self.covers_made = float(total[0]), int(total[1]), int(total[2])
+        if trainer.is_global_zero and not self.pool:  # a pool run ends in PoolRun.finish, after the loop
             self.merged = self.folder.finalize(self.order)
             self.cpu_seconds += time.process_time() - self._cpu - own  # and rank 0's wait and merge
         self.seconds = time.perf_counter() - self._started

@@ -60,7 +60,9 @@ def test_generate_writes_the_generators_covers_and_a_study_readable_manifest(exp
     summary = run(export, pairs, out, data_root=str(tiny_platform), batch_size=8)
     found, _ = read_pairs(pairs, tiny_platform)
     unknown = sum(p.user_id not in KNOWN for p in found)
-    expected = {"manifest": str(out / "manifest.jsonl"), "covers": 8, "made": 8, "kept": 0, "skipped": 0}
+    items = len({p.item_id for p in read_pairs(pairs, tiny_platform)[0]})
+    expected = {"manifest": str(out / "manifest.jsonl"), "covers": 8, "made": 8, "kept": 0, "skipped": 0,
+                "mode": "pairs", "covers_made": 8, "mllm_calls": items}  # fmt: skip  # one batch: each item once
     assert summary.pop("seconds") > 0 and summary.pop("cpu_seconds") > 0
     assert summary == expected | {"fallback": unknown}
     entries = read_manifest(out)  # what `icg study serve` reads
