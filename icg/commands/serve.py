@@ -7,6 +7,7 @@ export, a port in use) is one line on stderr and exit status 2; ``ICG_DEBUG=1`` 
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -46,6 +47,10 @@ def serve(
     except BaseException:
         sock.close()
         raise
+    # The pool's dictionaries are millions of objects that live as long as the process: out of the collector's sight,
+    # a full collection no longer walks them in the middle of a request (a latency spike per collection).
+    gc.collect()
+    gc.freeze()
     url = url_of(sock)
     counts = cover_pool.summary()
     sys.stdout.write(

@@ -85,10 +85,17 @@ def write_pool(
 
 
 @contextmanager
-def serving(pool: Path, *options: str, timeout_s: float = 120.0) -> Iterator[tuple[subprocess.Popen, str]]:
+def serving(
+    pool: Path, *options: str, light: bool = False, timeout_s: float = 120.0
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """``icg serve --pool POOL --port 0 OPTIONS`` in a subprocess (uvicorn on loopback, a free port): yields the
-    process and the base URL it printed; stops it with SIGINT (Ctrl-C) on exit, SIGKILL if it hangs."""
-    command = [sys.executable, "-m", "icg.cli", "serve", "--pool", str(pool), "--port", "0", *options]
+    process and the base URL it printed; stops it with SIGINT (Ctrl-C) on exit, SIGKILL if it hangs.
+
+    Args:
+        light: start it as ``python -m icg.serving`` (no Lightning, no torch) instead of ``python -m icg.cli serve``.
+    """
+    entry = ["icg.serving"] if light else ["icg.cli", "serve"]
+    command = [sys.executable, "-m", *entry, "--pool", str(pool), "--port", "0", *options]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         deadline = time.monotonic() + timeout_s
