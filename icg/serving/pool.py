@@ -266,9 +266,16 @@ class _CoverFiles:
         self.covers = root / COVERS_DIR
         self.files: dict[str, Path] = {}
         self.first_row: dict[str, str] = {}
+        self.addresses: dict[str, str] = {}  # cell -> address: many picks name one pool cover, resolved once
 
     def address(self, relative: str, where: str) -> str:
         """``/covers/<path below covers/>`` for a ``cover`` cell (relative to the pool); refuses one outside."""
+        known = self.addresses.get(relative)
+        if known is None:
+            known = self.addresses[relative] = self._address(relative, where)
+        return known
+
+    def _address(self, relative: str, where: str) -> str:
         path = (self.covers.parent / relative).resolve()
         if not path.is_relative_to(self.covers) or path == self.covers:
             raise PoolError(f"{where}: cover {relative!r} is not a file inside {self.covers}")
