@@ -51,6 +51,7 @@ OVERVIEW = """usage: icg {fit,validate,test,predict} [--config YAML ...] [option
        icg users segment --export DIR --k K --out DIR [--seed S]
        icg study {serve,results,simulate} ...
        icg explore --export DIR [--data_root DIR] [--rewards_ckpt CKPT] [--base_model DIR] [--port N] [--device D]
+       icg serve --pool DIR [--data_root DIR] [--export DIR] [--host H] [--port N]
 
 Stages (Lightning CLI; --print_config, repeated --config stacking, --help on each):
   fit        train a stage: preference (1), rewards (2), alignment (3)
@@ -74,6 +75,7 @@ Generation:
   generate        a cover per (user, item) of a pairs file: batched, resumable, DDP/SLURM, manifest.jsonl
   users fold-in   embeddings for users with clicks but none from stage 1, added to an export (no retraining)
   users segment   the export's users clustered into K segments: a new export of K centroid users (generate --segments)
+  serve           the cover service: GET /cover?user=U&item=I answers from a pool of covers (docs/serving.md)
 
 A mistake in a config, option, file or dataset is reported in one message and exits with status 2; add --debug
 (or set ICG_DEBUG=1) for the full traceback and the parser's complete message.
@@ -112,6 +114,7 @@ COMMANDS = {
     "users": Command("icg.commands.users", logging.WARNING, grouped=True),
     "study": Command("icg.commands.study", logging.INFO, grouped=True),  # argparse (see above)
     "explore": Command("icg.commands.explore", logging.INFO),
+    "serve": Command("icg.commands.serve", logging.INFO),
 }
 
 

@@ -11,9 +11,11 @@ is slow to import), so this package imports none of them. The modules:
 - ``evaluate``: ``icg evaluate``, the paper's axes from checkpoint paths
 - ``study``: ``icg study serve|results|simulate`` (argparse: its optional positional RUN)
 - ``explore``: ``icg explore``, the interactive cover viewer
+- ``serve``: ``icg serve``, the cover service (which cover of a pool to show a user for an item)
 
 The non-argparse ones are jsonargparse's ``CLI`` over one documented function, whose docstring is the ``--help``.
-Layer: above ``icg.explore`` and everything below it; only ``icg.cli`` (and ``python -m`` entry scripts) import it.
+Layer: above ``icg.serving``, ``icg.explore`` and everything below them; only ``icg.cli`` (and ``python -m`` entry
+scripts) import it.
 """
 
 from __future__ import annotations

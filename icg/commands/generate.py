@@ -8,8 +8,6 @@ into a resumable folder with a ``manifest.jsonl`` (docs/generation.md). ``icg/cl
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +16,6 @@ from typing import Any
 from icg.commands import call
 
 ON_BAD_RECORD = ("error", "skip")
-
-
-def _export_fingerprint(folder: Path, config: dict[str, Any]) -> str:
-    """What the covers depend on in an export: every tensor file but the user table (trained weights, guidance
-    negative, a LoRA if any) and the model specs. Not its users: folding users in must not invalidate finished
-    covers."""
-    from icg.generation.cover_folder import file_sha256
-    from icg.generation.users import USERS_WEIGHTS
-
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")):
-        if path.name != USERS_WEIGHTS:
-            digest.update(path.name.encode() + file_sha256(path).encode())
-    digest.update(json.dumps([config.get("conditioner"), config.get("diffusion")], sort_keys=True).encode())
-    return digest.hexdigest()[:32]
 
 
 def _absolute(path: str | None) -> str | None:
@@ -123,7 +106,7 @@ def generate(  # noqa: C901, PLR0913, PLR0915  # the signature is `icg generate`
 
     from icg.errors import UserError, disk_full_is_a_user_error
     from icg.generation.cover_folder import CoverFolder
-    from icg.generation.export import read_config
+    from icg.generation.export import export_fingerprint, read_config
     from icg.generation.pairs import PairsDataset, bad_rows_message, read_pairs
     from icg.generation.segments import is_segment_export, read_segments
     from icg.generation.users import UserTable
@@ -159,7 +142,7 @@ def generate(  # noqa: C901, PLR0913, PLR0915  # the signature is `icg generate`
 
     prompter = config["conditioner"]["init_args"].get("prompter", {}).get("init_args", {})
     settings = {
-        "export_weights": _export_fingerprint(Path(export), config),
+        "export_weights": export_fingerprint(Path(export), config),
         "base_model": _absolute(base_model) or config["diffusion"].get("path"),
         "mllm": _absolute(mllm) or prompter.get("mllm_path"),
         "dtype": dtype or config["diffusion"].get("dtype"),

@@ -28,6 +28,7 @@ weights root. Folders are written beside the target and renamed into place: a fa
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -45,6 +46,7 @@ from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.lora import LORA_WEIGHTS, UNetLoRA, read_lora, save_lora
 from icg.diffusion.source import DiffusionSource
 from icg.errors import ExportError, MissingFileError, UserError, disk_full_is_a_user_error
+from icg.generation.cover_folder import file_sha256
 from icg.generation.settings import SamplerSettings
 from icg.generation.users import USERS_IDS, USERS_WEIGHTS, UserTable
 from icg.models.preference import PreferenceModel
@@ -395,6 +397,23 @@ def read_config(folder: str | Path, config_key: str = "export folder") -> dict[s
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise ExportError(f"{config_key}: {folder / CONFIG}: users.count={count!r}: expected the number of users")
     return config
+
+
+def export_fingerprint(folder: str | Path, config: dict[str, Any]) -> str:
+    """What the covers depend on in an export: every tensor file but the user table (trained weights, guidance
+    negative, a LoRA if any) and the model specs. Not its users: folding users in must not invalidate finished
+    covers. ``icg generate`` records it as ``export_weights`` in ``generate.json``; ``icg serve --export`` compares.
+
+    Args:
+        folder: the export folder.
+        config: its ``icg_config.json`` (:func:`read_config`).
+    """
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        if path.name != USERS_WEIGHTS:
+            digest.update(path.name.encode() + file_sha256(path).encode())
+    digest.update(json.dumps([config.get("conditioner"), config.get("diffusion")], sort_keys=True).encode())
+    return digest.hexdigest()[:32]
 
 
 def check_tensors(
