@@ -8,6 +8,7 @@ into a resumable folder with a ``manifest.jsonl`` (docs/generation.md). ``icg/cl
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
