@@ -178,3 +178,21 @@ def test_bad_segment_and_pool_options_are_one_line(export, segmented, pairs, tin
     line = _fails(capsys, [*words, "--export", bare, "--pool", "2"])
     assert line.startswith("icg generate: --pool 2 needs the stage-1 click model to pick with")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_make_the_same_pool_and_picks_as_one_process(segmented, pairs, tiny_platform, tmp_path):
+    from tests.generation.test_generate import icg_subprocess
+
+    common = ["generate", "--export", segmented, "--pairs", pairs, "--data_root", tiny_platform, "--pool", "2",
+              "--accelerator", "cpu", "--progress_bar", "false"]  # fmt: skip
+    icg_subprocess(*common, "--out", tmp_path / "one")
+    icg_subprocess(*common, "--out", tmp_path / "two", "--devices", "2")
+    one, two = (table(tmp_path / name / "pool.parquet").sort_values(["item_id", "slot"]) for name in ("one", "two"))
+    assert len(one) == 2 * 2 * len(ITEMS) and one.drop(columns="cover").equals(two.drop(columns="cover"))
+    for a, b in zip(one["cover"], two["cover"], strict=True):  # every pool cover made once, as one process makes it
+        assert np.abs(pixels(tmp_path / "one" / a).astype(int) - pixels(tmp_path / "two" / b).astype(int)).max() <= 1
+    picks_one, picks_two = (table(tmp_path / name / "picks.parquet") for name in ("one", "two"))
+    assert len(picks_two) == len(PAIR_USERS) * len(ITEMS)
+    assert picks_one[["user_id", "item_id", "slot"]].equals(picks_two[["user_id", "item_id", "slot"]])
+    assert not list((tmp_path / "two").glob("*.rank*"))
