@@ -9,6 +9,7 @@ into a resumable folder with a ``manifest.jsonl`` (docs/generation.md). ``icg/cl
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from icg.commands import call
 
 ON_BAD_RECORD = ("error", "skip")
+log = logging.getLogger(__name__)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -156,6 +158,10 @@ def generate(  # noqa: C901, PLR0913, PLR0915  # the signature is `icg generate`
         "rewards_ckpt": _absolute(rewards_ckpt) if score else None,
     } | _personalizing(float(pick(user_guidance, "user_guidance")), candidates, preference_ckpt)
     settings |= _mode_settings(mode, pool, Path(export) if segments else None)
+    if settings["num_steps"] != int(sampler["num_steps"]):
+        log.warning("--num_steps %d: this export's adapter was trained at %d steps; an adapter serves best at the "
+                    "steps it was trained at (docs/generation.md, \"Few-step covers\")", settings["num_steps"],
+                    int(sampler["num_steps"]))  # fmt: skip
     side = int(settings["image_size"] or 1024)
     remaining: list = []  # the pairs still to make: a full disk's message says what they need
 

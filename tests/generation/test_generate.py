@@ -398,3 +398,12 @@ def test_a_kill_mid_run_leaves_no_half_cover_and_the_rerun_finishes(export, tiny
     entries = read_manifest(out)
     assert len(entries) == 60 and len({e.file for e in entries}) == 60
     assert not list(out.rglob("*.tmp")) and not list(out.glob("manifest.rank*"))
+
+
+def test_steps_other_than_the_adapters_training_steps_are_warned_about(export, pairs, tiny_platform, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="icg.commands.generate"):
+        run(export, pairs, tmp_path / "trained", data_root=str(tiny_platform))  # the export's 3 steps: no warning
+        assert not caplog.records
+        run(export, pairs, tmp_path / "fewer", data_root=str(tiny_platform), num_steps=2)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["--num_steps 2"]
+    assert "trained at 3 steps" in caplog.records[0].getMessage()
