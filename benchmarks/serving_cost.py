@@ -11,7 +11,8 @@ with its oracle (the platform's true click model, ``icg.data.oracle``), for ever
 * ``p``: the oracle's mean click probability of the cover each pair gets;
 * ``gain_kept``: (p - p of the cold-start cover) / (p of per-user ICG - p of the cold-start cover), the share of
   per-user ICG's personal gain the setting keeps (the cold-start cover: ICG with the cold-start user embedding, one
-  cover per item, what every user gets without personalization);
+  cover per item, what every user gets without personalization); ill-conditioned where that gain is small;
+* ``p_vs_per_user``: p / p of per-user ICG;
 
 over the served pairs = every platform user x ``--items`` items (seeded sample of the catalogue), at every step count
 given a stage-3 checkpoint (``--stage3 STEPS=PATH``; a checkpoint trained at that many steps). Settings:
@@ -150,10 +151,31 @@ def run_steps(steps: int, ckpt: str, args, catalogue, items: list[int], oracle: 
         segment_settings(f"segments_{k}", torch.as_tensor(segments.centroids).float(), segments.labels)
 
     p_user, p_cold = rows["per_user"]["p"], rows["cold_start"]["p"]
-    for row in rows.values():
+    for row in rows.values():  # the gain is ill-conditioned where per-user ICG barely beats the cold-start cover
         row["gain_kept"] = (row["p"] - p_cold) / (p_user - p_cold) if p_user != p_cold else None
+        row["p_vs_per_user"] = row["p"] / p_user
     return {"steps": steps, "checkpoint": ckpt, "trained_steps": gen.settings.num_steps, "covers_per_s": covers_per_s,
             "users": num_users, "items": num_items, "settings": rows}  # fmt: skip
+
+
+# Published SD 1.5 speed, 512 px, batch 1, 50 steps, on an A100 80G SXM: diffusers with torch 2.1, SDPA, compiled,
+# channels last, 1.058 s per image (47.29 it/s; github.com/fal-ai/stable-diffusion-benchmarks, README table).
+SD15_SECONDS_PER_IMAGE, SD15_STEPS = 1.058, 50
+PLATFORMS = {"Pixel1M": (1_001_822, 100_541), "Pixel8M": (8_900_000, 407_000)}  # users, items (docs/performance.md)
+CANDIDATES_PER_USER = 100  # covers a refresh shows each user
+
+
+def projection(k: int | None, pool: int, steps: int) -> dict[str, float]:
+    """PROJECTED GPU-hours per refresh on each platform: per user (``k`` None) = users x 100 covers; K segments x N
+    pool seeds = at most K x N covers per item (every segment shown every item: Pixel1M shows each item ~1,000 users).
+    Per-image time scales with the step count from the published 50-step time (UNet-bound: a lower bound at few
+    steps, where the VAE decode and text encoder weigh more)."""
+    seconds = SD15_SECONDS_PER_IMAGE * steps / SD15_STEPS
+    hours = {}
+    for name, (users, items) in PLATFORMS.items():
+        covers = users * CANDIDATES_PER_USER if k is None else min(k * pool, users) * items
+        hours[name] = covers * seconds / 3600
+    return hours
 
 
 def main() -> None:
@@ -183,10 +205,21 @@ def main() -> None:
         result = run_steps(int(steps), ckpt, args, catalogue, items, oracle)
         results.append(result)
         print(f"  {result['covers_per_s']:.1f} covers/s; {result['users']} users x {result['items']} items")
-        print(f"  {'setting':<28} {'covers/1000 pairs':>18} {'p':>7} {'gain kept':>10}")
+        print(f"  {'setting':<28} {'covers/1000 pairs':>18} {'p':>7} {'gain kept':>10} {'p / per user':>13}")
         for name, row in result["settings"].items():
             kept = "" if row["gain_kept"] is None else f"{100 * row['gain_kept']:.0f} %"
-            print(f"  {name:<28} {row['covers_per_1000']:>18.1f} {row['p']:>7.3f} {kept:>10}", flush=True)
+            print(
+                f"  {name:<28} {row['covers_per_1000']:>18.1f} {row['p']:>7.3f} {kept:>10} "
+                f"{row['p_vs_per_user']:>13.2f}",
+                flush=True,
+            )
+    print("PROJECTION (not measured): GPU-hours per refresh, SD 1.5 on an A100 at the published per-image time")
+    for label, k, pool, steps in [("per user, 50 steps", None, 1, 50), ("per user, 10 steps", None, 1, 10),
+                                  ("per user, 4 steps", None, 1, 4)] + [
+                                  (f"{k} segments, pool {n}, {s} steps", k, n, s)
+                                  for k in (16, 64) for n in (1, 4) for s in (4, 10)]:  # fmt: skip
+        hours = projection(k, pool, steps)
+        print(f"  {label:<30} " + "  ".join(f"{name} {h:>10,.1f}" for name, h in hours.items()))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
