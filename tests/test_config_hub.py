@@ -90,8 +90,16 @@ def standins(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory
             folders[width] = export_base_model(folder, base.unet, base.vae, base.scheduler, title_encoder)
         return folders[width]
 
+    def tiny_mllm(_width: int) -> Path:  # the demo's stand-in MLLM (width 32, as the demo's prompter reads it)
+        if "mllm" not in folders:
+            from icg.models.meta_prompt import save_tiny_mllm
+
+            folders["mllm"] = save_tiny_mllm(tmp_path_factory.mktemp("mllm") / "mllm")
+        return folders["mllm"]
+
     return {
         "data.root": tiny_platform,
+        "prompter.init_args.mllm_path": tiny_mllm,
         "preference_ckpt": tiny_stage1_ckpt,
         "rewards_ckpt": tiny_stage2_ckpt,
         "diffusion.path": base_model,

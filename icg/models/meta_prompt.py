@@ -161,13 +161,7 @@ class MetaTokenPrompter(nn.Module):
         return self
 
     def _tokenize_template(self, template: str) -> list[list[int] | str]:
-        pieces: list[list[int] | str] = []
-        for part in re.split(r"(\{image\}|\{title\})", template):
-            if part in ("{image}", "{title}"):
-                pieces.append(part)
-            elif part:
-                pieces.append(self.tokenizer(part, add_special_tokens=False)["input_ids"])
-        return pieces
+        return tokenize_template(self.tokenizer, template)
 
     def prompt_ids(self, title: str) -> list[int]:
         """The token ids of one title's filled-in prompt template (image placeholders expanded), before the meta tokens.
@@ -175,17 +169,7 @@ class MetaTokenPrompter(nn.Module):
         Args:
             title: the item title; special-token strings in it are spelled out as text.
         """
-        vocab = self.tokenizer.convert_tokens_to_ids
-        ids: list[int] = []
-        for piece in self._template_pieces:
-            if piece == "{image}":
-                ids += [vocab(VISION_START), *[self.image_token_id] * self.num_image_tokens, vocab(VISION_END)]
-            elif piece == "{title}":
-                # A title is user data: special-token strings inside it are spelled out, never obeyed.
-                ids += self.tokenizer(str(title), add_special_tokens=False, split_special_tokens=True)["input_ids"]
-            else:
-                ids += piece
-        return ids
+        return fill_prompt(self.tokenizer, self._template_pieces, title, self.num_image_tokens)
 
     def pixel_values(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Qwen2-VL ``pixel_values`` (sum of patches x C*T*P*P) and ``image_grid_thw`` (B x 3) from [0, 1] images.
@@ -193,22 +177,7 @@ class MetaTokenPrompter(nn.Module):
         Matches ``Qwen2VLImageProcessor`` on an image already at ``image_size`` (resize is bicubic with antialias
         here, PIL bicubic there).
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be B x 3 x H x W in [0, 1], got shape {tuple(images.shape)}")
-        cfg, size = self._pixel_cfg, self.image_size
-        p, m, t = cfg["patch_size"], cfg["merge_size"], cfg["temporal_patch_size"]
-        x = images.float()
-        if tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        mean = torch.tensor(cfg["image_mean"], device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(cfg["image_std"], device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-        b, c = x.shape[:2]
-        g = size // p  # patches per side
-        x = x.reshape(b, c, g // m, m, p, g // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)  # B, gh, gw, mh, mw, C, p, p
-        x = x.unsqueeze(6).expand(*x.shape[:6], t, p, p)  # a still image is repeated over the temporal patch
-        grid = torch.tensor([[1, g, g]] * b, dtype=torch.long, device=x.device)
-        return x.reshape(b * g * g, c * t * p * p), grid
+        return qwen2vl_pixel_values(images, self._pixel_cfg, self.image_size)
 
     def batch_inputs(self, titles: list[str]) -> dict[str, Tensor]:
         """The padded batch the MLLM reads: each row's prompt ids followed by ``num_meta_tokens`` meta positions.
@@ -349,6 +318,68 @@ class MetaTokenPrompter(nn.Module):
                 tensor.copy_(state[name])
 
 
+# --------------------------------------------------------------------------------------------- prompt layout
+# Plain functions, so that whatever else reads or trains a Qwen2-VL here (the demo's stand-in MLLM) lays prompts and
+# pixels out exactly as the prompter does.
+def tokenize_template(tokenizer: Any, template: str) -> list[list[int] | str]:
+    """``template`` cut at ``{image}`` and ``{title}``: the fixed text as token ids, the placeholders as strings."""
+    pieces: list[list[int] | str] = []
+    for part in re.split(r"(\{image\}|\{title\})", template):
+        if part in ("{image}", "{title}"):
+            pieces.append(part)
+        elif part:
+            pieces.append(tokenizer(part, add_special_tokens=False)["input_ids"])
+    return pieces
+
+
+def fill_prompt(tokenizer: Any, pieces: list[list[int] | str], title: str, num_image_tokens: int) -> list[int]:
+    """The token ids of ``tokenize_template``'s pieces with the image placeholders and ``title`` filled in.
+
+    Args:
+        tokenizer: the MLLM's tokenizer.
+        pieces: ``tokenize_template(tokenizer, template)``.
+        title: the item title; special-token strings in it are spelled out as text.
+        num_image_tokens: ``<|image_pad|>`` tokens between ``<|vision_start|>`` and ``<|vision_end|>``.
+    """
+    vocab = tokenizer.convert_tokens_to_ids
+    ids: list[int] = []
+    for piece in pieces:
+        if piece == "{image}":
+            ids += [vocab(VISION_START), *[vocab(IMAGE_TOKEN)] * num_image_tokens, vocab(VISION_END)]
+        elif piece == "{title}":
+            # A title is user data: special-token strings inside it are spelled out, never obeyed.
+            ids += tokenizer(str(title), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        else:
+            ids += piece
+    return ids
+
+
+def qwen2vl_pixel_values(images: Tensor, pixel_cfg: dict, image_size: int) -> tuple[Tensor, Tensor]:
+    """Qwen2-VL ``pixel_values`` (sum of patches x C*T*P*P) and ``image_grid_thw`` (B x 3) from [0, 1] images.
+
+    Args:
+        images: B x 3 x H x W in [0, 1], resized to ``image_size``² when they are not that size.
+        pixel_cfg: ``patch_size``, ``merge_size``, ``temporal_patch_size``, ``image_mean``, ``image_std``.
+        image_size: the square side the vision tower reads.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be B x 3 x H x W in [0, 1], got shape {tuple(images.shape)}")
+    cfg, size = pixel_cfg, image_size
+    p, m, t = cfg["patch_size"], cfg["merge_size"], cfg["temporal_patch_size"]
+    x = images.float()
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    mean = torch.tensor(cfg["image_mean"], device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["image_std"], device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    b, c = x.shape[:2]
+    g = size // p  # patches per side
+    x = x.reshape(b, c, g // m, m, p, g // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)  # B, gh, gw, mh, mw, C, p, p
+    x = x.unsqueeze(6).expand(*x.shape[:6], t, p, p)  # a still image is repeated over the temporal patch
+    grid = torch.tensor([[1, g, g]] * b, dtype=torch.long, device=x.device)
+    return x.reshape(b * g * g, c * t * p * p), grid
+
+
 # --------------------------------------------------------------------------------------------------- builders
 def _check_args(
     mllm_path: str | None,
@@ -381,6 +412,7 @@ def _check_args(
 
 def _load_local(path: str, dtype: torch.dtype, config_key: str) -> tuple[nn.Module, Any, dict, dict]:
     """Model (base, no LM head), tokenizer, pixel settings and an identity record from a local folder."""
+    from safetensors import SafetensorError
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     folder = Path(path).expanduser()
@@ -396,7 +428,7 @@ def _load_local(path: str, dtype: torch.dtype, config_key: str) -> tuple[nn.Modu
         model = AutoModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # a truncated or foreign weights file: SafetensorError
         raise ConfigError(f"{config_key}: cannot load a Qwen2-VL-class model from {folder}: {err}") from err
     if not hasattr(model, "get_rope_index") or not hasattr(model.config, "image_token_id"):
         raise ConfigError(f"{config_key}: {folder} holds a {type(model).__name__}, not a Qwen2-VL-class model")
@@ -474,6 +506,17 @@ def tiny_qwen2_vl_config(tiny_config: dict, tokenizer: Any) -> Any:
     )
 
 
+def tiny_pixel_config() -> dict:
+    """The tiny MLLM's pixel settings: the real Qwen2-VL patch geometry and CLIP's mean and std."""
+    return {
+        "patch_size": _PATCH,
+        "merge_size": _MERGE,
+        "temporal_patch_size": _TEMPORAL_PATCH,
+        "image_mean": list(_OPENAI_CLIP_MEAN),
+        "image_std": list(_OPENAI_CLIP_STD),
+    }
+
+
 def _build_tiny(tiny_config: dict, dtype: torch.dtype) -> tuple[nn.Module, Any, dict, dict]:
     from transformers import Qwen2VLModel
 
@@ -484,13 +527,7 @@ def _build_tiny(tiny_config: dict, dtype: torch.dtype) -> tuple[nn.Module, Any, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2VLModel(config).to(dtype)
-    pixel_cfg = {
-        "patch_size": _PATCH,
-        "merge_size": _MERGE,
-        "temporal_patch_size": _TEMPORAL_PATCH,
-        "image_mean": list(_OPENAI_CLIP_MEAN),
-        "image_std": list(_OPENAI_CLIP_STD),
-    }
+    pixel_cfg = tiny_pixel_config()
     identity = {"tiny_config": {**TINY_DEFAULTS, **tiny_config}, "transformers_config": config.to_dict()}
     return model, tokenizer, pixel_cfg, identity
 
@@ -502,13 +539,26 @@ def save_tiny_mllm(folder: str | Path, tiny_config: dict | None = None) -> Path:
     ``tokenizer.json`` and ``preprocessor_config.json``.
     """
     from transformers import Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    folder = Path(folder)
     model, tokenizer, pixel_cfg, _ = _build_tiny(tiny_config or {}, torch.float32)
     full = Qwen2VLForConditionalGeneration(model.config)
     full.model.load_state_dict(model.state_dict())
-    full.save_pretrained(folder)
+    return write_qwen2vl_folder(folder, full, tokenizer, pixel_cfg)
+
+
+def write_qwen2vl_folder(folder: str | Path, model: nn.Module, tokenizer: Any, pixel_cfg: dict) -> Path:
+    """Write a ``Qwen2VLForConditionalGeneration``, its tokenizer and its image processor as a local release folder.
+
+    Args:
+        folder: the folder to write (created; files already in it are overwritten).
+        model: the model with its LM head.
+        tokenizer: its tokenizer (``tokenizer.json`` and its config are written).
+        pixel_cfg: ``tiny_pixel_config()``-style settings, written as ``preprocessor_config.json``.
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    folder = Path(folder)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     Qwen2VLImageProcessorPil(
         patch_size=pixel_cfg["patch_size"],
