@@ -100,6 +100,7 @@ def test_no_meta_ablation_fits_and_generates(tiny_platform, tiny_stage1_ckpt, ti
     """The tiny stage 3 with ``prompter: null`` (what stage3_no_meta.yaml sets) trains a step and reloads as a
     method whose covers depend on the user."""
     from icg.evaluation.methods import AlignmentMethod
+    from icg.generation.generator import CoverGenerator
 
     overlay = tmp_path / "no_meta.yaml"  # as stage3_no_meta.yaml does (a null subclass is a YAML value, not a flag)
     overlay.write_text("model:\n  init_args:\n    conditioner:\n      init_args:\n        prompter: null\n")
@@ -110,5 +111,10 @@ def test_no_meta_ablation_fits_and_generates(tiny_platform, tiny_stage1_ckpt, ti
     assert method.generator.conditioner.prompter is None
     dm = ICGDataModule(str(tiny_platform), image_size=method.image_size)
     dm.setup()
-    covers = method(pairs_batch(dm, [(0, 0), (1, 0)]))
+    batch = pairs_batch(dm, [(0, 0), (1, 0)])
+    covers = method(batch)
     assert covers.shape == (2, 3, 32, 32) and bool(np.isfinite(covers.numpy()).all())
+    run_cli("export", "--stage3_ckpt", only_ckpt(tmp_path / "run"), "--out", tmp_path / "export")  # no MLLM to export
+    exported = AlignmentMethod(CoverGenerator.from_pretrained(tmp_path / "export"))
+    assert exported.generator.conditioner.prompter is None
+    torch.testing.assert_close(exported(batch), covers, rtol=0, atol=1e-5)
