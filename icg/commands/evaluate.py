@@ -15,6 +15,7 @@ from icg.commands import call
 from icg.evaluation.settings import (
     DataSettings,
     EvaluatorSettings,
+    PromptSettings,
     RunSettings,
     SampleSettings,
     ScoringSettings,
@@ -30,6 +31,8 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
     out_dir: str = "runs/demo",
     rewards_ckpt: str | None = None,
     no_user_ckpt: str | None = None,
+    no_meta_ckpt: str | None = None,
+    prompt_words: int = PromptSettings.num_words,
     evaluator_ckpt: str | None = EvaluatorSettings.checkpoint,
     clip_path: str | None = ScoringSettings.clip_path,
     lpips_backbone: str | None = None,
@@ -50,8 +53,9 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
     pool_batch_size: int = RunSettings.pool_batch_size,
     user_swap_others: int = UserSwapSettings.others,
 ) -> dict[str, Any]:
-    """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG (and, when ICG is
-    reference-guided, ICG from pure noise); every method in ICG's mode.
+    """The demo's evaluation from paths: title-only baseline, the handcrafted personalized prompt, ICG without user
+    refinement, ICG without meta tokens (``--no_meta_ckpt``), ICG (and, when ICG is reference-guided, ICG from pure
+    noise); every method in ICG's mode.
 
     Args:
         data_root: the dataset folder.
@@ -63,6 +67,10 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
         rewards_ckpt: stage-2 checkpoint (None: the one the stage-3 checkpoint recorded).
         no_user_ckpt: a stage-3 ablation checkpoint trained without user refinement (None: ICG with the cold-start
             user embedding for everyone).
+        no_meta_ckpt: a stage-3 ablation checkpoint trained without the MLLM's meta tokens (``prompter: null``), the
+            ``icg_no_meta`` method (None: left out).
+        prompt_words: keywords of the user's train clicks appended to the title by the handcrafted personalized
+            prompt baseline, ``personalized_prompt`` (0: left out; docs/prompting.md).
         evaluator_ckpt: separately trained click model to grade with (None: trained here).
         clip_path: local CLIP folder for the CLIP metrics.
         lpips_backbone: torchvision's AlexNet checkpoint (``alexnet-owt-7be5be79.pth``) for LPIPS to the reference
@@ -100,9 +108,11 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
         out_dir,
         rewards_ckpt=rewards_ckpt,
         no_user_ckpt=no_user_ckpt,
+        no_meta_ckpt=no_meta_ckpt,
         lpips_backbone=lpips_backbone,
         baseline_guidance_scale=baseline_guidance_scale,
         study=study,
+        prompt=PromptSettings(num_words=prompt_words),
         data=DataSettings(image_size=image_size, holdout=holdout),
         sample=SampleSettings(
             num_users=num_users,

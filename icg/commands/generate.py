@@ -143,7 +143,7 @@ def generate(  # noqa: C901, PLR0913, PLR0915  # the signature is `icg generate`
     def pick(value, key):
         return sampler[key] if value is None else value
 
-    prompter = config["conditioner"]["init_args"].get("prompter", {}).get("init_args", {})
+    prompter = (config["conditioner"]["init_args"].get("prompter") or {}).get("init_args", {})
     settings = {
         "export_weights": export_fingerprint(Path(export), config),
         "base_model": _absolute(base_model) or config["diffusion"].get("path"),

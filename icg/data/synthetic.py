@@ -127,6 +127,18 @@ _STYLE_WORDS = {
 }
 
 
+def prompt_vocabulary() -> tuple[str, ...]:
+    """The words a title of this platform names for colour and style (palette colours, then the style words, each once):
+    the keywords a handcrafted personalized prompt may take from a user's clicked titles
+    (``icg.evaluation.keywords``). Tone words (light, pale, dark...) are left out: a tone word the title lacks
+    contradicts the tone it names, and three synonyms per tone split the counts."""
+    words = [name for name, _ in PALETTE]
+    for after_comma, adjectives in _STYLE_WORDS.values():
+        for phrase in (*after_comma, *adjectives):
+            words += [w for w in phrase.split() if w not in ("with", "only")]
+    return tuple(dict.fromkeys(words))
+
+
 @dataclass(frozen=True)
 class CoverAttributes:
     """Everything that defines a rendered cover; ``render_cover`` is a pure function of it.

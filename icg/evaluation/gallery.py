@@ -20,13 +20,17 @@ from icg.lit.callbacks import save_png
 CAPTION_METRICS = (("true_click_prob", "p"), ("evaluator_click_prob", "eval p"), ("relevance", "rel"))
 METHOD_LABELS = {
     "title_only": "title only",
+    "personalized_prompt": "title + history words",
     "icg_no_user": "ICG, no user",
+    "icg_no_meta": "ICG, no meta tokens",
     "icg": "ICG",
     "icg_from_noise": "ICG, from noise",
 }
 METHOD_HELP = {
     "title_only": "the base diffusion model prompted with the title (no user)",
+    "personalized_prompt": "the title + the user's most frequent colour/style words of their train clicks (PMG-style)",
     "icg_no_user": "ICG without user refinement (the ablation)",
+    "icg_no_meta": "ICG trained without the MLLM's meta tokens (title prompt + user only)",
     "icg": "title + reference cover + this user's embedding",
     "icg_from_noise": "ICG sampling from pure noise instead of from the reference",
 }

@@ -11,6 +11,8 @@ user's cover of an item the same seed:
 * ``TitleOnlyMethod``: the base diffusion model conditioned on the title alone through its own text encoder
   (``icg.diffusion.prompt_encoder.PromptEncoder``: CLIP for SD 1.5, ``title_encoder/`` for the demo stand-in) --
   the paper's "same diffusion model prompted with the title".
+* ``PersonalizedPromptMethod``: the same, prompted with the title plus keywords of the user's train clicks' titles
+  (``icg.evaluation.keywords``): the handcrafted personalized prompting (PMG-style) ICG's MLLM prompting replaces.
 * ``AlignmentMethod``: a trained ICG (a ``CoverGenerator``). ``user="own"`` is ICG; ``user="fallback"`` replaces every
   user by the stage-1 cold-start embedding, i.e. ICG without user refinement, without a second training run (an
   ablation trained with ``fusion_type: none`` is evaluated with ``user="own"`` instead).
@@ -30,6 +32,7 @@ from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.prompt_encoder import PromptEncoder
 from icg.errors import ConfigError
+from icg.evaluation.keywords import HistoryKeywords
 from icg.generation.generator import CoverGenerator, reference_batch, sample_covers
 from icg.generation.seeds import pair_seed
 
@@ -77,6 +80,10 @@ class TitleOnlyMethod:
         components = DiffusionComponents.from_pretrained_folder(folder, config_key=config_key).to(device)
         return cls(components, PromptEncoder(str(folder), config_key=config_key).to(device), **kwargs)
 
+    def prompts(self, batch: dict[str, Any]) -> list[str]:
+        """The text each pair's cover is prompted with: its title."""
+        return list(batch["title"])
+
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any], seeds: Sequence[int] | None = None) -> Tensor:
         """Covers of ``batch``; ``seeds``: one per pair (None: ``pair_seed(seed, user, item)``)."""
@@ -85,7 +92,7 @@ class TitleOnlyMethod:
         uncond = self.title_encoder([""]) if self.guidance_scale > 1 else None
         return sample_covers(
             self.components,
-            self.title_encoder(list(batch["title"])),
+            self.title_encoder(self.prompts(batch)),
             seeds,
             batch["image"],
             num_steps=self.num_steps,
@@ -94,6 +101,36 @@ class TitleOnlyMethod:
             image_size=self.image_size,
             uncond=uncond,
         ).cpu()
+
+
+class PersonalizedPromptMethod(TitleOnlyMethod):
+    """A handcrafted personalized prompt (PMG-style): the title followed by keywords of the user's train clicks'
+    titles (``icg.evaluation.keywords``), through the base model's own text encoder, no training; otherwise exactly
+    ``TitleOnlyMethod`` (same sampler, mode and per-pair seeds), so a user without train clicks gets its covers.
+
+    Args:
+        components, title_encoder, num_steps, image_size, guidance_scale, strength, seed: as ``TitleOnlyMethod``'s.
+        keywords: each user's ranked keywords (``HistoryKeywords.from_datamodule``: train clicks only).
+        num_words: keywords appended to the title (those it does not already contain).
+    """
+
+    def __init__(
+        self,
+        components: DiffusionComponents,
+        title_encoder: Callable[[list[str]], Conditioning],
+        keywords: HistoryKeywords,
+        num_words: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(components, title_encoder, **kwargs)
+        if num_words < 1:
+            raise ConfigError(f"PersonalizedPromptMethod.num_words must be >= 1, got {num_words}")
+        self.keywords, self.num_words = keywords, num_words
+
+    def prompts(self, batch: dict[str, Any]) -> list[str]:
+        """Each pair's title followed by its user's keywords."""
+        return [self.keywords.prompt(str(u), str(t), self.num_words)
+                for u, t in zip(batch["user_id"], batch["title"], strict=True)]  # fmt: skip
 
 
 class AlignmentMethod:

@@ -21,13 +21,15 @@ from typing import Any
 import torch
 
 from icg.data.datamodule import ICGDataModule
-from icg.data.oracle import Oracle, user_tastes
+from icg.data.oracle import TRUTH_DIR, TRUTH_JSON, Oracle, user_tastes
+from icg.data.synthetic import prompt_vocabulary
 from icg.errors import ConfigError
 from icg.evaluation.covers import generate_covers, write_held_out_covers
 from icg.evaluation.downstream import DownstreamLabels, downstream_metrics
 from icg.evaluation.evaluator import ClickModel, load_evaluator, stage1_figures
+from icg.evaluation.keywords import HistoryKeywords
 from icg.evaluation.lpips import LPIPS
-from icg.evaluation.methods import AlignmentMethod, CoverMethod, TitleOnlyMethod
+from icg.evaluation.methods import AlignmentMethod, CoverMethod, PersonalizedPromptMethod, TitleOnlyMethod
 from icg.evaluation.metrics import title_match_accuracy
 from icg.evaluation.personalization import measure_personalization
 from icg.evaluation.report import METRICS, attach_user_appeal, write_report
@@ -36,6 +38,7 @@ from icg.evaluation.scoring import PairScorer, diversity, headline, history_feat
 from icg.evaluation.settings import (
     DataSettings,
     EvaluatorSettings,
+    PromptSettings,
     RunSettings,
     SampleSettings,
     ScoringSettings,
@@ -93,9 +96,7 @@ def evaluate(  # noqa: PLR0913  # the settings are dataclasses already; the rest
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     image_size = DEFAULT_IMAGE_SIZE if data.image_size is None else data.image_size
-    dm = ICGDataModule(str(data_root), image_size=image_size, holdout=data.holdout,
-                       eval_candidates=data.eval_candidates, seed=0)  # fmt: skip
-    dm.setup("test")
+    dm = _datamodule(data_root, data, image_size)
     oracle = _oracle(data_root)
     chosen = draw_sample(dm, sample)  # the click models are compared on its users and more
     stage1, stage1_block = stage1_figures(dm, stage1_ckpt, oracle, chosen.compared, run.device)
@@ -142,6 +143,14 @@ def evaluate(  # noqa: PLR0913  # the settings are dataclasses already; the rest
     attach_user_appeal(report, study)
     write_report(report, out, grid=grid, tensorboard=run.tensorboard)
     return report
+
+
+def _datamodule(data_root: str | Path, data: DataSettings, image_size: int) -> ICGDataModule:
+    """The evaluation's DataModule, set up (one split for the evaluation and the methods that read the train clicks)."""
+    dm = ICGDataModule(str(data_root), image_size=image_size, holdout=data.holdout,
+                       eval_candidates=data.eval_candidates, seed=0)  # fmt: skip
+    dm.setup("test")
+    return dm
 
 
 def _oracle(data_root: str | Path) -> Oracle | None:
@@ -214,9 +223,11 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
     *,
     rewards_ckpt: str | None = None,
     no_user_ckpt: str | None = None,
+    no_meta_ckpt: str | None = None,
     lpips_backbone: str | None = None,
     baseline_guidance_scale: float = 1.0,
     study: dict[str, Any] | None = None,
+    prompt: PromptSettings | None = None,
     data: DataSettings | None = None,
     sample: SampleSettings | None = None,
     evaluator: EvaluatorSettings | None = None,
@@ -224,8 +235,9 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
     run: RunSettings | None = None,
     user_swap: UserSwapSettings | None = None,
 ) -> dict[str, Any]:
-    """The demo's evaluation from paths: title-only baseline, ICG without user refinement, ICG (and, when ICG is
-    reference-guided, ICG from pure noise); every method in ICG's mode.
+    """The demo's evaluation from paths: title-only baseline, the handcrafted personalized prompt, ICG without user
+    refinement, ICG without meta tokens (``no_meta_ckpt``), ICG (and, when ICG is reference-guided, ICG from pure
+    noise); every method in ICG's mode.
 
     Args:
         data_root: the dataset folder.
@@ -237,10 +249,14 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
         rewards_ckpt: stage-2 checkpoint (None: the one the stage-3 checkpoint recorded).
         no_user_ckpt: a stage-3 ablation checkpoint trained without user refinement (None: ICG with the cold-start
             user embedding for everyone).
+        no_meta_ckpt: a stage-3 ablation checkpoint trained without the MLLM's meta tokens (``prompter: null``:
+            title prompt + user token only; ``lightning_configs/demo/stage3_no_meta.yaml``), the ``icg_no_meta``
+            method (None: left out).
         lpips_backbone: torchvision's AlexNet checkpoint (``alexnet-owt-7be5be79.pth``) for LPIPS to the reference
             (``icg.evaluation.lpips``; None: ``scoring.lpips``).
         baseline_guidance_scale: classifier-free guidance of the title-only baseline.
         study: a blind pairwise study's results over these covers (``evaluate``'s ``study``).
+        prompt: the handcrafted personalized prompt baseline, ``personalized_prompt`` (``num_words`` 0: left out).
         data, sample, evaluator, scoring, run, user_swap: as ``evaluate``'s; ``data.image_size`` None: the stage-3
             cover size (as its training data); ``run.device`` is checked before anything loads.
     """
@@ -260,10 +276,19 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
         seed=icg.seed,
         device=device,
     )
-    methods = {"title_only": title_only, "icg_no_user": no_user, "icg": icg}
+    data, scoring = data or DataSettings(), scoring or ScoringSettings()
+    data = replace(data, image_size=data.image_size or icg.image_size)
+    methods: dict[str, CoverMethod] = {"title_only": title_only}
+    prompt = prompt or PromptSettings()
+    if prompt.num_words > 0:  # covers from per-pair seeds only: no shared random state reaches the other methods
+        methods["personalized_prompt"] = _personalized_prompt(data_root, data, prompt, title_only)
+    methods["icg_no_user"] = no_user
+    if no_meta_ckpt:
+        methods["icg_no_meta"] = AlignmentMethod.from_checkpoint(no_meta_ckpt, "own", "no_meta_ckpt", device,
+                                                                 base_model)  # fmt: skip
+    methods["icg"] = icg
     if icg.mode_strength < 1:  # reference-guided: also show what ICG does from pure noise
         methods["icg_from_noise"] = AlignmentMethod(icg.generator, strength=1.0)
-    data, scoring = data or DataSettings(), scoring or ScoringSettings()
     if lpips_backbone:
         scoring = replace(scoring, lpips=LPIPS(lpips_backbone))
     return evaluate(
@@ -274,12 +299,34 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
         rewards=rewards_ckpt or icg.generator.provenance.get("rewards_ckpt"),
         study=study,
         mode=_mode_sentence(icg.mode_strength),
-        data=replace(data, image_size=data.image_size or icg.image_size),
+        data=data,
         sample=sample,
         evaluator=evaluator,
         scoring=scoring,
         run=replace(run, device=device),
         user_swap=user_swap,
+    )
+
+
+def _personalized_prompt(data_root: str, data: DataSettings, prompt: PromptSettings,
+                         title_only: TitleOnlyMethod) -> PersonalizedPromptMethod:  # fmt: skip
+    """The handcrafted personalized prompt on the title-only baseline's model and settings, keywords from the train
+    split the evaluation uses."""
+    vocabulary = prompt.vocabulary
+    if vocabulary is None and (Path(data_root) / TRUTH_DIR / TRUTH_JSON).is_file():
+        vocabulary = prompt_vocabulary()  # the synthetic platform: its colour and style words
+    keywords = HistoryKeywords.from_datamodule(_datamodule(data_root, data, data.image_size or DEFAULT_IMAGE_SIZE),
+                                               vocabulary)  # fmt: skip
+    return PersonalizedPromptMethod(
+        title_only.components,
+        title_only.title_encoder,
+        keywords,
+        prompt.num_words,
+        num_steps=title_only.num_steps,
+        image_size=title_only.image_size,
+        guidance_scale=title_only.guidance_scale,
+        strength=title_only.strength,
+        seed=title_only.seed,
     )
 
 

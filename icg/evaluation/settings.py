@@ -80,6 +80,22 @@ class EvaluatorSettings:
 
 
 @dataclass(frozen=True)
+class PromptSettings:
+    """The handcrafted personalized prompt baseline (``PersonalizedPromptMethod``, PMG-style; docs/prompting.md, "ICG
+    against handcrafted prompts").
+
+    Args:
+        num_words: keywords of the user's train clicks' titles appended to the title (0: the method is left out).
+        vocabulary: the words that may become keywords; None: on the synthetic platform (a dataset with its hidden
+            truth) its colour and style words (``icg.data.synthetic.prompt_vocabulary``), elsewhere every title word
+            outside ``icg.evaluation.keywords.STOP_WORDS``.
+    """
+
+    num_words: int = 2
+    vocabulary: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class ScoringSettings:
     """The optional scorers and the headline comparison.
 

@@ -206,7 +206,7 @@ def negative_conditioning(
     conditioner: torch.nn.Module, users: UserTable, device: torch.device | str = "cpu"
 ) -> Conditioning:
     """Classifier-free guidance's negative (1 row): empty title, blank reference, the cold-start user."""
-    side = conditioner.prompter.image_size
+    side = conditioner.prompter.image_size if conditioner.prompter is not None else 8  # no MLLM: the image is unread
     blank = torch.zeros(1, 3, side, side, device=device)
     return conditioner([""], blank, users.fallback(1).to(device))
 

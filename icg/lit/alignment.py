@@ -251,7 +251,8 @@ class AlignmentStage(LightningModule):
         users = self.stage1_users(batch["user_idx"])
         user_emb = self.generator.users.embeddings[users]  # -1: the last row, the cold-start fallback
         prompter = self.conditioner.prompter
-        if self.hparams.feature_cache_dir and not any(p.requires_grad for p in prompter.parameters()):
+        if (self.hparams.feature_cache_dir and prompter is not None
+                and not any(p.requires_grad for p in prompter.parameters())):  # fmt: skip
             # Nothing in the prompter trains: its features are a pure function of the item, read from disk.
             if self.training_only.cache is None:
                 self.training_only.cache = MLLMFeatureCache(self.hparams.feature_cache_dir, prompter.cache_key())

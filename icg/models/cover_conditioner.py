@@ -28,7 +28,9 @@ class CoverConditioner(nn.Module):
     """``(titles, reference images, user embeddings) -> Conditioning``.
 
     Args:
-        prompter: the MLLM with learnable meta tokens (B x N x D features).
+        prompter: the MLLM with learnable meta tokens (B x N x D features); None: no MLLM path, the item reaches the
+            UNet only through ``title_prompt`` and the adapter reads the user token alone (``fusion_type:
+            user_token``): the "ICG without meta tokens" ablation (``lightning_configs/demo/stage3_no_meta.yaml``).
         fusion: user refinement of the features (``fusion_type`` none | user_token | film).
         adapter: connector to the UNet's conditioning (widths checked against the loaded UNet).
         title_prompt: the base model's frozen text encoder; when set, the conditioning is ``[its states of the title ;
@@ -40,7 +42,7 @@ class CoverConditioner(nn.Module):
 
     def __init__(
         self,
-        prompter: MetaTokenPrompter,
+        prompter: MetaTokenPrompter | None,
         fusion: UserFusion,
         adapter: ConditioningAdapter,
         title_prompt: PromptEncoder | None = None,
@@ -48,15 +50,26 @@ class CoverConditioner(nn.Module):
     ) -> None:
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
-        if fusion.feature_dim != prompter.hidden_size:
+        if prompter is None and (fusion.fusion_type != "user_token" or title_prompt is None):
+            raise ConfigError(
+                f"prompter: null (no meta tokens) needs fusion.init_args.fusion_type: user_token (got "
+                f"{fusion.fusion_type!r}) and a title_prompt (got {'one' if title_prompt is not None else 'null'}): "
+                "the adapter then reads the user token alone, the title reaches the UNet through the base prompt"
+            )
+        if prompter is not None and fusion.feature_dim != prompter.hidden_size:
             raise ConfigError(
                 f"fusion.init_args.feature_dim={fusion.feature_dim} must equal the MLLM hidden size "
                 f"{prompter.hidden_size} (prompter.init_args.mllm_path / tiny_config)"
             )
-        if adapter.in_dim != prompter.hidden_size:
+        if prompter is not None and adapter.in_dim != prompter.hidden_size:
             raise ConfigError(
                 f"adapter.init_args.in_dim={adapter.in_dim} must equal the MLLM hidden size {prompter.hidden_size} "
                 "(prompter.init_args.mllm_path / tiny_config)"
+            )
+        if adapter.in_dim != fusion.feature_dim:
+            raise ConfigError(
+                f"adapter.init_args.in_dim={adapter.in_dim} must equal "
+                f"fusion.init_args.feature_dim={fusion.feature_dim}"
             )
         if title_prompt is not None and title_prompt.width != adapter.cross_attention_dim:
             raise ConfigError(
@@ -112,7 +125,10 @@ class CoverConditioner(nn.Module):
                          check_pooled=False)  # fmt: skip
 
     def item_features(self, titles: list[str], images: Tensor) -> Tensor:
-        """B x N x D meta-token features of the items (user-independent; cacheable when the prompter is frozen)."""
+        """B x N x D meta-token features of the items (user-independent; cacheable when the prompter is frozen);
+        without a prompter, B x 0 x D."""
+        if self.prompter is None:
+            return images.new_zeros(images.shape[0], 0, self.fusion.feature_dim)
         return self.prompter(list(titles), images)
 
     def forward(self, titles: list[str], images: Tensor, user_emb: Tensor | None) -> Conditioning:
@@ -139,20 +155,23 @@ class CoverConditioner(nn.Module):
 
     def trained_state_dict(self) -> dict[str, Tensor]:
         """Only the trained weights: meta tokens (+ LoRA), fusion and adapter (what an export holds)."""
-        state = {f"prompter.{k}": v for k, v in self.prompter.trained_state_dict().items()}
+        prompter = self.prompter.trained_state_dict() if self.prompter is not None else {}
+        state = {f"prompter.{k}": v for k, v in prompter.items()}
         for name in self._trained_modules():
             state.update({f"{name}.{k}": v.detach().clone() for k, v in getattr(self, name).state_dict().items()})
         return state
 
     def load_trained_state_dict(self, state: dict[str, Tensor]) -> None:
         """Inverse of ``trained_state_dict`` (strict: every trained tensor, nothing else)."""
-        parts: dict[str, dict[str, Tensor]] = {"prompter": {}} | {name: {} for name in self._trained_modules()}
+        heads = ("prompter",) if self.prompter is not None else ()
+        parts: dict[str, dict[str, Tensor]] = {name: {} for name in (*heads, *self._trained_modules())}
         for key, value in state.items():
             head, _, rest = key.partition(".")
             if head not in parts:
                 raise KeyError(f"unexpected key {key!r} in trained weights (expected one of {sorted(parts)})")
             parts[head][rest] = value
-        self.prompter.load_trained_state_dict(parts["prompter"])
+        if self.prompter is not None:
+            self.prompter.load_trained_state_dict(parts["prompter"])
         with torch.no_grad():
             for name in self._trained_modules():
                 getattr(self, name).load_state_dict(parts[name], strict=True)

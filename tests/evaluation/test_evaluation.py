@@ -254,7 +254,7 @@ def test_icg_evaluate_cli_on_tiny_chained_checkpoints(tiny_evaluation, tiny_plat
 
     out, printed = tiny_evaluation
     data = json.loads((out / "report.json").read_text())
-    assert list(data["methods"]) == ["title_only", "icg_no_user", "icg"]
+    assert list(data["methods"]) == ["title_only", "personalized_prompt", "icg_no_user", "icg"]
     assert data["sample"]["held_out_pairs"] == 6 and data["sample"]["grid"] == [4, 4]
     assert data["sample"]["downstream_users"] == 3
     for row in data["methods"].values():
