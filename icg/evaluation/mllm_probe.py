@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     results = probe_platform(
         args.data, {"random": None, "trained": args.mllm_path}, args.holdout_fraction, seed=args.seed
     )
-    print(json.dumps(results, indent=2))  # noqa: T201  # the command's output
+    sys.stdout.write(json.dumps(results, indent=2) + "\n")  # cli-output
     return 0
 
 
