@@ -13,6 +13,9 @@ with its oracle (the platform's true click model, ``icg.data.oracle``), for ever
   per-user ICG's personal gain the setting keeps (the cold-start cover: ICG with the cold-start user embedding, one
   cover per item, what every user gets without personalization); ill-conditioned where that gain is small;
 * ``p_vs_per_user``: p / p of per-user ICG;
+* ``title_match``: the covers the pairs get recognised as their own item's against other items' titles by the
+  stage-2 relevance reward (``title_match_accuracy``, the evaluation's ``title_match_acc``; 0.5 is chance): a pick
+  must not buy clicks with covers that stop depicting the item;
 
 over the served pairs = every platform user x ``--items`` items (seeded sample of the catalogue), at every step count
 given a stage-3 checkpoint (``--stage3 STEPS=PATH``; a checkpoint trained at that many steps). Settings:
@@ -45,10 +48,13 @@ import pandas as pd
 import torch
 
 from icg.data.oracle import Oracle
+from icg.evaluation.metrics import title_match_accuracy
 from icg.generation.generator import CoverGenerator, reference_batch
 from icg.generation.seeds import candidate_seeds
 from icg.generation.segments import cluster_users
 from icg.models.preference import PreferenceModel
+from icg.models.rewards.base import RewardContext
+from icg.models.rewards.bundle import load_reward_bundle
 
 
 def make_covers(gen: CoverGenerator, embeddings: torch.Tensor, members: list[str], items: list[int], catalogue,
@@ -103,8 +109,13 @@ def run_steps(steps: int, ckpt: str, args, catalogue, items: list[int], oracle: 
     def truth(covers: torch.Tensor) -> torch.Tensor:  # served users x covers, the oracle's click probability
         return oracle.probability_matrix(covers)[oracle_rows]
 
-    def record(name: str, covers_made: int, p_pairs: np.ndarray, **extra) -> None:
-        rows[name] = {"covers_per_1000": 1000 * covers_made / pairs, "p": float(p_pairs.mean()), **extra}
+    relevance = load_reward_bundle(f"{args.run}/stage2/checkpoints/last.ckpt").rewards["relevance"]
+    item_titles = [catalogue.title[i] for i in items for _ in range(num_users)]  # item-major, as the pairs' covers
+
+    def record(name: str, covers_made: int, p_pairs: np.ndarray, covers: torch.Tensor) -> None:
+        """``p_pairs`` items x users; ``covers`` the (items x users) covers the pairs get, item-major."""
+        match = title_match_accuracy(lambda x, t: relevance(x, RewardContext(titles=list(t))), covers, item_titles)
+        rows[name] = {"covers_per_1000": 1000 * covers_made / pairs, "p": float(p_pairs.mean()), "title_match": match}
 
     # per user: one cover per (user, item); candidates 0..N-1 for best of N
     started = time.perf_counter()
@@ -115,13 +126,16 @@ def run_steps(steps: int, ckpt: str, args, catalogue, items: list[int], oracle: 
     covers_per_s = pairs * len(per_user) / seconds
     p_slots = np.stack([np.stack([truth(c[k * num_users : (k + 1) * num_users])[every, every].numpy()
                                   for k in range(num_items)]) for c in per_user])  # fmt: skip  # slot x item x user
-    record("per_user", pairs, p_slots[0])
+    record("per_user", pairs, p_slots[0], per_user[0])
     for n in args.pools:
         if n > 1:
-            picked = np.array([[p_slots[picker.pick(torch.stack([per_user[s][k * num_users + u] for s in range(n)]),
-                                                    torch.tensor([u]), catalogue.title[items[k]]).item(), k, u]
-                                for u in range(num_users)] for k in range(num_items)])  # fmt: skip
-            record(f"per_user_best_of_{n}", pairs * n, picked)
+            slot = np.array([[picker.pick(torch.stack([per_user[s][k * num_users + u] for s in range(n)]),
+                                          torch.tensor([u]), catalogue.title[items[k]]).item()
+                              for u in range(num_users)] for k in range(num_items)])  # fmt: skip
+            picked = np.take_along_axis(p_slots, slot[None], 0)[0]
+            covers = torch.stack([per_user[slot[k, u]][k * num_users + u]
+                                  for k in range(num_items) for u in range(num_users)])  # fmt: skip
+            record(f"per_user_best_of_{n}", pairs * n, picked, covers)
 
     def segment_settings(name: str, emb: torch.Tensor, labels: np.ndarray) -> None:
         """Covers per (member, item, slot) for the members ``emb``; each user's own member, then the picks."""
@@ -131,17 +145,19 @@ def run_steps(steps: int, ckpt: str, args, catalogue, items: list[int], oracle: 
             covers = [make_covers(gen, emb, members, [item] * len(emb), catalogue, references, slot, args.batch, steps)
                       for slot in range(max(args.pools))]  # fmt: skip
             pools[k] = torch.cat(covers)  # slot-major: slot * members + member
-        p_own = np.stack([truth(pools[k][: len(emb)])[every, torch.from_numpy(labels)].numpy() for k in pools])
-        record(name, num_items * len(emb), p_own)
+        own = torch.from_numpy(labels)
+        p_own = np.stack([truth(pools[k][: len(emb)])[every, own].numpy() for k in pools])
+        record(name, num_items * len(emb), p_own, torch.cat([pools[k][own] for k in pools]))
         for n in args.pools:
             if n * len(emb) < 2:
                 continue
-            chosen = []
+            chosen, covers = [], []
             for k, item in enumerate(items):
                 pool = pools[k][: n * len(emb)]
                 picks = picker.pick(pool, every, catalogue.title[item])
                 chosen.append(truth(pool)[every, picks].numpy())
-            record(f"{name}_pool_{n}_pick", num_items * n * len(emb), np.stack(chosen))
+                covers.append(pool[picks])
+            record(f"{name}_pool_{n}_pick", num_items * n * len(emb), np.stack(chosen), torch.cat(covers))
 
     segment_settings("cold_start", cold_emb, np.zeros(num_users, dtype=np.int64))
     for k in args.ks:
@@ -205,12 +221,15 @@ def main() -> None:
         result = run_steps(int(steps), ckpt, args, catalogue, items, oracle)
         results.append(result)
         print(f"  {result['covers_per_s']:.1f} covers/s; {result['users']} users x {result['items']} items")
-        print(f"  {'setting':<28} {'covers/1000 pairs':>18} {'p':>7} {'gain kept':>10} {'p / per user':>13}")
+        print(
+            f"  {'setting':<28} {'covers/1000 pairs':>18} {'p':>7} {'gain kept':>10} {'p / per user':>13} "
+            f"{'title-match':>12}"
+        )
         for name, row in result["settings"].items():
             kept = "" if row["gain_kept"] is None else f"{100 * row['gain_kept']:.0f} %"
             print(
                 f"  {name:<28} {row['covers_per_1000']:>18.1f} {row['p']:>7.3f} {kept:>10} "
-                f"{row['p_vs_per_user']:>13.2f}",
+                f"{row['p_vs_per_user']:>13.2f} {row['title_match']:>12.3f}",
                 flush=True,
             )
     print("PROJECTION (not measured): GPU-hours per refresh, SD 1.5 on an A100 at the published per-image time")
