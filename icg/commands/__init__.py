@@ -44,3 +44,25 @@ def call(function: Callable[..., Any], words: list[str], prog: str) -> Any:
         """jsonargparse's parser with one-line errors."""
 
     return CLI(function, args=words, as_positional=False, parser_class=Parser, prog=prog)
+
+
+def run_server(function: Callable[..., int], words: list[str], prog: str) -> int:
+    """Run a command that serves until Ctrl-C (``icg explore``, ``icg serve``) through :func:`call`; returns the exit
+    status: its own, 0 after ``--help``, 2 after a user error (printed as one line, ``prog: message``; ``ICG_DEBUG=1``
+    raises it), 130 after Ctrl-C."""
+    import os
+    import sys
+
+    from icg.errors import UserError
+
+    try:
+        return call(function, words, prog)
+    except SystemExit as exit_:  # --help (and, with --debug, the parser's full message): already printed
+        return int(exit_.code or 0)
+    except UserError as err:
+        if os.environ.get("ICG_DEBUG") == "1":
+            raise
+        sys.stderr.write(f"{prog}: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130

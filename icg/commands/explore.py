@@ -8,11 +8,9 @@ there) is one line on stderr and exit status 2; ``ICG_DEBUG=1`` shows the traceb
 
 from __future__ import annotations
 
-import os
 import sys
 
-from icg.commands import call
-from icg.errors import UserError
+from icg.commands import run_server
 
 
 def explore(
@@ -79,14 +77,4 @@ def run(words: list[str]) -> int:
     Args:
         words: the words after ``icg explore``.
     """
-    try:
-        return call(explore, words, "icg explore")
-    except SystemExit as exit_:  # --help (and, with --debug, the parser's full message): already printed
-        return int(exit_.code or 0)
-    except UserError as err:
-        if os.environ.get("ICG_DEBUG") == "1":
-            raise
-        sys.stderr.write(f"icg explore: {err}\n")
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_server(explore, words, "icg explore")
