@@ -611,6 +611,17 @@ def personalised_attributes(attributes: CoverAttributes, profile: dict) -> Cover
     return replace(attributes, backdrop_hue=profile["backdrop"])
 
 
+def backdrop_captions(root: str | Path) -> dict[str, str]:
+    """Item id -> the words a general-purpose captioner would add to the item's title: its backdrop's tint.
+
+    Titles never name the tint; a stand-in base model trained on titles alone therefore cannot draw a chosen one,
+    where SD 1.5, trained on captions that describe whole images, can ("on a pale pink background"). The demo's base
+    model reads these words (``captions_from``); the platform's titles, and so every ICG stage, never do.
+    """
+    truth = read_truth(root)
+    return {row["item_id"]: f"{row['backdrop_hue']} tint" for row in truth["items"]}
+
+
 FAITHFUL_SCALES = (0.55, 0.65, 0.75)  # object sizes a faithful re-rendering may take (titles do not name size)
 
 

@@ -22,11 +22,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from icg import ckpt
+from icg.data.synthetic import backdrop_captions
 from icg.diffusion.components import SD_SCHEDULE
 from icg.diffusion.conditioning import Conditioning, predict_noise
 from icg.diffusion.sampler import encode
 from icg.diffusion.title_tokens import TitleTokenEncoder, export_title_encoder
-from icg.errors import ConfigError
+from icg.errors import ConfigError, MissingFileError
 
 log = logging.getLogger(__name__)
 STAGE = "base_model"
@@ -53,6 +54,13 @@ class StandInBaseModel(LightningModule):
             swamps the few latent channels of a tiny VAE, and in a short phase the decoder learns to ignore the
             latents and paint mean colours (demo covers, one 300-step trial at lr 5e-4: 40 % vs 79 % of
             reconstructions keeping the object's palette colour).
+        platform_captions: train under captions as well as titles (a synthetic platform only). Its hidden truth
+            (``data.root``'s ``truth/``) names each cover's backdrop tint, which titles never do
+            (``icg.data.synthetic.backdrop_captions``); with probability ``caption_rate`` a cover trains under its
+            title plus those words, as SD 1.5 learnt from captions that describe more than a platform's titles.
+            Without them the base model has no words for the tint, so no conditioning can choose it (docs/stage3.md,
+            part 4).
+        caption_rate: probability of the captioned text instead of the bare title.
         prediction_type: the UNet's target, ``epsilon`` (SD 1.5) or ``v_prediction``; written to the exported
             scheduler config, which the sampler and stage 3's denoising loss follow. ``v_prediction`` suits the
             demo's short UNet phase: its target at high noise is the clean latent, so the global layout (background
@@ -75,6 +83,8 @@ class StandInBaseModel(LightningModule):
         cond_dropout: float = 0.1,
         vae_sample_posterior: bool = False,
         prediction_type: str = "epsilon",
+        platform_captions: bool = False,
+        caption_rate: float = 0.5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["title_encoder", "vae_optimizer", "unet_optimizer", "unet_scheduler"])
@@ -96,6 +106,19 @@ class StandInBaseModel(LightningModule):
         self.unet_optimizer = unet_optimizer
         self.unet_scheduler = unet_scheduler
         self.register_buffer("latent_scale", torch.zeros(()))  # fitted when the VAE phase ends
+        if not 0.0 <= caption_rate <= 1.0:
+            raise ConfigError(f"model.init_args.caption_rate={caption_rate}: expected a probability in [0, 1]")
+        self.captions: dict[str, str] = {}
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.platform_captions and not self.captions:
+            root = getattr(self.trainer.datamodule, "root", None)
+            if root is None:
+                raise ConfigError("model.init_args.platform_captions=true needs ICGDataModule's data.root")
+            try:
+                self.captions = backdrop_captions(root)
+            except MissingFileError as err:
+                raise ConfigError(f"model.init_args.platform_captions=true needs a synthetic platform: {err}") from None
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list]:
         vae_opt = self.vae_optimizer(self.vae.parameters())
@@ -127,7 +150,7 @@ class StandInBaseModel(LightningModule):
         """One step of the UNet phase: the denoising loss under the (sometimes dropped) title's tokens."""
         if self.latent_scale == 0:
             self._fit_latent_scale(batch["image"])
-        titles = [t if torch.rand(()) >= self.hparams.cond_dropout else "" for t in batch["title"]]
+        titles = [self._text(title, item) for title, item in zip(batch["title"], batch["item_id"], strict=True)]
         states, mask, _ = self.title_encoder(titles)
         loss = self.denoising_loss(batch["image"], Conditioning(states, mask.long()))
         self.log("train/denoise_loss", loss, prog_bar=True)
@@ -139,6 +162,13 @@ class StandInBaseModel(LightningModule):
         return loss
 
     @torch.no_grad()
+    def _text(self, title: str, item_id: str) -> str:
+        """The text a cover trains under: empty (``cond_dropout``), its title, or its title and caption words."""
+        if torch.rand(()) < self.hparams.cond_dropout:
+            return ""
+        words = self.captions.get(item_id)
+        return f"{title}, {words}" if words and torch.rand(()) < self.hparams.caption_rate else title
+
     def _fit_latent_scale(self, images: Tensor) -> None:
         """SD's 0.18215 plays this role: scale latents to unit variance so the noise schedule fits them."""
         self.vae.eval().requires_grad_(False)

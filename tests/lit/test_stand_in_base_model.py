@@ -109,3 +109,40 @@ def test_title_encoder_round_trip(tmp_path):
     (tmp_path / TITLE_ENCODER_DIR / "spec.json").unlink()
     with pytest.raises(FileNotFoundError, match="spec.json"):
         load_title_encoder(tmp_path, "base_model_path")
+
+
+@pytest.mark.parametrize("captions", ["true", "false"])
+def test_platform_captions_add_the_backdrop_tint_to_the_title(tiny_platform, tmp_path, monkeypatch, captions):
+    from icg.data.synthetic import backdrop_captions, hue_names
+    from icg.lit.base_model import StandInBaseModel
+
+    seen: list[tuple[str, str, str]] = []
+    text = StandInBaseModel._text
+
+    def recorded(self, title: str, item: str) -> str:
+        seen.append((title, item, out := text(self, title, item)))
+        return out
+
+    monkeypatch.setattr(StandInBaseModel, "_text", recorded)
+    fit_tiny(tiny_platform, tmp_path, "--model.init_args.platform_captions", captions,
+             "--model.init_args.caption_rate", "1", "--model.init_args.cond_dropout", "0")  # fmt: skip
+    tints = backdrop_captions(tiny_platform)
+    assert len(seen) == 8  # 2 UNet steps x batch 4
+    assert {words.split()[0] for words in tints.values()} <= set(hue_names())
+    for title, item, out in seen:
+        assert out == (f"{title}, {tints[item]}" if captions == "true" else title)
+
+
+def test_platform_captions_without_a_hidden_truth_is_one_line_naming_the_key(tiny_platform, tmp_path, capsys):
+    import shutil
+
+    from icg.cli import main
+
+    platform = tmp_path / "data"
+    shutil.copytree(tiny_platform, platform, ignore=shutil.ignore_patterns("truth"))
+    words = ["fit", "--config", DEMO, *TINY, "--data.root", platform, "--model.init_args.export_dir", tmp_path / "e",
+             "--trainer.default_root_dir", tmp_path, "--model.init_args.platform_captions", "true"]  # fmt: skip
+    assert main([str(w) for w in words]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "model.init_args.platform_captions=true needs a synthetic platform" in err and "truth.json" in err
