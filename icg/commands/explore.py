@@ -44,7 +44,7 @@ def explore(
     from icg.explore.app import create_app
     from icg.explore.loading import load_explorer
     from icg.study.guard import parse_allowed_hosts
-    from icg.study.server import bind, make_server, url_of
+    from icg.study.server import bind, serve_until_stopped, url_of
 
     sock = bind(host, port)  # a port in use fails before anything is loaded
     try:
@@ -67,7 +67,7 @@ def explore(
     )  # cli-output
     sys.stdout.flush()
     app = create_app(explorer, catalogue, host=host, allowed_hosts=parse_allowed_hosts(allowed_hosts))
-    make_server(app).run(sockets=[sock])
+    serve_until_stopped(app, sock)
     return 0
 
 

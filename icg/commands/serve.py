@@ -35,7 +35,7 @@ def serve(
     from icg.serving.app import create_app
     from icg.serving.pool import CoverPool, check_export
     from icg.study.guard import parse_allowed_hosts
-    from icg.study.server import bind, make_server, url_of
+    from icg.study.server import bind, serve_until_stopped, url_of
 
     sock = bind(host, port)  # a port in use fails before anything is loaded
     try:
@@ -58,7 +58,7 @@ def serve(
     )  # cli-output
     sys.stdout.flush()
     app = create_app(cover_pool, host=host, allowed_hosts=parse_allowed_hosts(allowed_hosts))
-    make_server(app).run(sockets=[sock])
+    serve_until_stopped(app, sock)
     return 0
 
 

@@ -69,7 +69,7 @@ def _positive(name: str, value: int | float | None) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from icg.study.app import create_app
     from icg.study.guard import parse_allowed_hosts
-    from icg.study.server import bind, make_server, url_of
+    from icg.study.server import bind, serve_until_stopped, url_of
 
     _positive("history", args.history)
     sock = bind(args.host, args.port)  # a port in use fails before anything is created
@@ -87,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
     )  # cli-output
     sys.stdout.flush()
     app = create_app(study, host=args.host, allowed_hosts=parse_allowed_hosts(args.allowed_hosts))
-    make_server(app).run(sockets=[sock])
+    serve_until_stopped(app, sock)
     return 0
 
 
