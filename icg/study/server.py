@@ -68,8 +68,8 @@ def serve_until_stopped(app, sock: socket.socket) -> None:
 
     uvicorn catches the signal, shuts down, and re-raises it through the handler it found, which under ``asyncio.run``
     is asyncio's own: that only cancels the serving task, and when the task has no await left the run ends normally.
-    So whether Ctrl-C surfaced as KeyboardInterrupt was a race (``icg serve`` exited 0 instead of 130 in about one
-    run of the test suite in ten); a server that stopped because it was told to always raises it here.
+    So whether Ctrl-C surfaced as KeyboardInterrupt was a race (``icg serve`` exited 0 instead of 130 once in a
+    fresh-clone CI run, 2026-12-05); a server that stopped because it was told to always raises it here.
     """
     server = make_server(app)
     server.run(sockets=[sock])

@@ -1,7 +1,7 @@
 """icg.study.server.serve_until_stopped: a server stopped by a signal always ends in KeyboardInterrupt (exit 130).
 
 uvicorn re-raises the signal it caught through asyncio's SIGINT handler, which only cancels the serving task; when the
-task had no await left, uvicorn's run returned normally and `icg serve` exited 0 (about one run in ten). The race
+task had no await left, uvicorn's run returned normally and `icg serve` exited 0 (once in a CI run). The race
 cannot be forced from outside, so uvicorn's run is replaced by the two endings it can have."""
 
 import pytest
