@@ -32,6 +32,7 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
     rewards_ckpt: str | None = None,
     no_user_ckpt: str | None = None,
     no_meta_ckpt: str | None = None,
+    other_mllm_ckpt: str | None = None,
     prompt_words: int = PromptSettings.num_words,
     evaluator_ckpt: str | None = EvaluatorSettings.checkpoint,
     clip_path: str | None = ScoringSettings.clip_path,
@@ -54,8 +55,8 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
     user_swap_others: int = UserSwapSettings.others,
 ) -> dict[str, Any]:
     """The demo's evaluation from paths: title-only baseline, the handcrafted personalized prompt, ICG without user
-    refinement, ICG without meta tokens (``--no_meta_ckpt``), ICG (and, when ICG is reference-guided, ICG from pure
-    noise); every method in ICG's mode.
+    refinement, ICG without meta tokens (``--no_meta_ckpt``), ICG through another MLLM (``--other_mllm_ckpt``),
+    ICG (and, when ICG is reference-guided, ICG from pure noise); every method in ICG's mode.
 
     Args:
         data_root: the dataset folder.
@@ -69,6 +70,8 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
             user embedding for everyone).
         no_meta_ckpt: a stage-3 ablation checkpoint trained without the MLLM's meta tokens (``prompter: null``), the
             ``icg_no_meta`` method (None: left out).
+        other_mllm_ckpt: ICG trained the same way but reading items through another MLLM, the ``icg_other_mllm``
+            method (None: left out).
         prompt_words: keywords of the user's train clicks appended to the title by the handcrafted personalized
             prompt baseline, ``personalized_prompt`` (0: left out; docs/prompting.md).
         evaluator_ckpt: separately trained click model to grade with (None: trained here).
@@ -109,6 +112,7 @@ def evaluate(  # noqa: PLR0913  # the signature is `icg evaluate`'s command line
         rewards_ckpt=rewards_ckpt,
         no_user_ckpt=no_user_ckpt,
         no_meta_ckpt=no_meta_ckpt,
+        other_mllm_ckpt=other_mllm_ckpt,
         lpips_backbone=lpips_backbone,
         baseline_guidance_scale=baseline_guidance_scale,
         study=study,

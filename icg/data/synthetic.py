@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -50,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import save_file
 
 from icg.data.oracle import (
@@ -303,6 +304,41 @@ def make_title(attributes: CoverAttributes, rng: np.random.Generator) -> str:
     words.update({key.capitalize(): value.capitalize() for key, value in list(words.items())})
     template = _TITLE_TEMPLATES[rng.integers(len(_TITLE_TEMPLATES))]
     return template.format(**words)
+
+
+def title_vocabulary() -> tuple[str, ...]:
+    """Every word a title of this platform can hold, lower-cased, each once: the templates' own words, then the
+    colours, shapes, tone, backdrop and style words (what the demo's stand-in MLLM tokenizes word by word)."""
+    templates = re.sub(r"\{\w+\}", " ", " ".join(_TITLE_TEMPLATES))
+    style_words = [w for pair in _STYLE_WORDS.values() for phrase in (*pair[0], *pair[1]) for w in phrase.split()]
+    tone_words = [w for words in _TONE_WORDS.values() for w in words]
+    names = [*(n for n, _ in PALETTE), *SHAPES, *tone_words, *_BACKDROP_WORDS, *style_words]
+    return tuple(dict.fromkeys(re.findall(r"[a-z]+", f"{templates} {' '.join(names)}".lower())))
+
+
+def drawn_covers(
+    count: int, rng: np.random.Generator, image_size: int, render_size: int = 64
+) -> tuple[list[str], torch.Tensor]:
+    """``count`` freshly drawn items of this platform's world, never its own: titles and covers as the DataModule
+    serves covers (rendered at ``render_size``, PIL bicubic to ``image_size``, float in [0, 1], count x 3 x S x S).
+
+    Args:
+        count: items to draw.
+        rng: draws the attributes and the titles' wording.
+        image_size: side of the returned covers.
+        render_size: side the covers are rendered at (the platform's ``image_size``).
+    """
+    attributes = [sample_cover_attributes(rng) for _ in range(count)]
+    titles = [make_title(a, rng) for a in attributes]
+    covers = [
+        np.asarray(
+            ImageOps.fit(
+                Image.fromarray(render_cover(a, render_size)), (image_size, image_size), Image.Resampling.BICUBIC
+            )
+        )
+        for a in attributes
+    ]
+    return titles, torch.from_numpy(np.stack(covers)).permute(0, 3, 1, 2).float() / 255.0
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ METHOD_LABELS = {
     "personalized_prompt": "title + history words",
     "icg_no_user": "ICG, no user",
     "icg_no_meta": "ICG, no meta tokens",
+    "icg_other_mllm": "ICG, other MLLM",
     "icg": "ICG",
     "icg_from_noise": "ICG, from noise",
 }
@@ -31,6 +32,7 @@ METHOD_HELP = {
     "personalized_prompt": "the title + the user's most frequent colour/style words of their train clicks (PMG-style)",
     "icg_no_user": "ICG without user refinement (the ablation)",
     "icg_no_meta": "ICG trained without the MLLM's meta tokens (title prompt + user only)",
+    "icg_other_mllm": "ICG trained reading items through another MLLM (e.g. the random tiny one)",
     "icg": "title + reference cover + this user's embedding",
     "icg_from_noise": "ICG sampling from pure noise instead of from the reference",
 }

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from icg.data.datamodule import ICGDataModule
 from icg.data.synthetic import read_truth
-from icg.models.meta_prompt import MetaTokenPrompter
-from icg.models.standin_mllm import held_out_items, seeded_meta_tokens
+from icg.models.meta_prompt import MetaTokenPrompter, seeded_meta_tokens
+from icg.models.standin_mllm import held_out_items
 
 log = logging.getLogger(__name__)
 ATTRIBUTES = ("colour", "shape")

@@ -224,6 +224,7 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
     rewards_ckpt: str | None = None,
     no_user_ckpt: str | None = None,
     no_meta_ckpt: str | None = None,
+    other_mllm_ckpt: str | None = None,
     lpips_backbone: str | None = None,
     baseline_guidance_scale: float = 1.0,
     study: dict[str, Any] | None = None,
@@ -236,8 +237,8 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
     user_swap: UserSwapSettings | None = None,
 ) -> dict[str, Any]:
     """The demo's evaluation from paths: title-only baseline, the handcrafted personalized prompt, ICG without user
-    refinement, ICG without meta tokens (``no_meta_ckpt``), ICG (and, when ICG is reference-guided, ICG from pure
-    noise); every method in ICG's mode.
+    refinement, ICG without meta tokens (``no_meta_ckpt``), ICG through another MLLM (``other_mllm_ckpt``),
+    ICG (and, when ICG is reference-guided, ICG from pure noise); every method in ICG's mode.
 
     Args:
         data_root: the dataset folder.
@@ -252,6 +253,8 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
         no_meta_ckpt: a stage-3 ablation checkpoint trained without the MLLM's meta tokens (``prompter: null``:
             title prompt + user token only; ``lightning_configs/demo/stage3_no_meta.yaml``), the ``icg_no_meta``
             method (None: left out).
+        other_mllm_ckpt: ICG trained the same way but reading items through another MLLM (the demo: the random tiny
+            Qwen2-VL against the trained stand-in), the ``icg_other_mllm`` method (None: left out).
         lpips_backbone: torchvision's AlexNet checkpoint (``alexnet-owt-7be5be79.pth``) for LPIPS to the reference
             (``icg.evaluation.lpips``; None: ``scoring.lpips``).
         baseline_guidance_scale: classifier-free guidance of the title-only baseline.
@@ -286,6 +289,9 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
     if no_meta_ckpt:
         methods["icg_no_meta"] = AlignmentMethod.from_checkpoint(no_meta_ckpt, "own", "no_meta_ckpt", device,
                                                                  base_model)  # fmt: skip
+    if other_mllm_ckpt:
+        methods["icg_other_mllm"] = AlignmentMethod.from_checkpoint(other_mllm_ckpt, "own", "other_mllm_ckpt", device,
+                                                                    base_model)  # fmt: skip
     methods["icg"] = icg
     if icg.mode_strength < 1:  # reference-guided: also show what ICG does from pure noise
         methods["icg_from_noise"] = AlignmentMethod(icg.generator, strength=1.0)

@@ -2,15 +2,13 @@
 
 Not one of ICG's three stages (Bian et al., EMNLP 2025). ICG reads items through a frozen pretrained Qwen2-VL-class
 MLLM; the synthetic platform has none, so, as it trains a stand-in for SD 1.5 (``icg.lit.base_model``), the demo trains
-a stand-in MLLM on the platform's (cover, title) pairs and writes it as a local Qwen2-VL release folder that stage 3's
-prompter loads by path (``mllm_path``). Each step reads every item of the batch twice, through the prompt the prompter
-builds: the cover with an empty title, and the title with a blank grey cover. Two losses:
-
-* matching (CLIP's InfoNCE) between the two reads' features at the slot positions, where the prompter's meta tokens
-  sit: each cover must pick its own title in the batch, so those features carry what covers and titles share (the
-  object's colour and shape, light or dark, the style);
-* captioning: both reads write the title after the slots (causal LM loss on the title's tokens), which keeps it a
-  language model and makes the cover alone tell the title.
+a stand-in MLLM and writes it as a local Qwen2-VL release folder that stage 3's prompter loads by path
+(``mllm_path``). Each step reads the batch's items and as many freshly drawn items of the platform's world
+(``icg.data.synthetic.drawn_covers``: a real MLLM has read far more than one catalogue, and on 225 items alone this
+one learnt the items by heart, not to read), three times each, through the prompt the prompter builds: the title with
+the cover, the cover with an empty title, the title with a blank grey cover. At every slot (where the prompter's meta
+tokens sit) its LM head must name the title's words (``naming_loss``), so the slots' features carry the title's
+colour and shape words, read from the title or seen on the cover.
 
 Items that ``held_out_items`` picks (``holdout_fraction``) are never trained on, so a probe can score them
 (``icg.evaluation.mllm_probe``).
@@ -21,14 +19,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from icg import ckpt
+from icg.data.synthetic import drawn_covers
 from icg.errors import ConfigError
-from icg.models.standin_mllm import StandInQwen2VL, held_out_items, matching_loss
+from icg.models.standin_mllm import StandInQwen2VL, held_out_items, naming_loss
 
 log = logging.getLogger(__name__)
 STAGE = "mllm"
@@ -43,10 +43,9 @@ class StandInMLLM(LightningModule):
         export_dir: where the local Qwen2-VL folder is written (``mllm_path`` of stage 3's prompter).
         optimizer: optimizer over all of the MLLM's weights.
         scheduler: learning-rate schedule, stepped every step (None: constant).
-        matching_weight: weight of the cover-title matching loss.
-        caption_weight: weight of the captioning loss.
-        temperature: softmax temperature of the matching loss.
-        holdout_fraction: share of items never trained on (the probe's test items).
+        drawn_per_step: freshly drawn items of the platform's world read each step besides the batch's (0: none).
+        draw_seed: seeds those draws.
+        holdout_fraction: share of the platform's items never trained on (the probe's test items).
     """
 
     data_unit = "items"
@@ -57,25 +56,20 @@ class StandInMLLM(LightningModule):
         export_dir: str,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
-        matching_weight: float = 1.0,
-        caption_weight: float = 1.0,
-        temperature: float = 0.2,
+        drawn_per_step: int = 8,
+        draw_seed: int = 0,
         holdout_fraction: float = 0.25,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["mllm", "optimizer", "scheduler"])
-        checks = {
-            "matching_weight": matching_weight >= 0,
-            "caption_weight": caption_weight >= 0,
-            "temperature": temperature > 0,
-            "holdout_fraction": 0 <= holdout_fraction < 1,
-        }
+        checks = {"drawn_per_step": drawn_per_step >= 0, "holdout_fraction": 0 <= holdout_fraction < 1}
         bad = [f"model.init_args.{key}" for key, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"{', '.join(bad)}: weights must be >= 0, temperature > 0, holdout_fraction in [0, 1)")
+            raise ConfigError(f"{', '.join(bad)}: drawn_per_step must be >= 0, holdout_fraction in [0, 1)")
         self.mllm = mllm
         self.optimizer = optimizer
         self.scheduler = scheduler
+        self.draws = np.random.default_rng(draw_seed)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.mllm.parameters())
@@ -86,18 +80,19 @@ class StandInMLLM(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         keep = [not held for held in held_out_items(list(batch["item_id"]), self.hparams.holdout_fraction)]
         titles = [t for t, k in zip(batch["title"], keep, strict=True) if k]
-        if len(titles) < 2:  # nothing to match a cover against
-            return None
         images = batch["image"][torch.tensor(keep, device=batch["image"].device)]
+        if self.hparams.drawn_per_step:
+            drawn_titles, drawn = drawn_covers(self.hparams.drawn_per_step, self.draws, images.shape[-1])
+            titles, images = titles + drawn_titles, torch.cat([images, drawn.to(images)])
         b = len(titles)
-        blank = torch.full_like(images, BLANK)
-        caption, features = self.mllm([""] * b + titles, torch.cat([images, blank]), titles + titles)
-        matching = matching_loss(features[:b], features[b:], self.hparams.temperature)
-        loss = self.hparams.matching_weight * matching + self.hparams.caption_weight * caption.mean()
+        if not b:
+            return None
+        logits = self.mllm(titles + [""] * b + titles, torch.cat([images, images, torch.full_like(images, BLANK)]))
+        per_row = naming_loss(logits, self.mllm.naming_targets(titles).to(logits.device).repeat(3, 1))
+        loss = per_row.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        self.log("train/matching_loss", matching, batch_size=b)
-        self.log("train/caption_loss_cover", caption[:b].mean(), batch_size=b)
-        self.log("train/caption_loss_title", caption[b:].mean(), batch_size=b)
+        for i, read in enumerate(("title_cover", "cover", "title")):
+            self.log(f"train/naming_loss_{read}", per_row[i * b : (i + 1) * b].mean(), batch_size=b)
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -89,6 +89,8 @@ class MetaTokenPrompter(nn.Module):
         mllm_dtype: dtype the MLLM weights are held in (``float32``, ``bfloat16``, ``float16``); features are
             returned as float32.
         config_key: the config key of ``mllm_path``, quoted in every error about it.
+        meta_token_seed: draw the meta tokens' initial values from this seed alone (``seeded_meta_tokens``), e.g. the
+            draw an MLLM was trained to read through (the demo's stand-in); None: from the global generator.
     """
 
     def __init__(  # noqa: PLR0913  # a module constructor the stage-3 config sets (class_path/init_args)
@@ -104,6 +106,7 @@ class MetaTokenPrompter(nn.Module):
         padding_side: str = "left",
         mllm_dtype: str = "float32",
         config_key: str = "model.init_args.conditioner.init_args.prompter.init_args.mllm_path",
+        meta_token_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
@@ -144,7 +147,7 @@ class MetaTokenPrompter(nn.Module):
         self.mllm = model
         # Start meta tokens at the scale of real token embeddings so the MLLM sees in-distribution inputs.
         std = float(self._core().get_input_embeddings().weight.float().std())
-        self.meta_tokens = nn.Parameter(torch.randn(num_meta_tokens, self.hidden_size) * std)
+        self.meta_tokens = nn.Parameter(seeded_meta_tokens(num_meta_tokens, self.hidden_size, meta_token_seed, std))
         self.meta_tokens.requires_grad_(not freeze_meta_tokens)
         self._template_pieces = self._tokenize_template(prompt_template)
         self._key_memo: tuple[tuple, str] | None = None
@@ -321,6 +324,19 @@ class MetaTokenPrompter(nn.Module):
 # --------------------------------------------------------------------------------------------- prompt layout
 # Plain functions, so that whatever else reads or trains a Qwen2-VL here (the demo's stand-in MLLM) lays prompts and
 # pixels out exactly as the prompter does.
+def seeded_meta_tokens(num: int, width: int, seed: int | None, scale: float) -> Tensor:
+    """``num`` x ``width`` normal draws times ``scale`` (the prompter's meta-token initialisation) from ``seed`` alone.
+
+    Args:
+        num: tokens.
+        width: the MLLM's hidden size.
+        seed: a seed of its own generator (the global one is left alone); None: the global generator.
+        scale: the token embeddings' standard deviation.
+    """
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return torch.randn(num, width, generator=generator) * scale
+
+
 def tokenize_template(tokenizer: Any, template: str) -> list[list[int] | str]:
     """``template`` cut at ``{image}`` and ``{title}``: the fixed text as token ids, the placeholders as strings."""
     pieces: list[list[int] | str] = []

@@ -1,18 +1,18 @@
-"""The demo's stand-in MLLM: a small Qwen2-VL trained on the synthetic platform to write an item's title.
+"""The demo's stand-in MLLM: a small Qwen2-VL trained to name an item's title words where the meta tokens sit.
 
 ICG's first step (Bian et al., EMNLP 2025) reads an item through a frozen Qwen2-VL-class MLLM and learnable meta
 tokens (``icg.models.meta_prompt``). A real Qwen2-VL has learned to read titles and photos; a randomly initialised
 tiny one reads nothing, so its meta-token features say little about the item. No pretrained MLLM exists for the
 synthetic platform, so the demo trains one, as it trains its stand-in base model: the same model class as a real
-release (``Qwen2VLForConditionalGeneration``, built small from ``tiny_qwen2_vl_config``), trained briefly to write an
-item's title after reading the prompt the prompter builds (the cover, and the title or, with probability
-``title_dropout``, an empty one), then saved as an ordinary local folder that ``MetaTokenPrompter(mllm_path=...)``
-loads like a downloaded release.
+release (``Qwen2VLForConditionalGeneration``, built small from ``tiny_qwen2_vl_config``), saved as an ordinary local
+folder that ``MetaTokenPrompter(mllm_path=...)`` loads like a downloaded release.
 
-Between the prompt and the title sit ``num_slots`` positions filled with fresh random embeddings at the token
-embeddings' scale: the distribution the prompter draws its meta tokens from. The title is written after them, so the
-model learns to read the item *through* such positions, which is where ICG reads its features (the MetaQuery layout:
-queries after the prompt, read at the last layer). Captioning from the cover alone makes the vision path matter.
+It reads the prompt the prompter builds, followed by ``num_slots`` positions holding one fixed seeded draw of meta
+tokens (the MetaQuery layout: queries after the prompt, read at the last layer), and is trained so that at every slot
+its own LM head names the title's words (``naming_loss``). What the slots' last hidden states carry is then what
+stage 3's adapter reads. Its tokenizer is word-level (``word_tokenizer``): a colour or a shape is one token, which a
+model this small can copy from the title or name from the cover; with Qwen's byte-level tokens it could do neither
+in the demo's budget (docs/prompting.md).
 """
 
 from __future__ import annotations
@@ -21,28 +21,30 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from icg import ckpt
 from icg.models.meta_prompt import (
+    _TINY_SPECIALS,
     DEFAULT_PROMPT_TEMPLATE,
     IMAGE_TOKEN,
     TINY_DEFAULTS,
     fill_prompt,
     qwen2vl_pixel_values,
+    seeded_meta_tokens,
     tiny_pixel_config,
     tiny_qwen2_vl_config,
-    tiny_tokenizer,
     tokenize_template,
     write_qwen2vl_folder,
 )
 
 log = logging.getLogger(__name__)
-IGNORE = -100  # label of positions that are not scored (prompt, slots, padding)
+UNKNOWN = "[UNK]"
 
 
 def held_out_items(item_ids: list[str], fraction: float) -> list[bool]:
@@ -57,66 +59,86 @@ def held_out_items(item_ids: list[str], fraction: float) -> list[bool]:
     return [int(hashlib.sha1(str(i).encode()).hexdigest()[:8], 16) / 16**8 < fraction for i in item_ids]
 
 
-def seeded_meta_tokens(num: int, width: int, seed: int | None, scale: float) -> Tensor:
-    """``num`` x ``width`` normal draws times ``scale`` (the prompter's meta-token initialisation) from ``seed`` alone.
+def _words(text: str) -> list[str]:
+    from tokenizers import pre_tokenizers
+
+    return [w.lower() for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)]
+
+
+def word_tokenizer(vocabulary: Sequence[str], prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> Any:
+    """A word-level tokenizer (``tokenizers``' WordLevel, lower-cased, split at spaces and punctuation) with Qwen's
+    special tokens: the template's words and punctuation and ``vocabulary``; any other word is ``[UNK]``.
+
+    Saved as ``tokenizer.json``, it loads with ``AutoTokenizer.from_pretrained(folder)`` as Qwen's does.
 
     Args:
-        num: tokens.
-        width: the MLLM's hidden size.
-        seed: a seed of its own generator (the global one is left alone); None: the global generator.
-        scale: the token embeddings' standard deviation.
+        vocabulary: the words titles may hold.
+        prompt_template: the prompter's template (its words join the vocabulary).
     """
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
-    return torch.randn(num, width, generator=generator) * scale
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    template = prompt_template
+    for token in (*_TINY_SPECIALS, "{image}", "{title}"):
+        template = template.replace(token, " ")
+    words = dict.fromkeys([*_words(template), *(w.lower() for w in vocabulary), *",.:;()!?'\"-"])
+    vocab = {UNKNOWN: 0, **{w: i + 1 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNKNOWN))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(list(_TINY_SPECIALS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=UNKNOWN
+    )
 
 
-def matching_loss(image_features: Tensor, title_features: Tensor, temperature: float = 0.1) -> Tensor:
-    """CLIP's symmetric InfoNCE: each item's cover-read features must pick its own title-read ones in the batch.
+def naming_loss(slot_logits: Tensor, targets: Tensor) -> Tensor:
+    """Per row: the cross-entropy of every slot's word distribution against the title's words (uniform over them),
+    averaged over the slots; ``log(number of words)`` when every slot names them all equally.
 
     Args:
-        image_features: B x D, read from the cover alone.
-        title_features: B x D, read from the title alone, same item order.
-        temperature: softmax temperature of the cosine similarities.
+        slot_logits: B x N x V, the LM head at the slots.
+        targets: B x V, each row the title's words with equal weight, summing to 1.
     """
-    # Centred first: at initialisation every row's slots read mostly the shared prompt and slot embeddings, so raw
-    # cosines all sit near 1 and the loss barely moves; what differs between items is what must match.
-    a = F.normalize(image_features - image_features.mean(0), dim=-1)
-    b = F.normalize(title_features - title_features.mean(0), dim=-1)
-    logits = a @ b.T / temperature
-    target = torch.arange(len(a), device=a.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    return -(slot_logits.float().log_softmax(-1) * targets.unsqueeze(1)).sum(-1).mean(-1)
 
 
 class StandInQwen2VL(nn.Module):
-    """A Qwen2-VL built small (with its LM head) that learns to write an item's title from the prompter's prompt.
+    """A Qwen2-VL built small (with its LM head and a word-level tokenizer) that names a title's words at its slots.
 
     Args:
         tiny_config: size and seed, keys of ``icg.models.meta_prompt.TINY_DEFAULTS`` (``{}``: the defaults).
-        num_slots: random-embedding positions between the prompt and the title (the prompter's meta tokens' place).
+        vocabulary: the words titles may hold (None: ``icg.data.synthetic.title_vocabulary()``, the platform's).
+        num_slots: positions after the prompt holding the meta tokens (the prompter's ``num_meta_tokens``).
         image_size: side the cover is resized to (a multiple of 28, as the prompter's ``image_size``).
         prompt_template: the prompter's ``prompt_template`` (one ``{image}``, one ``{title}``).
-        slot_seed: the slots are ``seeded_meta_tokens(..., slot_seed)`` at every step; None draws fresh ones each
-            step. Fresh draws would make the model read through any meta tokens, but a random query each step gives
-            its attention nothing stable to learn: on the demo platform the cover-title matching loss stayed near
-            chance (2.5 against log 16 = 2.77 after 200 steps), where one fixed draw reached 0.53 in 100.
+        slot_seed: the slots hold ``seeded_meta_tokens(..., slot_seed)`` at every step; the prompter's
+            ``meta_token_seed`` gives stage 3 the same draw to start from. A fresh draw each step (a model that reads
+            through any meta tokens) did not train in the demo's budget: the held-out colour probe reached 0.56
+            against 1.00 with one fixed draw (docs/prompting.md).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  # a module constructor the demo config sets (class_path/init_args)
         self,
         tiny_config: dict | None = None,
+        vocabulary: list[str] | None = None,
         num_slots: int = 8,
         image_size: int = 56,
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-        slot_seed: int | None = 0,
+        slot_seed: int = 0,
     ) -> None:
         from transformers import Qwen2VLForConditionalGeneration
 
         super().__init__()
         self.spec = ckpt.init_spec(self, locals())
         tiny_config = dict(tiny_config or {})
-        if num_slots < 0:
-            raise ValueError(f"num_slots must be >= 0, got {num_slots}")
-        self.tokenizer = tiny_tokenizer()
+        if num_slots < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        if vocabulary is None:
+            from icg.data.synthetic import title_vocabulary
+
+            vocabulary = list(title_vocabulary())
+        self.tokenizer = word_tokenizer(vocabulary, prompt_template)
         config = tiny_qwen2_vl_config(tiny_config, self.tokenizer)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int({**TINY_DEFAULTS, **tiny_config}["seed"]))
@@ -130,66 +152,74 @@ class StandInQwen2VL(nn.Module):
         self.pieces = tokenize_template(self.tokenizer, prompt_template)
         self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
         self.pad_token_id = int(self.tokenizer.pad_token_id)
-        self.end_id = int(self.tokenizer.eos_token_id)  # <|im_end|>: the answer ends as a chat turn does
+        # What a title's words are scored over: the vocabulary's words, not punctuation, [UNK] or special tokens.
+        self.register_buffer("nameable", torch.tensor([w.isalnum() for w in self.vocabulary()]), persistent=False)
 
-    def inputs(self, prompt_titles: list[str], targets: list[str]) -> dict[str, Tensor]:
-        """Right-padded rows ``prompt + slots + target + <|im_end|>``: ids, labels, masks (CPU tensors, B x L).
+    def vocabulary(self) -> list[str]:
+        """Every token, in id order."""
+        return self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+
+    def naming_targets(self, titles: Sequence[str]) -> Tensor:
+        """B x V: each title's words (lower-cased, each once, punctuation and unknown words left out), weight 1/n.
+
+        Args:
+            titles: one title per row; one without a nameable word is an error.
+        """
+        targets = torch.zeros(len(titles), len(self.tokenizer))
+        for row, title in enumerate(titles):
+            ids = self.tokenizer(title, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            ids = [i for i in ids if self.nameable[i]]
+            if not ids:
+                raise ValueError(f"title {title!r} has no word the stand-in MLLM's vocabulary holds")
+            targets[row, ids] = 1.0
+        return targets / targets.sum(1, keepdim=True)
+
+    def inputs(self, prompt_titles: list[str]) -> dict[str, Tensor]:
+        """Left-padded rows ``prompt + slots``, as the prompter lays them out: ids and masks (CPU tensors, B x L).
 
         Args:
             prompt_titles: the title put into each row's prompt (``""`` for the cover alone).
-            targets: the text each row must write after the slots.
         """
-        rows, labels, starts = [], [], []
-        for title, target in zip(prompt_titles, targets, strict=True):
-            prompt = fill_prompt(self.tokenizer, self.pieces, title, self.num_image_tokens)
-            answer = [*self.tokenizer(target, add_special_tokens=False, split_special_tokens=True)["input_ids"]]
-            answer.append(self.end_id)
-            rows.append(prompt + [self.pad_token_id] * self.num_slots + answer)
-            labels.append([IGNORE] * (len(prompt) + self.num_slots) + answer)
-            starts.append(len(prompt))
-        length = max(len(r) for r in rows)
+        rows = [fill_prompt(self.tokenizer, self.pieces, title, self.num_image_tokens) for title in prompt_titles]
+        n = self.num_slots
+        length = max(len(r) for r in rows) + n
         b = len(rows)
         input_ids = torch.full((b, length), self.pad_token_id, dtype=torch.long)
-        label_ids = torch.full((b, length), IGNORE, dtype=torch.long)
         attention_mask = torch.zeros(b, length, dtype=torch.long)
         slot_mask = torch.zeros(b, length, dtype=torch.bool)
-        for i, (row, label, start) in enumerate(zip(rows, labels, starts, strict=True)):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            label_ids[i, : len(row)] = torch.tensor(label)
-            attention_mask[i, : len(row)] = 1
-            slot_mask[i, start : start + self.num_slots] = True
+        for i, row in enumerate(rows):
+            start = length - len(row) - n
+            input_ids[i, start : start + len(row)] = torch.tensor(row)
+            attention_mask[i, start:] = 1
+            slot_mask[i, length - n :] = True
         mm_token_type_ids = (input_ids == self.image_token_id).long() * attention_mask
         return {
             "input_ids": input_ids,
-            "labels": label_ids,
             "attention_mask": attention_mask,
             "slot_mask": slot_mask,
             "mm_token_type_ids": mm_token_type_ids,
         }
 
-    def forward(self, prompt_titles: list[str], images: Tensor, targets: list[str]) -> tuple[Tensor, Tensor]:
-        """Per-row caption loss and slot features of one pass over ``prompt + slots + target``.
+    def forward(self, prompt_titles: list[str], images: Tensor) -> Tensor:
+        """The LM head's logits at the slots of one read of ``prompt + slots``.
 
         Args:
             prompt_titles: B titles for the prompt (``""``: the cover alone).
             images: B x 3 x H x W covers in [0, 1].
-            targets: B texts to write.
 
         Returns:
-            B mean cross-entropies (nats per target token), and B x D last hidden states averaged over the slots
-            (what the prompter's features are, as the title cannot reach back to the slots under causal attention).
+            B x N x V logits.
         """
         device = images.device
-        batch = {k: v.to(device) for k, v in self.inputs(list(prompt_titles), list(targets)).items()}
+        batch = {k: v.to(device) for k, v in self.inputs(list(prompt_titles)).items()}
         core = self.model.model
         embed = core.get_input_embeddings()
         inputs_embeds = embed(batch["input_ids"])
-        if self.num_slots:
-            # Shared by every row, as the prompter's meta tokens are, at the embeddings' scale.
-            scale = float(embed.weight.detach().float().std())
-            slots = seeded_meta_tokens(self.num_slots, inputs_embeds.shape[-1], self.slot_seed, scale).to(device)
-            slots = slots.repeat(len(prompt_titles), 1).to(inputs_embeds)
-            inputs_embeds = inputs_embeds.masked_scatter(batch["slot_mask"].unsqueeze(-1), slots)
+        # Shared by every row, as the prompter's meta tokens are, at the embeddings' scale.
+        scale = float(embed.weight.detach().float().std())
+        slots = seeded_meta_tokens(self.num_slots, inputs_embeds.shape[-1], self.slot_seed, scale).to(device)
+        slots = slots.repeat(len(prompt_titles), 1).to(inputs_embeds)
+        inputs_embeds = inputs_embeds.masked_scatter(batch["slot_mask"].unsqueeze(-1), slots)
         pixel_values, grid = qwen2vl_pixel_values(images, self.pixel_cfg, self.image_size)
         position_ids, _ = core.get_rope_index(
             batch["input_ids"],
@@ -205,16 +235,8 @@ class StandInQwen2VL(nn.Module):
             image_grid_thw=grid,
             mm_token_type_ids=batch["mm_token_type_ids"],
             use_cache=False,
-            output_hidden_states=True,
         )
-        labels = batch["labels"][:, 1:]
-        nll = F.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-        scored = (labels != IGNORE).float()
-        caption = (nll * scored).sum(1) / scored.sum(1).clamp_min(1.0)
-        hidden = out.hidden_states[-1]
-        slots = batch["slot_mask"].unsqueeze(-1).to(hidden.dtype)
-        features = (hidden * slots).sum(1) / slots.sum(1).clamp_min(1.0)
-        return caption, features.float()
+        return out.logits[:, -self.num_slots :]
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the model as a local Qwen2-VL release folder, whole or not at all (a sibling temp folder, renamed).

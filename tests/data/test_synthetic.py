@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -18,10 +20,12 @@ from icg.data.synthetic import (
     SHAPES,
     STYLES,
     CoverAttributes,
+    drawn_covers,
     generate_platform,
     item_attributes,
     read_truth,
     render_cover,
+    title_vocabulary,
 )
 
 SMALL = {"users": 12, "items": 40, "seed": 3, "image_size": 32}
@@ -156,3 +160,15 @@ def test_refuses_to_overwrite_unless_asked(platform, tmp_path):
 def test_bad_sizes_are_rejected_by_name(tmp_path, key, value):
     with pytest.raises(ValueError, match=key):
         generate_platform(tmp_path / "x", **{**SMALL, key: value})
+
+
+def test_drawn_covers_are_new_items_of_the_platforms_world(platform):
+    titles, covers = drawn_covers(6, np.random.default_rng(0), image_size=24)
+    assert covers.shape == (6, 3, 24, 24) and 0.0 <= covers.min() and covers.max() <= 1.0
+    again, same = drawn_covers(6, np.random.default_rng(0), image_size=24)
+    assert again == titles and torch.equal(same, covers)
+    vocabulary = set(title_vocabulary())
+    for title in titles + list(read_dataset(platform)[0]["title"]):
+        words = set(re.findall(r"[a-z]+", title.lower()))
+        assert words <= vocabulary, words - vocabulary
+        assert len(words & {name for name, _ in PALETTE}) == 1 and len(words & set(SHAPES)) == 1
