@@ -184,6 +184,7 @@ def tiny_evaluation(tiny_platform, tiny_stage1_ckpt, tiny_stage3_ckpt, tiny_no_u
         run_cli(
             "evaluate", "--data_root", tiny_platform, "--stage1_ckpt", tiny_stage1_ckpt,
             "--stage3_ckpt", tiny_stage3_ckpt, "--no_user_ckpt", tiny_no_user_ckpt, "--base_model", tiny_base_model,
+            "--other_mllm_ckpt", tiny_no_user_ckpt,  # any other stage-3 checkpoint: the icg_other_mllm column
             "--lpips_backbone", out.parent / f"{out.name}_alexnet.pth", "--out_dir", out, *TINY_EVALUATION,
         )  # fmt: skip
     return out, printed.getvalue()

@@ -254,7 +254,7 @@ def test_icg_evaluate_cli_on_tiny_chained_checkpoints(tiny_evaluation, tiny_plat
 
     out, printed = tiny_evaluation
     data = json.loads((out / "report.json").read_text())
-    assert list(data["methods"]) == ["title_only", "personalized_prompt", "icg_no_user", "icg"]
+    assert list(data["methods"]) == ["title_only", "personalized_prompt", "icg_no_user", "icg_other_mllm", "icg"]
     assert data["sample"]["held_out_pairs"] == 6 and data["sample"]["grid"] == [4, 4]
     assert data["sample"]["downstream_users"] == 3
     for row in data["methods"].values():
@@ -296,6 +296,7 @@ def test_icg_evaluate_cli_on_tiny_chained_checkpoints(tiny_evaluation, tiny_plat
     expected = {
         "icg": icg(batch),
         "icg_no_user": AlignmentMethod.from_checkpoint(tiny_no_user_ckpt, config_key="no_user_ckpt")(batch),
+        "icg_other_mllm": AlignmentMethod.from_checkpoint(tiny_no_user_ckpt, "own", "other_mllm_ckpt")(batch),
         "title_only": TitleOnlyMethod.from_folder(
             tiny_base_model, num_steps=icg.num_steps, image_size=icg.image_size, seed=icg.seed
         )(batch),
