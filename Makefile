@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser test test-slow test-browser test-full test-slurm test-parity demo demo-check demo-seeds lint tensorboard bench bench-gpu bench-gpu-wheels clean
+.PHONY: install browser test test-slow test-browser test-full test-slurm test-parity demo demo-check demo-seeds prompting lint tensorboard bench bench-gpu bench-gpu-wheels clean
 
 $(BIN)/icg: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,25 @@ demo-check: install
 # The whole pipeline once per seed (platform included) and the per-seed table with mean and worst case.
 demo-seeds: install
 	$(BIN)/python -m icg.demo --seeds 0 1 2
+
+# The prompting comparison of docs/prompting.md on the demo's run (after `make demo`; SEED = the demo's seed):
+# the stand-in MLLM and its probe, ICG reading items through it, ICG without meta tokens, then every method side by
+# side (title-only, the handcrafted personalized prompt, ICG through the random and the trained MLLM). ~12 min on CPU.
+SEED ?= 0
+SEEDED := --seed_everything $(SEED) --data.seed $(SEED) --model.init_args.seed $(SEED)
+prompting: install
+	$(BIN)/icg fit --config lightning_configs/demo/mllm.yaml
+	$(BIN)/python -m icg.evaluation.mllm_probe --data runs/demo/data --mllm_path runs/demo/mllm --seed 7
+	$(BIN)/icg fit --config lightning_configs/demo/stage3_alignment.yaml \
+	    --config lightning_configs/demo/stage3_trained_mllm.yaml $(SEEDED)
+	$(BIN)/icg fit --config lightning_configs/demo/stage3_alignment.yaml \
+	    --config lightning_configs/demo/stage3_no_meta.yaml $(SEEDED)
+	$(BIN)/icg evaluate --data_root runs/demo/data --stage1_ckpt runs/demo/stage1/checkpoints/last.ckpt \
+	    --stage3_ckpt runs/demo/stage3_trained_mllm/checkpoints/last.ckpt --base_model runs/demo/base_model \
+	    --no_user_ckpt runs/demo/stage3_no_user/checkpoints/last.ckpt \
+	    --no_meta_ckpt runs/demo/stage3_no_meta/checkpoints/last.ckpt \
+	    --other_mllm_ckpt runs/demo/stage3/checkpoints/last.ckpt \
+	    --holdout 3 --seed $(SEED) --prompt_words 2 --out_dir runs/demo/prompting
 
 # ruff (style, imports, complexity: arguments, statements, branches) and import-linter (the layers of
 # docs/architecture.md, no cycles between sibling modules); CI runs it first.

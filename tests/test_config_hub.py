@@ -90,11 +90,15 @@ def standins(tiny_platform, tiny_stage1_ckpt, tiny_stage2_ckpt, tmp_path_factory
             folders[width] = export_base_model(folder, base.unet, base.vae, base.scheduler, title_encoder)
         return folders[width]
 
-    def tiny_mllm(_width: int) -> Path:  # the demo's stand-in MLLM (width 32, as the demo's prompter reads it)
+    def tiny_mllm(_width: int) -> Path:  # the demo's stand-in MLLM, untrained, sized as demo/mllm.yaml says
         if "mllm" not in folders:
-            from icg.models.meta_prompt import save_tiny_mllm
+            import yaml
 
-            folders["mllm"] = save_tiny_mllm(tmp_path_factory.mktemp("mllm") / "mllm")
+            from icg.models.standin_mllm import StandInQwen2VL
+
+            config = yaml.safe_load((REPO / "lightning_configs" / "demo" / "mllm.yaml").read_text())
+            standin = StandInQwen2VL(config["model"]["init_args"]["mllm"]["init_args"]["tiny_config"])
+            folders["mllm"] = standin.save_pretrained(tmp_path_factory.mktemp("mllm") / "mllm")
         return folders["mllm"]
 
     return {
