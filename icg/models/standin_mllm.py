@@ -116,6 +116,7 @@ class StandInQwen2VL(nn.Module):
             ``meta_token_seed`` gives stage 3 the same draw to start from. A fresh draw each step (a model that reads
             through any meta tokens) did not train in the demo's budget: the held-out colour probe reached 0.56
             against 1.00 with one fixed draw (docs/prompting.md).
+        unnamed_words: words the naming loss leaves out (the titles' filler words: "a", "the", "on"...).
     """
 
     def __init__(  # noqa: PLR0913  # a module constructor the demo config sets (class_path/init_args)
@@ -126,6 +127,7 @@ class StandInQwen2VL(nn.Module):
         image_size: int = 56,
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         slot_seed: int = 0,
+        unnamed_words: list[str] | None = None,
     ) -> None:
         from transformers import Qwen2VLForConditionalGeneration
 
@@ -152,8 +154,11 @@ class StandInQwen2VL(nn.Module):
         self.pieces = tokenize_template(self.tokenizer, prompt_template)
         self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
         self.pad_token_id = int(self.tokenizer.pad_token_id)
-        # What a title's words are scored over: the vocabulary's words, not punctuation, [UNK] or special tokens.
-        self.register_buffer("nameable", torch.tensor([w.isalnum() for w in self.vocabulary()]), persistent=False)
+        # What a title's words are scored over: the vocabulary's words, not punctuation, [UNK], special tokens or the
+        # unnamed words.
+        unnamed = {w.lower() for w in unnamed_words or ()}
+        nameable = [w.isalnum() and w not in unnamed for w in self.vocabulary()]
+        self.register_buffer("nameable", torch.tensor(nameable), persistent=False)
 
     def vocabulary(self) -> list[str]:
         """Every token, in id order."""

@@ -79,6 +79,10 @@ def test_naming_targets_weigh_each_title_word_once(standin):
     assert named == {"red": 0.3333, "circle": 0.3333, "striped": 0.3333}  # no punctuation, no [UNK], red once
     with pytest.raises(ValueError, match="zebra"):
         standin.naming_targets(["zebra!"])
+    unnamed = StandInQwen2VL({"seed": 3}, num_slots=4, image_size=56, unnamed_words=["On", "a"])
+    targets = unnamed.naming_targets(["Red circle on a light backdrop"])
+    named = {unnamed.vocabulary()[i] for i, w in enumerate(targets[0]) if w > 0}
+    assert named == {"red", "circle", "light", "backdrop"}  # the filler words are left out, any case
 
 
 def test_naming_loss_is_log_of_the_word_count_when_every_slot_names_them_equally():
