@@ -192,25 +192,7 @@ class MetaTokenPrompter(nn.Module):
             titles: one title per row.
         """
         rows = [self.prompt_ids(t) for t in titles]
-        n = self.num_meta_tokens
-        length = max(len(r) for r in rows) + n
-        b = len(rows)
-        input_ids = torch.full((b, length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros(b, length, dtype=torch.long)
-        meta_mask = torch.zeros(b, length, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            start = length - len(row) - n if self.padding_side == "left" else 0
-            input_ids[i, start : start + len(row)] = torch.tensor(row)
-            attention_mask[i, start : start + len(row) + n] = 1
-            meta_mask[i, start + len(row) : start + len(row) + n] = True
-        # Meta positions keep the pad id in input_ids: it is only read for RoPE (text type) and never embedded.
-        mm_token_type_ids = (input_ids == self.image_token_id).long() * attention_mask
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "meta_mask": meta_mask,
-            "mm_token_type_ids": mm_token_type_ids,
-        }
+        return meta_batch(rows, self.num_meta_tokens, self.pad_token_id, self.image_token_id, self.padding_side)
 
     # ----------------------------------------------------------------------------------------------- forward
     def forward(self, titles: list[str], images: Tensor) -> Tensor:
@@ -324,6 +306,40 @@ class MetaTokenPrompter(nn.Module):
 # --------------------------------------------------------------------------------------------- prompt layout
 # Plain functions, so that whatever else reads or trains a Qwen2-VL here (the demo's stand-in MLLM) lays prompts and
 # pixels out exactly as the prompter does.
+def meta_batch(
+    rows: list[list[int]], num_meta_tokens: int, pad_token_id: int, image_token_id: int, padding_side: str = "left"
+) -> dict[str, Tensor]:
+    """Prompt rows padded into one batch, each followed by ``num_meta_tokens`` meta positions: ``input_ids``,
+    ``attention_mask``, ``meta_mask`` (True at each row's meta positions) and ``mm_token_type_ids``, B x L on the CPU.
+
+    Args:
+        rows: each row's prompt ids.
+        num_meta_tokens: meta positions after each prompt.
+        pad_token_id: the id padding (and the meta positions, which are never embedded) carry.
+        image_token_id: the image placeholder's id (``mm_token_type_ids`` 1 there).
+        padding_side: ``"left"`` or ``"right"``.
+    """
+    n = num_meta_tokens
+    length = max(len(r) for r in rows) + n
+    b = len(rows)
+    input_ids = torch.full((b, length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(b, length, dtype=torch.long)
+    meta_mask = torch.zeros(b, length, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        start = length - len(row) - n if padding_side == "left" else 0
+        input_ids[i, start : start + len(row)] = torch.tensor(row)
+        attention_mask[i, start : start + len(row) + n] = 1
+        meta_mask[i, start + len(row) : start + len(row) + n] = True
+    # Meta positions keep the pad id in input_ids: it is only read for RoPE (text type) and never embedded.
+    mm_token_type_ids = (input_ids == image_token_id).long() * attention_mask
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "meta_mask": meta_mask,
+        "mm_token_type_ids": mm_token_type_ids,
+    }
+
+
 def seeded_meta_tokens(num: int, width: int, seed: int | None, scale: float) -> Tensor:
     """``num`` x ``width`` normal draws times ``scale`` (the prompter's meta-token initialisation) from ``seed`` alone.
 

@@ -35,6 +35,7 @@ from icg.models.meta_prompt import (
     IMAGE_TOKEN,
     TINY_DEFAULTS,
     fill_prompt,
+    meta_batch,
     qwen2vl_pixel_values,
     seeded_meta_tokens,
     tiny_pixel_config,
@@ -186,24 +187,9 @@ class StandInQwen2VL(nn.Module):
             prompt_titles: the title put into each row's prompt (``""`` for the cover alone).
         """
         rows = [fill_prompt(self.tokenizer, self.pieces, title, self.num_image_tokens) for title in prompt_titles]
-        n = self.num_slots
-        length = max(len(r) for r in rows) + n
-        b = len(rows)
-        input_ids = torch.full((b, length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros(b, length, dtype=torch.long)
-        slot_mask = torch.zeros(b, length, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            start = length - len(row) - n
-            input_ids[i, start : start + len(row)] = torch.tensor(row)
-            attention_mask[i, start:] = 1
-            slot_mask[i, length - n :] = True
-        mm_token_type_ids = (input_ids == self.image_token_id).long() * attention_mask
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "slot_mask": slot_mask,
-            "mm_token_type_ids": mm_token_type_ids,
-        }
+        batch = meta_batch(rows, self.num_slots, self.pad_token_id, self.image_token_id, "left")
+        batch["slot_mask"] = batch.pop("meta_mask")
+        return batch
 
     def forward(self, prompt_titles: list[str], images: Tensor) -> Tensor:
         """The LM head's logits at the slots of one read of ``prompt + slots``.
