@@ -157,12 +157,14 @@ class AlignmentMethod:
         config_key: str = "stage3_ckpt",
         device: torch.device | str = "cpu",
         base_model: str | None = None,
+        strength: float | None = None,
     ) -> AlignmentMethod:
         """From a stage-3 checkpoint on ``device``: stage 1 from the path it recorded, the base model from
-        ``base_model`` (None: the recorded one too; a tiny diffusion model built from config keeps its own)."""
+        ``base_model`` (None: the recorded one too; a tiny diffusion model built from config keeps its own);
+        ``strength`` overrides the mode it was trained in (an ablation run in the mode of the method it ablates)."""
         generator = CoverGenerator.from_checkpoint(path, base_model=base_model, config_key=config_key, device=device,
                                               keep_tiny=True)  # fmt: skip
-        return cls(generator, user)
+        return cls(generator, user, strength)
 
     @property
     def num_steps(self) -> int:

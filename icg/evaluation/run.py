@@ -267,7 +267,8 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
     device = check_device(run.device)
     # Every method runs on the one base model given (checkpoints moved from the folder they were trained in included).
     icg = AlignmentMethod.from_checkpoint(stage3_ckpt, device=device, base_model=base_model)
-    no_user = (AlignmentMethod.from_checkpoint(no_user_ckpt, "own", "no_user_ckpt", device, base_model)
+    mode = icg.mode_strength  # every method in the table runs in ICG's mode, ablations trained in another included
+    no_user = (AlignmentMethod.from_checkpoint(no_user_ckpt, "own", "no_user_ckpt", device, base_model, mode)
                if no_user_ckpt else None)  # fmt: skip
     no_user = no_user or AlignmentMethod(icg.generator, user="fallback")
     title_only = TitleOnlyMethod.from_folder(
@@ -275,7 +276,7 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
         num_steps=icg.num_steps,
         image_size=icg.image_size,
         guidance_scale=baseline_guidance_scale,
-        strength=icg.mode_strength,  # every method in the table runs in the same mode
+        strength=mode,
         seed=icg.seed,
         device=device,
     )
@@ -288,12 +289,12 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
     methods["icg_no_user"] = no_user
     if no_meta_ckpt:
         methods["icg_no_meta"] = AlignmentMethod.from_checkpoint(no_meta_ckpt, "own", "no_meta_ckpt", device,
-                                                                 base_model)  # fmt: skip
+                                                                 base_model, mode)  # fmt: skip
     if other_mllm_ckpt:
         methods["icg_other_mllm"] = AlignmentMethod.from_checkpoint(other_mllm_ckpt, "own", "other_mllm_ckpt", device,
-                                                                    base_model)  # fmt: skip
+                                                                    base_model, mode)  # fmt: skip
     methods["icg"] = icg
-    if icg.mode_strength < 1:  # reference-guided: also show what ICG does from pure noise
+    if mode < 1:  # reference-guided: also show what ICG does from pure noise
         methods["icg_from_noise"] = AlignmentMethod(icg.generator, strength=1.0)
     if lpips_backbone:
         scoring = replace(scoring, lpips=LPIPS(lpips_backbone))
@@ -304,7 +305,7 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
         out_dir,
         rewards=rewards_ckpt or icg.generator.provenance.get("rewards_ckpt"),
         study=study,
-        mode=_mode_sentence(icg.mode_strength),
+        mode=_mode_sentence(mode),
         data=data,
         sample=sample,
         evaluator=evaluator,

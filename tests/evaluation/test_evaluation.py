@@ -321,3 +321,25 @@ def test_icg_evaluate_names_the_argument_of_a_wrong_stage_checkpoint(tiny_stage1
     assert code != 0
     message += capsys.readouterr().err
     assert re.search(r"stage3_ckpt.*'preference' stage", message), message
+
+
+def test_ablations_trained_in_another_mode_run_in_icgs(tiny_platform, tiny_stage1_ckpt, tiny_stage3_ckpt,
+                                                       tiny_no_user_ckpt, tiny_base_model, tmp_path,
+                                                       monkeypatch):  # fmt: skip
+    """A reference-guided ablation beside an ICG trained from pure noise makes its covers from pure noise too: every
+    method in the table runs in ICG's mode, whatever mode each checkpoint was trained in."""
+    import icg.evaluation.run as run
+
+    ckpt = torch.load(tiny_no_user_ckpt, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["strength"] == 1.0
+    ckpt["hyper_parameters"]["strength"] = 0.5  # the same ablation, as if trained reference-guided
+    guided = tmp_path / "no_user_guided.ckpt"
+    torch.save(ckpt, guided)
+    seen = {}
+    monkeypatch.setattr(run, "evaluate", lambda data_root, stage1_ckpt, methods, *a, **k: seen.update(methods))
+    run.evaluate_checkpoints(str(tiny_platform), str(tiny_stage1_ckpt), str(tiny_stage3_ckpt), str(tiny_base_model),
+                             str(tmp_path / "out"), no_user_ckpt=str(guided), no_meta_ckpt=str(guided),
+                             other_mllm_ckpt=str(guided))  # fmt: skip
+    assert run.AlignmentMethod.from_checkpoint(guided).mode_strength == 0.5
+    assert {name: getattr(m, "mode_strength", m.strength) for name, m in seen.items()} == dict.fromkeys(
+        ["title_only", "personalized_prompt", "icg_no_user", "icg_no_meta", "icg_other_mllm", "icg"], 1.0)
