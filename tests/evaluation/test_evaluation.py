@@ -342,4 +342,5 @@ def test_ablations_trained_in_another_mode_run_in_icgs(tiny_platform, tiny_stage
                              other_mllm_ckpt=str(guided))  # fmt: skip
     assert run.AlignmentMethod.from_checkpoint(guided).mode_strength == 0.5
     assert {name: getattr(m, "mode_strength", m.strength) for name, m in seen.items()} == dict.fromkeys(
-        ["title_only", "personalized_prompt", "icg_no_user", "icg_no_meta", "icg_other_mllm", "icg"], 1.0)
+        ["title_only", "personalized_prompt", "icg_no_user", "icg_no_meta", "icg_other_mllm", "icg"], 1.0
+    )
