@@ -31,6 +31,7 @@ from torch import Tensor
 from icg.diffusion.components import DiffusionComponents
 from icg.diffusion.conditioning import Conditioning
 from icg.diffusion.prompt_encoder import PromptEncoder
+from icg.diffusion.source import respaced
 from icg.errors import ConfigError
 from icg.evaluation.keywords import HistoryKeywords
 from icg.generation.generator import CoverGenerator, reference_batch, sample_covers
@@ -73,11 +74,17 @@ class TitleOnlyMethod:
 
     @classmethod
     def from_folder(
-        cls, folder: str | Path, config_key: str = "base_model", device: torch.device | str = "cpu", **kwargs: Any
+        cls,
+        folder: str | Path,
+        config_key: str = "base_model",
+        device: torch.device | str = "cpu",
+        timestep_spacing: str | None = None,
+        **kwargs: Any,
     ) -> TitleOnlyMethod:
         """From a local diffusers folder with its text encoder (SD 1.5, or the demo's stand-in base model), on
-        ``device``."""
-        components = DiffusionComponents.from_pretrained_folder(folder, config_key=config_key).to(device)
+        ``device``; ``timestep_spacing`` in place of the folder's scheduler's (use ICG's, ``DiffusionSource``)."""
+        components = DiffusionComponents.from_pretrained_folder(folder, config_key=config_key)
+        components = respaced(components, timestep_spacing, "timestep_spacing").to(device)
         return cls(components, PromptEncoder(str(folder), config_key=config_key).to(device), **kwargs)
 
     def prompts(self, batch: dict[str, Any]) -> list[str]:
@@ -177,6 +184,11 @@ class AlignmentMethod:
     @property
     def image_size(self) -> int:
         return self.generator.image_size
+
+    @property
+    def timestep_spacing(self) -> str | None:
+        """The spacing of the generator's DDIM timesteps where its diffusion source sets one (None: the folder's)."""
+        return self.generator.source.timestep_spacing if self.generator.source is not None else None
 
     @property
     def mode_strength(self) -> float:

@@ -279,6 +279,7 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
         strength=mode,
         seed=icg.seed,
         device=device,
+        timestep_spacing=icg.timestep_spacing,
     )
     data, scoring = data or DataSettings(), scoring or ScoringSettings()
     data = replace(data, image_size=data.image_size or icg.image_size)

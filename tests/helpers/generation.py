@@ -23,7 +23,8 @@ from icg.models.meta_prompt import MetaTokenPrompter
 SETTINGS = SamplerSettings(num_steps=3, image_size=32, seed=5)
 
 
-def tiny_generator(users: UserTable, settings: SamplerSettings = SETTINGS) -> CoverGenerator:
+def tiny_generator(users: UserTable, settings: SamplerSettings = SETTINGS,
+                   timestep_spacing: str | None = None) -> CoverGenerator:  # fmt: skip
     torch.manual_seed(0)
     dim = users.embed_dim
     conditioner = CoverConditioner(
@@ -37,7 +38,7 @@ def tiny_generator(users: UserTable, settings: SamplerSettings = SETTINGS) -> Co
         for p in conditioner.parameters():
             if p.requires_grad:
                 p.add_(0.3 * torch.randn_like(p))
-    source = DiffusionSource(tiny={"cross_attention_dim": 32, "sample_size": 16})
+    source = DiffusionSource(tiny={"cross_attention_dim": 32, "sample_size": 16}, timestep_spacing=timestep_spacing)
     return CoverGenerator(conditioner, source.load(), users, settings, source=source)
 
 
