@@ -28,7 +28,7 @@ def test_trailing_spacing_starts_a_few_step_chain_at_the_last_timestep():
     assert four_steps(DiffusionSource(tiny=TINY, timestep_spacing="trailing").load()) == [999, 749, 499, 249]
 
 
-def test_the_spacing_travels_with_the_export_and_the_folder_is_left_alone(tmp_path):
+def test_the_spacing_travels_with_the_export(tmp_path):
     torch.manual_seed(0)
     users = UserTable(["u0", "u1"], torch.randn(3, 8))
     folder = tiny_generator(users, timestep_spacing="trailing").save_pretrained(tmp_path / "export")
