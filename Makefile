@@ -61,7 +61,8 @@ demo-seeds: install
 
 # The prompting comparison of docs/prompting.md on the demo's run (after `make demo`; SEED = the demo's seed):
 # the stand-in MLLM and its probe, ICG reading items through it, ICG without meta tokens, then every method side by
-# side (title-only, the handcrafted personalized prompt, ICG through the random and the trained MLLM). ~12 min on CPU.
+# side (title-only, the handcrafted personalized prompt, ICG through the random and the trained MLLM); then ICG trained
+# and judged from pure noise (stage3_from_noise.yaml), every method from noise. ~20 min on CPU.
 SEED ?= 0
 SEEDED := --seed_everything $(SEED) --data.seed $(SEED) --model.init_args.seed $(SEED)
 prompting: install
@@ -77,6 +78,13 @@ prompting: install
 	    --no_meta_ckpt runs/demo/stage3_no_meta/checkpoints/last.ckpt \
 	    --other_mllm_ckpt runs/demo/stage3/checkpoints/last.ckpt \
 	    --holdout 3 --seed $(SEED) --prompt_words 2 --out_dir runs/demo/prompting
+	$(BIN)/icg fit --config lightning_configs/demo/stage3_alignment.yaml \
+	    --config lightning_configs/demo/stage3_trained_mllm.yaml \
+	    --config lightning_configs/demo/stage3_from_noise.yaml $(SEEDED)
+	$(BIN)/icg evaluate --data_root runs/demo/data --stage1_ckpt runs/demo/stage1/checkpoints/last.ckpt \
+	    --stage3_ckpt runs/demo/stage3_from_noise/checkpoints/last.ckpt --base_model runs/demo/base_model \
+	    --no_user_ckpt runs/demo/stage3_no_user/checkpoints/last.ckpt \
+	    --holdout 3 --seed $(SEED) --prompt_words 2 --out_dir runs/demo/prompting_from_noise
 
 # ruff (style, imports, complexity: arguments, statements, branches) and import-linter (the layers of
 # docs/architecture.md, no cycles between sibling modules); CI runs it first.
