@@ -8,8 +8,7 @@ Vision --, SDXL or Flux layout) or, for tests, a tiny model built from config wi
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -37,7 +36,7 @@ def respaced(components: BaseComponents, spacing: str | None, config_key: str) -
         name = type(scheduler).__name__
         raise ConfigError(f"{config_key}={spacing!r}: {name} has no timestep spacing; leave it null")
     spaced = type(scheduler).from_config(scheduler.config, timestep_spacing=spacing)
-    return dataclasses.replace(components, scheduler=spaced)
+    return replace(components, scheduler=spaced)
 
 
 @dataclass
