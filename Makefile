@@ -59,25 +59,13 @@ demo-check: install
 demo-seeds: install
 	$(BIN)/python -m icg.demo --seeds 0 1 2
 
-# The prompting comparison of docs/prompting.md on the demo's run (after `make demo`; SEED = the demo's seed):
-# the stand-in MLLM and its probe, ICG reading items through it, ICG without meta tokens, then every method side by
-# side (title-only, the handcrafted personalized prompt, ICG through the random and the trained MLLM); then ICG trained
-# and judged from pure noise (stage3_from_noise.yaml), every method from noise. ~20 min on CPU.
+# ICG trained and judged from pure noise (docs/prompting.md, "ICG trained from noise"), after `make demo` (which trains
+# the stand-in MLLM and runs the reference-guided prompting comparison; SEED = the demo's seed): stage 3 through the
+# trained stand-in MLLM with stage3_from_noise.yaml, then every method from noise, the handcrafted prompt included.
+# ~8 min on CPU.
 SEED ?= 0
 SEEDED := --seed_everything $(SEED) --data.seed $(SEED) --model.init_args.seed $(SEED)
 prompting: install
-	$(BIN)/icg fit --config lightning_configs/demo/mllm.yaml
-	$(BIN)/python -m icg.evaluation.mllm_probe --data runs/demo/data --mllm_path runs/demo/mllm --seed 7
-	$(BIN)/icg fit --config lightning_configs/demo/stage3_alignment.yaml \
-	    --config lightning_configs/demo/stage3_trained_mllm.yaml $(SEEDED)
-	$(BIN)/icg fit --config lightning_configs/demo/stage3_alignment.yaml \
-	    --config lightning_configs/demo/stage3_no_meta.yaml $(SEEDED)
-	$(BIN)/icg evaluate --data_root runs/demo/data --stage1_ckpt runs/demo/stage1/checkpoints/last.ckpt \
-	    --stage3_ckpt runs/demo/stage3_trained_mllm/checkpoints/last.ckpt --base_model runs/demo/base_model \
-	    --no_user_ckpt runs/demo/stage3_no_user/checkpoints/last.ckpt \
-	    --no_meta_ckpt runs/demo/stage3_no_meta/checkpoints/last.ckpt \
-	    --other_mllm_ckpt runs/demo/stage3/checkpoints/last.ckpt \
-	    --holdout 3 --seed $(SEED) --prompt_words 2 --out_dir runs/demo/prompting
 	$(BIN)/icg fit --config lightning_configs/demo/stage3_alignment.yaml \
 	    --config lightning_configs/demo/stage3_trained_mllm.yaml \
 	    --config lightning_configs/demo/stage3_from_noise.yaml $(SEEDED)

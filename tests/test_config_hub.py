@@ -255,7 +255,7 @@ def test_real_stage3_fails_early_naming_the_missing_mllm(tiny_stage1_ckpt, tmp_p
 
 def test_demo_stages_share_one_split():
     """Every demo stage, the stage-1 table and the evaluation hold out the same clicks per user."""
-    from icg.demo import HOLDOUT
+    from icg.demo.paths import HOLDOUT
 
     for stage in ("stage1_preference", "stage2_rewards", "stage3_alignment"):
         config = yaml.safe_load((CONFIG_DIR / f"demo/{stage}.yaml").read_text())

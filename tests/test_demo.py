@@ -2,7 +2,8 @@
 
 import copy
 
-from icg.demo import claims, say_claims, seed_table
+from icg.demo.claims import claims, say_claims
+from icg.demo.seeds import seed_table
 
 
 def report(lift=0.5, low=0.2, drop=0.01, acc_icg=0.93, acc_base=0.94, p_no_user=0.2, p_icg=0.3):
@@ -99,3 +100,31 @@ def test_issue_20_claims_that_held_on_three_seeds_are_guarded_and_the_rest_are_t
     assert "[BROKEN] user swap" in capsys.readouterr().out
     assert "all hold; targets missed: user effect vs seed noise" in seed_table({0: personalized(ratio=0.6)})
     assert "BROKEN: user swap" in seed_table({0: personalized(win=0.5)})
+
+
+def prompted(p_mllm=0.45, tm_mllm=0.92, p_hand=0.2, tm_hand=0.91, trained=0.9, random=0.6):
+    r = report()
+    row = {"true_click_prob": p_hand, "title_match_acc": tm_hand}
+    r["methods"]["personalized_prompt"] = row
+    r["methods"]["icg_other_mllm"] = dict(row, true_click_prob=p_mllm, title_match_acc=tm_mllm)
+    probes = ("title_image/colour", "image_only/shape")
+    r["mllm_probe"] = {"random": dict.fromkeys(probes, 0.3), "trained": dict.fromkeys(probes, 0.3)}
+    r["mllm_probe"]["random"]["title_image/colour"], r["mllm_probe"]["trained"]["title_image/colour"] = random, trained
+    r["mllm_probe"]["trained"]["image_only/shape"] = 0.4
+    return r
+
+
+def test_issue_24_targets_are_shown_can_break_and_never_fail_the_check(capsys):
+    name, probe = "trained MLLM over the handcrafted prompt", "trained MLLM reads the item"
+    found = {c.name: c for c in claims(prompted())}
+    assert found[name].ok and found[probe].ok and not found[name].guarded and not found[probe].guarded
+    assert not verdicts(prompted(p_mllm=0.19))[name]  # below the handcrafted prompt on p
+    assert not verdicts(prompted(tm_mllm=0.905))[name]  # a lower title-match
+    assert verdicts(prompted(tm_mllm=0.91))[name]  # no lower is enough
+    assert not verdicts(prompted(trained=0.64))[probe]  # above the random MLLM, but by less than the margin
+    assert "trained MLLM" not in str(verdicts(report()))  # a report without them has no such claims
+    assert say_claims(claims(prompted(p_mllm=0.1, trained=0.5)))
+    out = capsys.readouterr().out
+    assert f"[MISSED] {name}" in out and f"[MISSED] {probe}" in out and "(worst title_image/colour -0.10)" in out
+    table = seed_table({0: prompted()})
+    assert "| 0.450 | 0.920 | +0.10 |" in table  # p and title-match through the trained MLLM, the probe's margin

@@ -32,7 +32,7 @@ METHOD_HELP = {
     "personalized_prompt": "the title + the user's most frequent colour/style words of their train clicks (PMG-style)",
     "icg_no_user": "ICG without user refinement (the ablation)",
     "icg_no_meta": "ICG trained without the MLLM's meta tokens (title prompt + user only)",
-    "icg_other_mllm": "ICG trained reading items through another MLLM (e.g. the random tiny one)",
+    "icg_other_mllm": "ICG trained the same way, reading items through another MLLM (the demo: its trained stand-in)",
     "icg": "title + reference cover + this user's embedding",
     "icg_from_noise": "ICG sampling from pure noise instead of from the reference",
 }

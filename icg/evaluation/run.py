@@ -253,8 +253,9 @@ def evaluate_checkpoints(  # noqa: PLR0913  # the settings are dataclasses alrea
         no_meta_ckpt: a stage-3 ablation checkpoint trained without the MLLM's meta tokens (``prompter: null``:
             title prompt + user token only; ``lightning_configs/demo/stage3_no_meta.yaml``), the ``icg_no_meta``
             method (None: left out).
-        other_mllm_ckpt: ICG trained the same way but reading items through another MLLM (the demo: the random tiny
-            Qwen2-VL against the trained stand-in), the ``icg_other_mllm`` method (None: left out).
+        other_mllm_ckpt: ICG trained the same way but reading items through another MLLM (the demo: its trained
+            stand-in MLLM, beside its ICG through the random tiny Qwen2-VL), the ``icg_other_mllm`` method (None: left
+            out).
         lpips_backbone: torchvision's AlexNet checkpoint (``alexnet-owt-7be5be79.pth``) for LPIPS to the reference
             (``icg.evaluation.lpips``; None: ``scoring.lpips``).
         baseline_guidance_scale: classifier-free guidance of the title-only baseline.
