@@ -114,17 +114,19 @@ def prompted(p_mllm=0.45, tm_mllm=0.92, p_hand=0.2, tm_hand=0.91, trained=0.9, r
     return r
 
 
-def test_issue_24_targets_are_shown_can_break_and_never_fail_the_check(capsys):
+def test_issue_24_probe_is_guarded_and_the_prompting_bar_is_a_target(capsys):
     name, probe = "trained MLLM over the handcrafted prompt", "trained MLLM reads the item"
     found = {c.name: c for c in claims(prompted())}
-    assert found[name].ok and found[probe].ok and not found[name].guarded and not found[probe].guarded
+    assert found[name].ok and found[probe].ok and not found[name].guarded and found[probe].guarded
     assert not verdicts(prompted(p_mllm=0.19))[name]  # below the handcrafted prompt on p
     assert not verdicts(prompted(tm_mllm=0.905))[name]  # a lower title-match
     assert verdicts(prompted(tm_mllm=0.91))[name]  # no lower is enough
     assert not verdicts(prompted(trained=0.64))[probe]  # above the random MLLM, but by less than the margin
     assert "trained MLLM" not in str(verdicts(report()))  # a report without them has no such claims
-    assert say_claims(claims(prompted(p_mllm=0.1, trained=0.5)))
+    assert say_claims(claims(prompted(p_mllm=0.1)))  # a missed target does not fail --check
+    assert f"[MISSED] {name}" in capsys.readouterr().out
+    assert not say_claims(claims(prompted(trained=0.5)))  # a broken guarded claim does
     out = capsys.readouterr().out
-    assert f"[MISSED] {name}" in out and f"[MISSED] {probe}" in out and "(worst title_image/colour -0.10)" in out
+    assert f"[BROKEN] {probe}" in out and "(worst title_image/colour -0.10)" in out
     table = seed_table({0: prompted()})
     assert "| 0.450 | 0.920 | +0.10 |" in table  # p and title-match through the trained MLLM, the probe's margin

@@ -136,9 +136,9 @@ def _user_swap_claims(report: dict[str, Any]) -> list[Claim]:
 
 
 def prompting_claims(report: dict[str, Any]) -> list[Claim]:
-    """Issue 24's targets: ICG through the trained stand-in MLLM (``icg_other_mllm`` in the demo) above the handcrafted
-    personalized prompt on true click probability at no lower title-match; the stand-in's probe above the random
-    MLLM's on every probe."""
+    """Issue 24's bars: the stand-in MLLM's probe above the random MLLM's on every probe (guarded: it held on seeds
+    0-2); ICG through the trained stand-in MLLM (``icg_other_mllm`` in the demo) above the handcrafted personalized
+    prompt on true click probability at no lower title-match (a target: it misses title-match on seeds 1 and 2)."""
     methods = report["methods"]
     found = []
     if "icg_other_mllm" in methods and "personalized_prompt" in methods:
@@ -157,8 +157,8 @@ def prompting_claims(report: dict[str, Any]) -> list[Claim]:
         found.append(Claim("trained MLLM reads the item", margins[worst] >= MIN_PROBE_MARGIN,
                            "held-out probe accuracy, trained vs random MLLM: "
                            + ", ".join(f"{k} {probe['trained'][k]:.2f} vs {probe['random'][k]:.2f}" for k in margins)
-                           + f"; needs >= +{MIN_PROBE_MARGIN:.2f} on each (worst {worst} {margins[worst]:+.2f})",
-                           guarded=False))  # fmt: skip
+                           + f"; needs >= +{MIN_PROBE_MARGIN:.2f} on each (worst {worst} "
+                           f"{margins[worst]:+.2f})"))  # fmt: skip
     return found
 
 

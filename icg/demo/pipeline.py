@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from icg.cli import main as icg
@@ -70,12 +71,13 @@ def evaluation(seed: int, started_at: float) -> Callable[[], None]:
         from icg.evaluation.run import evaluate_checkpoints
         from icg.evaluation.settings import DataSettings, PromptSettings, RunSettings, SampleSettings
 
-        report = evaluate_checkpoints(
-            str(DATA), str(STAGE1_CKPT), str(STAGE3_CKPT), str(RUNS / "base_model"), out_dir=str(RUNS),
-            no_user_ckpt=str(NO_USER_CKPT), no_meta_ckpt=str(NO_META_CKPT), other_mllm_ckpt=str(TRAINED_MLLM_CKPT),
-            data=DataSettings(holdout=HOLDOUT), sample=SampleSettings(seed=seed),
-            run=RunSettings(started_at=started_at), prompt=PromptSettings(num_words=PROMPT_WORDS),
-        )  # fmt: skip
+        with _quiet_transformers():
+            report = evaluate_checkpoints(
+                str(DATA), str(STAGE1_CKPT), str(STAGE3_CKPT), str(RUNS / "base_model"), out_dir=str(RUNS),
+                no_user_ckpt=str(NO_USER_CKPT), no_meta_ckpt=str(NO_META_CKPT), other_mllm_ckpt=str(TRAINED_MLLM_CKPT),
+                data=DataSettings(holdout=HOLDOUT), sample=SampleSettings(seed=seed),
+                run=RunSettings(started_at=started_at), prompt=PromptSettings(num_words=PROMPT_WORDS),
+            )  # fmt: skip
         report["user_guidance_curve"] = user_guidance_curve(seed)
         report["mllm_probe"] = json.loads((RUNS / "mllm_probe.json").read_text())
         (RUNS / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -85,22 +87,28 @@ def evaluation(seed: int, started_at: float) -> Callable[[], None]:
     return run
 
 
-def mllm_probe() -> None:
-    """Does the stand-in MLLM read the item? The held-out linear probe, against the random tiny MLLM."""
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """The stand-in MLLM is saved with its LM head and the prompter loads the model without one: transformers' report
+    of that unused key, and its progress bar, stay out of the demo's output (stage 3's fits log them)."""
     from transformers.utils import logging as transformers_logging
 
-    from icg.evaluation.mllm_probe import probe_platform
-
-    # The stand-in is saved with its LM head; the prompter loads the model without one, and transformers' report of
-    # that unused key (and its progress bar) would sit in the demo's output. Stage 3's fits log it to their own logs.
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     try:
-        results = probe_platform(DATA, {"random": None, "trained": str(MLLM)}, seed=PROBE_SEED)
+        yield
     finally:
         transformers_logging.set_verbosity(verbosity)
         transformers_logging.enable_progress_bar()
+
+
+def mllm_probe() -> None:
+    """Does the stand-in MLLM read the item? The held-out linear probe, against the random tiny MLLM."""
+    from icg.evaluation.mllm_probe import probe_platform
+
+    with _quiet_transformers():
+        results = probe_platform(DATA, {"random": None, "trained": str(MLLM)}, seed=PROBE_SEED)
     (RUNS / "mllm_probe.json").write_text(json.dumps(results, indent=2) + "\n")
     say(f"  held-out accuracy (meta-token seed {PROBE_SEED}), random / trained MLLM:")
     for key in results["random"]:
