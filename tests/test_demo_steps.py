@@ -48,6 +48,7 @@ def test_steps_wait_for_what_they_need_and_commands_run_on_one_thread(fake_cli):
             Step("c", "c", ("c", "0", "0"), after=("here", "b")),
         ],
         fake_cli / "logs",
+        workers=2,
     )
     assert seen["a done"] and seen["threads"] == 1
     assert torch.get_num_threads() == before  # the function's thread count is restored
@@ -59,7 +60,7 @@ def test_steps_wait_for_what_they_need_and_commands_run_on_one_thread(fake_cli):
 def test_a_failing_command_stops_the_others_and_shows_the_end_of_its_log(fake_cli, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_steps([Step("slow", "slow", ("slow", "60", "0")), Step("bad", "bad", ("bad", "0.5", "3"))],
-                  fake_cli / "logs")  # fmt: skip
+                  fake_cli / "logs", workers=2)  # fmt: skip
     assert exit_info.value.code == 3
     out = capsys.readouterr().out
     assert "bad: failed (exit 3)" in out and "bad: bad value 42" in out

@@ -8,7 +8,7 @@ study answered by simulated raters (user appeal) -> report + gallery + the demo'
 under ``runs/demo/``.
 
 - ``paths.py``: where the demo reads and writes.
-- ``steps.py``: the step runner (independent ``icg`` commands two at a time, each in a one-thread subprocess).
+- ``steps.py``: the step runner (independent ``icg`` commands side by side, each in a one-thread subprocess).
 - ``pipeline.py``: the steps themselves, in order.
 - ``claims.py``: what every seed must show (guarded claims) and what it aims at (targets).
 - ``seeds.py``: the whole pipeline once per seed and the per-seed table with mean and worst case.

@@ -1,7 +1,7 @@
 """The demo's steps, in order, and one run of them (``python -m icg.demo --seed N``).
 
 Each training step is the ``icg fit`` a user would type, with the demo's configs; ``icg.demo.steps`` runs the
-independent ones two at a time. The stand-in MLLM (``mllm.yaml``) and the stand-in base model (``base_model.yaml``) are
+independent ones side by side. The stand-in MLLM (``mllm.yaml``) and the stand-in base model (``base_model.yaml``) are
 not ICG stages: they play Qwen2-VL's and SD 1.5's parts on the synthetic platform (docs/prompting.md, docs/demo.md).
 """
 
@@ -187,7 +187,7 @@ def generate_examples() -> None:
 def plan(seed: int, quick: bool, started_at: float) -> list[Step]:
     """Every step of one demo run; ``after`` says what each needs, and among the ready ones the list's order goes
     first: stage 1 and the MLLM start together, the base model follows stage 1 and stage 2 the MLLM, then the four
-    stage-3 fits two at a time; the in-process steps fill a free slot."""
+    stage-3 fits side by side; the in-process steps fill a free slot."""
     seeded = ("--seed_everything", str(seed), "--data.seed", str(seed))
     model_seed = ("--model.init_args.seed", str(seed))
     short = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2") if quick else ()

@@ -1,11 +1,12 @@
-"""The demo's step runner: independent ``icg`` commands two at a time, each in a one-thread subprocess.
+"""The demo's step runner: independent ``icg`` commands side by side, each in a one-thread subprocess.
 
 The demo's fits are small (a 32-px diffusion model, a 64-wide Qwen2-VL, adapters of a few thousand parameters): a
 second thread speeds one of them up far less than a second fit beside it does. So a ``Step`` with a ``command`` runs
 as its own ``python -m icg.cli`` process pinned to one thread (``OMP_NUM_THREADS=1``), as soon as the steps it needs
-(``after``) are done and one of ``workers`` is free; its output goes to ``<log_dir>/<key>.log``. A step with a
-``run`` function runs in this process, in its turn. One thread per fit also makes each fit's result independent of
-the machine's core count (a different thread count sums floats in another order and trains another model).
+(``after``) are done and one of ``workers`` (the machine's cores, at most 4) is free; its output goes to
+``<log_dir>/<key>.log``. A step with a ``run`` function runs in this process, in its turn, on as many torch threads as
+it takes workers. One thread per fit also makes each fit's result independent of the machine's core count (a
+different thread count sums floats in another order and trains another model).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 LAUNCH = (sys.executable, "-m", "icg.cli")  # + a step's command
 LOG_TAIL_LINES = 30
+MAX_WORKERS = 4
 
 
 def say(text: str) -> None:
@@ -66,9 +68,16 @@ class _Running:
     began: float
 
 
-def run_steps(steps: Sequence[Step], log_dir: Path, workers: int = 2) -> None:
-    """Run every step once its ``after`` steps are done, at most ``workers`` commands at a time, in list order among
-    the ready ones. A failing step stops the others and exits with its code after the tail of its log."""
+def default_workers() -> int:
+    """Commands at a time: this process's cores, at most 4 (the demo's widest point, its four stage-3 fits)."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def run_steps(steps: Sequence[Step], log_dir: Path, workers: int | None = None) -> None:
+    """Run every step once its ``after`` steps are done, at most ``workers`` commands at a time (None:
+    ``default_workers()``), in list order among the ready ones. A failing step stops the others and exits with its
+    code after the tail of its log."""
+    workers = workers or default_workers()
     keys = [s.key for s in steps]
     unknown = sorted({a for s in steps for a in s.after} - set(keys))
     if unknown or len(set(keys)) != len(keys):
