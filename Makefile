@@ -62,7 +62,7 @@ demo-seeds: install
 # ICG trained and judged from pure noise (docs/prompting.md, "ICG trained from noise"), after `make demo` (which trains
 # the stand-in MLLM and runs the reference-guided prompting comparison; SEED = the demo's seed): stage 3 through the
 # trained stand-in MLLM with stage3_from_noise.yaml, then every method from noise, the handcrafted prompt included.
-# The fit runs on one thread, as the demo's fits do, so it gives the figures of docs/prompting.md. ~8 min on CPU.
+# The fit runs on one thread, as the demo's fits do, so it gives the figures of docs/prompting.md. ~3.5 min on CPU.
 SEED ?= 0
 SEEDED := --seed_everything $(SEED) --data.seed $(SEED) --model.init_args.seed $(SEED)
 prompting: install
