@@ -135,6 +135,11 @@ def _user_swap_claims(report: dict[str, Any]) -> list[Claim]:
     ]  # fmt: skip
 
 
+def probe_margins(probe: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each probe's held-out accuracy of the trained stand-in MLLM minus the random MLLM's (report's ``mllm_probe``)."""
+    return {k: probe["trained"][k] - probe["random"][k] for k in probe["random"]}
+
+
 def prompting_claims(report: dict[str, Any]) -> list[Claim]:
     """Issue 24's bars: the stand-in MLLM's probe above the random MLLM's on every probe (guarded: it held on seeds
     0-2); ICG through the trained stand-in MLLM (``icg_other_mllm`` in the demo) above the handcrafted personalized
@@ -152,7 +157,7 @@ def prompting_claims(report: dict[str, Any]) -> list[Claim]:
                            guarded=False))  # fmt: skip
     probe = report.get("mllm_probe")
     if isinstance(probe, dict) and {"random", "trained"} <= probe.keys():
-        margins = {k: probe["trained"][k] - probe["random"][k] for k in probe["random"]}
+        margins = probe_margins(probe)
         worst = min(margins, key=margins.get)
         found.append(Claim("trained MLLM reads the item", margins[worst] >= MIN_PROBE_MARGIN,
                            "held-out probe accuracy, trained vs random MLLM: "

@@ -9,16 +9,9 @@ import sys
 import time
 from typing import Any
 
-from icg.demo.claims import claims
+from icg.demo.claims import claims, probe_margins
 from icg.demo.paths import CONFIGS, RUNS, SEEDS_ROOT
 from icg.demo.steps import say
-
-
-def _probe_margin(report: dict[str, Any]) -> float:
-    """The smallest margin of the trained stand-in MLLM over the random one among the probes."""
-    probe = report["mllm_probe"]
-    return min(probe["trained"][k] - probe["random"][k] for k in probe["random"])
-
 
 SEED_COLUMNS = (
     ("stage-1 AUC", lambda r: r["stage1"]["auc"], "{:.3f}"),
@@ -63,7 +56,7 @@ SEED_COLUMNS = (
     ("title-match ICG no meta", lambda r: r["methods"]["icg_no_meta"]["title_match_acc"], "{:.3f}"),
     ("p ICG trained MLLM", lambda r: r["methods"]["icg_other_mllm"]["true_click_prob"], "{:.3f}"),
     ("title-match ICG trained MLLM", lambda r: r["methods"]["icg_other_mllm"]["title_match_acc"], "{:.3f}"),
-    ("probe margin", _probe_margin, "{:+.2f}"),
+    ("probe margin", lambda r: min(probe_margins(r["mllm_probe"]).values()), "{:+.2f}"),
     ("minutes", lambda r: r["minutes"], "{:.1f}"),
 )
 # For the worst case: which direction is bad (-1: lower is worse, +1: higher is worse, 0: not summarised).
